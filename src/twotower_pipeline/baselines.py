@@ -1,0 +1,50 @@
+"""Baseline scorers, judged by exactly the same protocol as the model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+logger = logging.getLogger(__name__)
+
+Scorer = Callable[[np.ndarray], torch.Tensor]
+
+
+def popularity_scorer(train: pd.DataFrame, n_items: int) -> Scorer:
+    """Score every item by its number of training interactions, the same for every user."""
+    counts = torch.from_numpy(np.bincount(train["item"].to_numpy(), minlength=n_items)).float()
+    return lambda users: counts.expand(len(users), n_items).clone()
+
+
+def random_scorer(n_items: int, seed: int) -> Scorer:
+    """Score items at random (seeded): the floor any model must clear."""
+    generator = torch.Generator().manual_seed(seed)
+    return lambda users: torch.rand(len(users), n_items, generator=generator)
+
+
+def als_scorer(
+    train: pd.DataFrame, n_users: int, n_items: int, params: dict, seed: int
+) -> Scorer | None:
+    """Fit implicit's ALS on the training split; None when the optional library is absent."""
+    try:
+        from implicit.cpu.als import AlternatingLeastSquares
+        from scipy.sparse import csr_matrix
+    except ImportError:
+        return None
+    matrix = csr_matrix(
+        (np.full(len(train), params["alpha"], dtype=np.float32),
+         (train["user"].to_numpy(), train["item"].to_numpy())),
+        shape=(n_users, n_items),
+    )
+    model = AlternatingLeastSquares(
+        factors=params["factors"], regularization=params["regularization"],
+        iterations=params["iterations"], random_state=seed, num_threads=0,
+    )
+    model.fit(matrix, show_progress=False)
+    users = torch.from_numpy(np.asarray(model.user_factors, dtype=np.float32))
+    items = torch.from_numpy(np.asarray(model.item_factors, dtype=np.float32))
+    return lambda ids: users[torch.from_numpy(np.asarray(ids))] @ items.T

@@ -1,0 +1,16 @@
+"""Project settings: config loading and hooks."""
+
+from kedro.config import OmegaConfigLoader
+
+from twotower_pipeline.hooks import PreparedDataHooks
+
+HOOKS = (PreparedDataHooks(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+# Environments override base key by key ("soft" merge), so conf/smoke can change
+# one entry of a block without restating the rest of it.
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    "merge_strategy": {"parameters": "soft", "catalog": "soft", "globals": "soft"},
+}
