@@ -1,0 +1,103 @@
+"""Shared fixtures: a throw-away copy of the project, and one on which the smoke run has run.
+
+Tests never run pipelines in the repository itself: its data/ belongs to the
+user. `smoke_project` is built once per test session and shared, so treat it
+as read-only; a test that runs more pipelines makes its own copy with
+`make_project_copy` (and `run_pipeline`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+
+# Never copied: environments, history, build outputs and caches.
+_SKIP_TOP = {".venv", ".git", "build", ".viz", "dist", "info.log"}
+_SKIP_ANYWHERE = {
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    ".ipynb_checkpoints",
+}
+
+
+def copy_project(destination: Path) -> Path:
+    """Return a copy of the project at `destination` with empty data/ and conf/local/ folders."""
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        here = Path(directory)
+        skipped = {n for n in names if n in _SKIP_ANYWHERE or n.endswith(".egg-info")}
+        if here == ROOT:
+            skipped |= _SKIP_TOP & set(names)
+        # Keep the layer folders, not their contents (a user's data, private settings).
+        if here.parent == ROOT / "data" or here == ROOT / "conf" / "local":
+            skipped |= {n for n in names if n != ".gitkeep"}
+        return skipped
+
+    shutil.copytree(ROOT, destination, ignore=ignore)
+    (destination / "conf" / "local").mkdir(exist_ok=True)
+    return destination
+
+
+@contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    # Some parameters (checkpoint folders) are paths relative to the working directory.
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def run_pipeline(
+    project: Path,
+    pipeline: str | None = None,
+    env: str = "smoke",
+    params: dict | None = None,
+) -> dict:
+    """Run a pipeline of `project` in a KedroSession, as `kedro run` does; return its outputs."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    with _working_directory(project):
+        with KedroSession.create(project_path=project, env=env, runtime_params=params) as session:
+            return session.run(pipeline_name=pipeline)
+
+
+@pytest.fixture(scope="session")
+def make_project_copy(tmp_path_factory) -> Callable[[str], Path]:
+    """Return a function that makes a fresh project copy in a temporary folder."""
+
+    def make(name: str = "project") -> Path:
+        return copy_project(tmp_path_factory.mktemp(name) / "project")
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def smoke_project(make_project_copy) -> Path:
+    """Return the path of a project copy on which `kedro run --env=smoke` has run once.
+
+    Shared by the whole test session: read it, do not run more pipelines in it.
+    """
+    project = make_project_copy("smoke")
+    run_pipeline(project, env="smoke")
+    return project
+
+
+@pytest.fixture(scope="session")
+def kedro_run() -> Callable[..., dict]:
+    """Return `run_pipeline(project, pipeline=None, env="smoke", params=None)`."""
+    return run_pipeline
