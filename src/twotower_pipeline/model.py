@@ -3,13 +3,14 @@
 logit(u, i) = exp(log_scale) * cos(user_tower(u), item_tower(i)). The scale is
 learned as a log-parameter initialised at log(logit_scale) and clamped at
 max_logit_scale after every step, as CLIP does: cosines live in [-1, 1], so
-without a scale the sigmoid can never leave (0.27, 0.73).
+without a scale the sigmoid can never leave (0.27, 0.73). The model returns raw
+logits; the only sigmoid is the one inside the BCE-with-logits loss.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import nn
@@ -28,11 +29,30 @@ class TwoTowerConfig:
     logit_scale: float = 1.0
     max_logit_scale: float = 100.0
 
+    def __post_init__(self) -> None:
+        if self.n_users < 1 or self.n_items < 1 or self.embedding_dim < 1:
+            raise ValueError(
+                f"n_users, n_items and embedding_dim must be positive, got {self.n_users}, "
+                f"{self.n_items}, {self.embedding_dim}"
+            )
+        if not 0 < self.logit_scale <= self.max_logit_scale:
+            raise ValueError(
+                f"logit_scale must be in (0, max_logit_scale={self.max_logit_scale}], "
+                f"got {self.logit_scale}"
+            )
+        self.hidden_dims = [int(width) for width in self.hidden_dims]
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> TwoTowerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown model config key(s) {unknown}; expected some of {sorted(known)}"
+            )
         return cls(**values)
 
 
@@ -53,15 +73,20 @@ class Tower(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Return the normalised vectors of ids, shape ids.shape + (embedding_dim,)."""
+        if ids.numel() >= self.embedding.num_embeddings:
+            # A batch that looks up more rows than the table has: transform every row
+            # once and gather, instead of running the tower on each repeated lookup.
+            return self.all()[ids]
         return F.normalize(self.mlp(self.embedding(ids)), dim=-1)
 
     def all(self) -> torch.Tensor:
-        """Return the normalised vectors of every id."""
+        """Return the normalised vectors of every id, shape (n_ids, embedding_dim)."""
         return F.normalize(self.mlp(self.embedding.weight), dim=-1)
 
 
 class TwoTowerModel(nn.Module):
-    """User tower x item tower; forward returns logits for (user, item) pairs."""
+    """User tower x item tower; forward returns raw logits (no sigmoid)."""
 
     def __init__(self, config: TwoTowerConfig) -> None:
         super().__init__()
@@ -80,7 +105,18 @@ class TwoTowerModel(nn.Module):
             self.log_scale.clamp_(max=math.log(self.config.max_logit_scale))
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        cosine = (self.user_tower(users) * self.item_tower(items)).sum(-1)
+        """Return logits for (user, item) pairs.
+
+        users has shape (B,); items (B,) for one item per user, or (B, k) for a
+        group of k items per user (a positive and its negatives), in which case
+        each user vector is computed once and the result has shape (B, k).
+        """
+        user_vectors = self.user_tower(users)
+        item_vectors = self.item_tower(items)
+        if items.dim() == users.dim() + 1:
+            cosine = torch.bmm(item_vectors, user_vectors.unsqueeze(-1)).squeeze(-1)
+        else:
+            cosine = (user_vectors * item_vectors).sum(-1)
         return self.log_scale.exp() * cosine
 
     @torch.no_grad()

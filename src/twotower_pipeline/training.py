@@ -1,9 +1,11 @@
 """The training loop: BCE-with-logits on positives and freshly drawn negatives.
 
-Batches are slices of a shuffled permutation of flat (user, item, label)
-tensors, with no per-sample Dataset. Every random choice of epoch e is seeded by
-(seed, e), so a run resumed from the checkpoint of epoch e ends with the same
-weights as a run that was never interrupted.
+Examples are kept as groups: one positive and its neg_ratio negatives, so a
+step takes B users and a (B, 1 + neg_ratio) block of items and computes each
+user vector once. Batches are slices of a shuffled permutation of the groups
+(no per-sample Dataset). Every random choice of epoch e (negatives, order) is
+seeded by (seed, e), so a run resumed from the checkpoint of epoch e ends with
+the same weights as a run that was never interrupted.
 """
 
 from __future__ import annotations
@@ -24,9 +26,22 @@ from tqdm.auto import tqdm
 
 from twotower_pipeline.metrics import binary_log_loss, ranking_metrics, roc_auc
 from twotower_pipeline.model import TwoTowerModel
-from twotower_pipeline.sampling import PositiveSet, build_training_examples, sample_negatives
+from twotower_pipeline.sampling import PositiveSet, sample_negatives
 
 logger = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_auc",
+    "recall@{k}",
+    "ndcg@{k}",
+    "logit_scale",
+    "learning_rate",
+    "examples_per_second",
+    "seconds",
+]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -40,15 +55,27 @@ class TrainingSpec:
     seed: int
     num_epochs: int
     neg_ratio: int
-    batch_size: int
+    batch_size: int  # positives per step; each brings its neg_ratio negatives
     learning_rate: float
-    weight_decay: float
-    lr_schedule: str
+    weight_decay: float  # decoupled (AdamW) decay of the tower weights, not of the scale
+    lr_schedule: str  # constant | cosine
     resample_each_epoch: bool
     eval_k: int
     checkpoint_dir: str
     resume: bool
     progress_bar: bool
+
+
+@dataclass
+class ExampleGroups:
+    """One epoch's examples: users (P,) and items (P, 1 + neg_ratio), the positive first."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+
+    @property
+    def n_examples(self) -> int:
+        return self.items.numel()
 
 
 @dataclass
@@ -58,6 +85,50 @@ class ValidationSample:
     users: torch.Tensor
     items: torch.Tensor
     labels: torch.Tensor
+
+
+def groups_from_examples(examples: pd.DataFrame, neg_ratio: int) -> ExampleGroups:
+    """Return the persisted examples (positive-then-negatives rows) as groups.
+
+    Raises ValueError when the rows are not in that layout, e.g. when they were
+    made with another neg_ratio.
+    """
+    group = 1 + neg_ratio
+    users = examples["user"].to_numpy(np.int64)
+    labels = examples["label"].to_numpy()
+    if users.size % group:
+        raise ValueError(
+            f"train_examples has {users.size} rows, not a multiple of 1 + neg_ratio = {group}; "
+            "it was made with another neg_ratio: re-run the negative_sampling pipeline"
+        )
+    users = users.reshape(-1, group)
+    labels = labels.reshape(-1, group)
+    if not (
+        (labels[:, 0] == 1).all() and (labels[:, 1:] == 0).all() and (users == users[:, :1]).all()
+    ):
+        raise ValueError(
+            f"train_examples is not laid out as one positive followed by its {neg_ratio} "
+            "negatives for the same user: re-run the negative_sampling pipeline"
+        )
+    items = examples["item"].to_numpy(np.int64).reshape(-1, group)
+    return ExampleGroups(torch.from_numpy(users[:, 0].copy()), torch.from_numpy(items.copy()))
+
+
+def draw_groups(
+    train: pd.DataFrame,
+    positives: PositiveSet,
+    neg_ratio: int,
+    rng: np.random.Generator,
+    probabilities: np.ndarray | None,
+) -> ExampleGroups:
+    """Return every training positive with freshly drawn negatives, as arrays.
+
+    Draws exactly what sampling.build_training_examples draws with the same rng.
+    """
+    users = train["user"].to_numpy(np.int64)
+    negatives = sample_negatives(users, positives, neg_ratio, rng, probabilities)
+    items = np.column_stack([train["item"].to_numpy(np.int64), negatives])
+    return ExampleGroups(torch.from_numpy(users), torch.from_numpy(items))
 
 
 def validation_sample(
@@ -81,12 +152,15 @@ def validation_sample(
     labels[:, 0] = 1
     return ValidationSample(
         users=torch.from_numpy(np.repeat(users, group)),
-        items=torch.from_numpy(np.column_stack([val["item"].to_numpy(np.int64), negatives]).ravel()),
+        items=torch.from_numpy(
+            np.column_stack([val["item"].to_numpy(np.int64), negatives]).ravel()
+        ),
         labels=torch.from_numpy(labels.ravel()),
     )
 
 
-def _learning_rate(spec: TrainingSpec, epoch: int) -> float:
+def learning_rate_at(spec: TrainingSpec, epoch: int) -> float:
+    """Return the learning rate of 0-based epoch `epoch` (constant within an epoch)."""
     if spec.lr_schedule == "constant":
         return spec.learning_rate
     if spec.lr_schedule == "cosine":
@@ -94,25 +168,37 @@ def _learning_rate(spec: TrainingSpec, epoch: int) -> float:
     raise ValueError(f"training.lr_schedule must be constant or cosine, not {spec.lr_schedule!r}")
 
 
+def make_optimizer(model: TwoTowerModel, spec: TrainingSpec) -> torch.optim.Optimizer:
+    """Return AdamW with decay on the tower weights only; the logit scale is never decayed."""
+    towers = [p for name, p in model.named_parameters() if name != "log_scale"]
+    return torch.optim.AdamW(
+        [
+            {"params": towers, "weight_decay": spec.weight_decay},
+            {"params": [model.log_scale], "weight_decay": 0.0},
+        ],
+        lr=spec.learning_rate,
+    )
+
+
 def _show_progress(spec: TrainingSpec) -> bool:
     return spec.progress_bar and sys.stderr.isatty() and not os.environ.get("CI")
 
 
-def _checkpoint_path(spec: TrainingSpec) -> Path:
+def checkpoint_path(spec: TrainingSpec) -> Path:
     return Path(spec.checkpoint_dir) / "last.pt"
 
 
 def _save_checkpoint(spec: TrainingSpec, state: dict) -> None:
-    path = _checkpoint_path(spec)
+    path = checkpoint_path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
-    os.replace(tmp, path)
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint whole
 
 
 def _load_checkpoint(spec: TrainingSpec, model: TwoTowerModel, optimizer) -> list[dict]:
     """Restore model and optimizer from the last checkpoint; return the history so far."""
-    path = _checkpoint_path(spec)
+    path = checkpoint_path(spec)
     if not path.exists():
         logger.warning("training.resume is set but %s does not exist: starting from epoch 1", path)
         return []
@@ -126,20 +212,6 @@ def _load_checkpoint(spec: TrainingSpec, model: TwoTowerModel, optimizer) -> lis
     optimizer.load_state_dict(state["optimizer"])
     logger.info("resuming from %s after epoch %d", path, len(state["history"]))
     return list(state["history"])
-
-
-def _epoch_examples(
-    epoch: int,
-    first_examples: pd.DataFrame,
-    train: pd.DataFrame,
-    n_items: int,
-    spec: TrainingSpec,
-    probabilities: np.ndarray | None,
-) -> pd.DataFrame:
-    if epoch == 0 or not spec.resample_each_epoch:
-        return first_examples
-    rng = np.random.default_rng([spec.seed, epoch])
-    return build_training_examples(train, n_items, spec.neg_ratio, rng, probabilities)
 
 
 @torch.no_grad()
@@ -157,7 +229,12 @@ def evaluate_epoch(
     labels = sample.labels.numpy()
     ranking = ranking_metrics(
         lambda users: model.score_all_items(torch.from_numpy(users)),
-        train, val, model.config.n_users, model.config.n_items, [k], seed=seed,
+        train,
+        val,
+        model.config.n_users,
+        model.config.n_items,
+        [k],
+        seed=seed,
     )
     model.train()
     return {
@@ -168,6 +245,42 @@ def evaluate_epoch(
     }
 
 
+def train_epoch(
+    model: TwoTowerModel,
+    optimizer: torch.optim.Optimizer,
+    groups: ExampleGroups,
+    batch_size: int,
+    generator: torch.Generator,
+    description: str = "",
+    progress: bool = False,
+) -> float:
+    """Run one pass over the groups in a seeded random order; return the mean loss per example.
+
+    Raises TrainingDivergedError at the first step whose loss is NaN or infinite,
+    before that step changes any weight.
+    """
+    n_groups = groups.users.numel()
+    order = torch.randperm(n_groups, generator=generator)
+    labels = torch.zeros(min(batch_size, n_groups), groups.items.shape[1])
+    labels[:, 0] = 1.0
+    total = torch.zeros((), dtype=torch.float64)
+    steps = range(0, n_groups, batch_size)
+    for start in tqdm(steps, desc=description, leave=False, disable=not progress):
+        batch = order[start : start + batch_size]
+        logits = model(groups.users[batch], groups.items[batch])
+        loss = F.binary_cross_entropy_with_logits(logits, labels[: batch.numel()])
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"loss is {loss.item()} at the step starting at group {start}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.clamp_scale()
+        total += loss.detach() * logits.numel()
+    return float(total) / groups.n_examples
+
+
 def fit(
     model: TwoTowerModel,
     train: pd.DataFrame,
@@ -176,69 +289,87 @@ def fit(
     spec: TrainingSpec,
     probabilities: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Train the model in place; return one history row per epoch."""
+    """Train the model in place; return one history row per epoch (columns HISTORY_COLUMNS)."""
     n_items = model.config.n_items
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay
-    )
-    history = _load_checkpoint(spec, model, optimizer) if spec.resume else []
+    optimizer = make_optimizer(model, spec)
+    if spec.resume:
+        history = _load_checkpoint(spec, model, optimizer)
+    else:
+        history = []
+        checkpoint_path(spec).unlink(missing_ok=True)  # never resume into another run's state
     sample = validation_sample(train, val, n_items, spec.neg_ratio, spec.seed)
+    positives = PositiveSet(train["user"].to_numpy(), train["item"].to_numpy(), n_items)
+    first_groups = groups_from_examples(first_examples, spec.neg_ratio)
+    k = spec.eval_k
 
     for epoch in range(len(history), spec.num_epochs):
         started = time.perf_counter()
-        lr = _learning_rate(spec, epoch)
+        lr = learning_rate_at(spec, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        examples = _epoch_examples(epoch, first_examples, train, n_items, spec, probabilities)
-        users = torch.from_numpy(examples["user"].to_numpy(np.int64))
-        items = torch.from_numpy(examples["item"].to_numpy(np.int64))
-        labels = torch.from_numpy(examples["label"].to_numpy(np.float32))
-        order = torch.randperm(users.numel(), generator=torch.Generator().manual_seed(
-            spec.seed * 100_003 + epoch))
-
-        total_loss, total_seen = 0.0, 0
-        steps = range(0, users.numel(), spec.batch_size)
-        for start in tqdm(steps, desc=f"epoch {epoch + 1}/{spec.num_epochs}", leave=False,
-                          disable=not _show_progress(spec)):
-            batch = order[start : start + spec.batch_size]
-            logits = model(users[batch], items[batch])
-            loss = F.binary_cross_entropy_with_logits(logits, labels[batch])
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"epoch {epoch + 1}, example {start}: loss is {loss.item()}; "
-                    f"the last good checkpoint (epoch {len(history)}) is kept at "
-                    f"{_checkpoint_path(spec)}. Lower training.learning_rate."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            model.clamp_scale()
-            total_loss += loss.item() * batch.numel()
-            total_seen += batch.numel()
-        train_seconds = time.perf_counter() - started
+        if epoch == 0 or not spec.resample_each_epoch:
+            groups = first_groups
+        else:
+            rng = np.random.default_rng([spec.seed, epoch])
+            groups = draw_groups(train, positives, spec.neg_ratio, rng, probabilities)
+        step_started = time.perf_counter()
+        try:
+            train_loss = train_epoch(
+                model,
+                optimizer,
+                groups,
+                spec.batch_size,
+                torch.Generator().manual_seed(spec.seed * 100_003 + epoch),
+                f"epoch {epoch + 1}/{spec.num_epochs}",
+                _show_progress(spec),
+            )
+        except TrainingDivergedError as error:
+            where = checkpoint_path(spec)
+            kept = (
+                f"the last good checkpoint (epoch {len(history)}) is kept at {where}"
+                if history
+                else "no epoch finished, so there is no checkpoint"
+            )
+            raise TrainingDivergedError(
+                f"training diverged in epoch {epoch + 1}: {error}; {kept}. "
+                "Lower training.learning_rate or model.max_logit_scale."
+            ) from error
+        step_seconds = time.perf_counter() - step_started
 
         row = {
             "epoch": epoch + 1,
-            "train_loss": total_loss / total_seen,
-            **evaluate_epoch(model, train, val, sample, spec.eval_k, spec.seed),
+            "train_loss": train_loss,
+            **evaluate_epoch(model, train, val, sample, k, spec.seed),
             "logit_scale": model.logit_scale,
             "learning_rate": lr,
-            "examples_per_second": total_seen / train_seconds,
+            "examples_per_second": groups.n_examples / step_seconds,
             "seconds": time.perf_counter() - started,
         }
         history.append(row)
         logger.info(
             "epoch %2d/%d  train_loss %.4f  val_loss %.4f  val_auc %.3f  recall@%d %.4f  "
-            "ndcg@%d %.4f  scale %.2f  %.2fM ex/s",
-            row["epoch"], spec.num_epochs, row["train_loss"], row["val_loss"], row["val_auc"],
-            spec.eval_k, row[f"recall@{spec.eval_k}"], spec.eval_k, row[f"ndcg@{spec.eval_k}"],
-            row["logit_scale"], row["examples_per_second"] / 1e6,
+            "ndcg@%d %.4f  scale %.2f  lr %.2g  %.2fM ex/s",
+            row["epoch"],
+            spec.num_epochs,
+            row["train_loss"],
+            row["val_loss"],
+            row["val_auc"],
+            k,
+            row[f"recall@{k}"],
+            k,
+            row[f"ndcg@{k}"],
+            row["logit_scale"],
+            lr,
+            row["examples_per_second"] / 1e6,
         )
-        _save_checkpoint(spec, {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "model_config": model.config.to_dict(),
-            "seed": spec.seed,
-            "history": history,
-        })
-    return pd.DataFrame(history)
+        _save_checkpoint(
+            spec,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "model_config": model.config.to_dict(),
+                "seed": spec.seed,
+                "history": history,
+            },
+        )
+    return pd.DataFrame(history, columns=[c.format(k=k) for c in HISTORY_COLUMNS])
