@@ -42,14 +42,21 @@ CHROMIUM_FLAGS = (
 )
 # Kedro's data layers, in the order the catalog's metadata draws them.
 LAYERS = ["raw", "intermediate", "primary", "model_input", "models", "model_output", "reporting"]
-PREVIEW_BY_TYPE = {
+# The preview kedro-viz should show, by dataset class (plotly's JSONDataset is a plot).
+PREVIEW_BY_CLASS = {
     "ParquetDataset": "TablePreview",
     "CSVDataset": "TablePreview",
     "SyntheticInteractionsDataset": "TablePreview",
     "JSONDataset": "JSONPreview",
     "MatplotlibDataset": "ImagePreview",
-    "PlotlyDataset": "PlotlyPreview",
 }
+
+
+def expected_preview(dataset_type: str) -> str | None:
+    """Return the preview kind a dataset of this type (as kedro-viz names it) should have."""
+    if dataset_type.startswith("plotly."):
+        return "PlotlyPreview"
+    return PREVIEW_BY_CLASS.get(dataset_type.rsplit(".", 1)[-1])
 
 
 def find_chromium() -> str | None:
@@ -138,6 +145,7 @@ class RenderedViz(HTMLParser):
         self.layers: list[str] = []
         self.preview_headers: list[str] = []
         self.preview_images = 0
+        self.plotly_charts = 0
         self._text_target: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -153,6 +161,8 @@ class RenderedViz(HTMLParser):
             self._text_target = self.preview_headers
         elif tag == "img" and (attributes.get("src") or "").startswith("data:image/"):
             self.preview_images += 1
+        elif "js-plotly-plot" in classes:
+            self.plotly_charts += 1
 
     def handle_data(self, data: str) -> None:
         if self._text_target is not None and data.strip():
@@ -220,7 +230,7 @@ def test_every_dataset_has_a_layer_and_a_preview_of_its_kind(viz_site, smoke_pro
         if node.get("layer") not in LAYERS:
             problems.append(f"{name}: no layer (metadata.kedro-viz.layer in the catalog)")
         viz_conf = (catalog_conf.get(name, {}).get("metadata") or {}).get("kedro-viz") or {}
-        kind = PREVIEW_BY_TYPE.get(node["dataset_type"].rsplit(".", 1)[-1])
+        kind = expected_preview(node["dataset_type"])
         if kind is None or viz_conf.get("preview") is False:
             continue
         details = json.loads((viz_site / "api" / "nodes" / node["id"]).read_text())
@@ -244,14 +254,20 @@ def test_a_selected_table_dataset_shows_its_preview_in_the_browser(
     )
 
 
-def test_a_selected_plot_shows_its_image_in_the_browser(chromium, site_url, viz_site):
-    images = [
+@pytest.mark.parametrize("kind", ["ImagePreview", "PlotlyPreview"])
+def test_a_selected_plot_shows_its_image_or_chart_in_the_browser(
+    chromium, site_url, viz_site, kind
+):
+    plots = [
         (name, node)
         for name, node in site_nodes(viz_site).items()
-        if node["type"] == "data" and (node.get("dataset_type") or "").endswith("MatplotlibDataset")
+        if node["type"] == "data" and expected_preview(node.get("dataset_type") or "") == kind
     ]
-    if not images:
-        pytest.skip("the pipeline has no Matplotlib plot dataset")
-    name, node = images[0]
+    if not plots:
+        pytest.skip(f"the pipeline has no dataset previewed as {kind}")
+    name, node = plots[0]
     page = render(chromium, f"{site_url}?pid=__default__&sid={node['id']}&sn={name}")
-    assert page.preview_images >= 1
+    if kind == "ImagePreview":
+        assert page.preview_images >= 1, f"{name}: no image in the side panel"
+    else:
+        assert page.plotly_charts >= 1, f"{name}: no plotly chart in the side panel"
