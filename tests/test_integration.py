@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 
-ROOT = Path(__file__).resolve().parents[1]
 PUBLIC_DATASETS = {
     "raw_interactions": "data/01_raw/synthetic_interactions_smoke.parquet",
     "interactions": "data/03_primary/interactions.parquet",
@@ -35,35 +31,11 @@ PUBLIC_DATASETS = {
 pytestmark = pytest.mark.integration
 
 
-def copy_project(destination: Path) -> Path:
-    """Return a copy of the project without its data, virtual environment or history."""
-    ignore_top = {".venv", ".git", "build", ".viz", "benchmarks", "notebooks", "docs"}
-
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        here = Path(directory)
-        skipped = {n for n in names if n in {"__pycache__", ".pytest_cache", ".ipynb_checkpoints"}}
-        if here == ROOT:
-            skipped |= ignore_top & set(names)
-        if here.parent == ROOT / "data":
-            skipped |= {n for n in names if n != ".gitkeep"}
-        return skipped
-
-    shutil.copytree(ROOT, destination, ignore=ignore)
-    (destination / "conf" / "local").mkdir(exist_ok=True)
-    return destination
-
-
-def run(project: Path, pipeline: str | None = None, params: dict | None = None) -> None:
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, env="smoke", runtime_params=params) as session:
-        session.run(pipeline_name=pipeline)
-
-
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    """A project copy on which `kedro run --env=smoke` has run once."""
-    project = copy_project(tmp_path_factory.mktemp("smoke") / "project")
-    run(project)
+def smoke_run(make_project_copy, kedro_run) -> Path:
+    """A project copy of its own, smoke-run once (these tests run more pipelines in it)."""
+    project = make_project_copy("integration")
+    kedro_run(project)
     return project
 
 
@@ -86,8 +58,8 @@ def test_training_history_has_one_row_per_epoch_of_the_smoke_env(smoke_run):
     assert history[["train_loss", "val_loss"]].gt(0.05).all().all()
 
 
-def test_train_pipeline_reruns_sampling_with_the_neg_ratio_given_at_run_time(smoke_run):
-    run(smoke_run, pipeline="train", params={"neg_ratio": 2})
+def test_train_pipeline_reruns_sampling_with_the_neg_ratio_given_at_run_time(smoke_run, kedro_run):
+    kedro_run(smoke_run, pipeline="train", params={"neg_ratio": 2})
     examples = pd.read_parquet(smoke_run / PUBLIC_DATASETS["train_examples"])
     train = pd.read_parquet(smoke_run / PUBLIC_DATASETS["train_interactions"])
     assert len(examples) == 3 * len(train)
@@ -96,13 +68,17 @@ def test_train_pipeline_reruns_sampling_with_the_neg_ratio_given_at_run_time(smo
     assert negatives_per_positive == 2
 
 
-def test_train_pipeline_without_prepared_data_says_which_command_to_run(tmp_path):
-    project = copy_project(tmp_path / "project")
+def test_train_pipeline_without_prepared_data_says_which_command_to_run(make_project_copy):
+    project = make_project_copy("unprepared")
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "COLUMNS": "200"}
     kedro = Path(sys.executable).with_name("kedro")
     result = subprocess.run(
         [str(kedro), "run", "--pipeline=train"],
-        cwd=project, env=env, capture_output=True, text=True, timeout=300,
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
