@@ -3,8 +3,9 @@
 from kedro.config import OmegaConfigLoader
 
 from twotower_pipeline.hooks import PreparedDataHooks
+from twotower_pipeline.logging_hooks import NodeSummaryHooks
 
-HOOKS = (PreparedDataHooks(),)
+HOOKS = (PreparedDataHooks(), NodeSummaryHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 # Environments override base key by key ("soft" merge), so conf/smoke can change
