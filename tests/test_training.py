@@ -53,6 +53,7 @@ def make_spec(tmp_path, **overrides) -> TrainingSpec:
         batch_size=8,
         learning_rate=0.05,
         weight_decay=0.01,
+        scale_lr_ratio=1.0,
         lr_schedule="cosine",
         resample_each_epoch=True,
         eval_k=3,

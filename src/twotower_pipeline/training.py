@@ -58,6 +58,7 @@ class TrainingSpec:
     batch_size: int  # positives per step; each brings its neg_ratio negatives
     learning_rate: float
     weight_decay: float  # decoupled (AdamW) decay of the tower weights, not of the scale
+    scale_lr_ratio: float  # the logit scale learns at learning_rate x this
     lr_schedule: str  # constant | cosine
     resample_each_epoch: bool
     eval_k: int
@@ -169,12 +170,12 @@ def learning_rate_at(spec: TrainingSpec, epoch: int) -> float:
 
 
 def make_optimizer(model: TwoTowerModel, spec: TrainingSpec) -> torch.optim.Optimizer:
-    """Return AdamW with decay on the tower weights only; the logit scale is never decayed."""
+    """Return AdamW: the towers with weight decay; the logit scale undecayed, at its own rate."""
     towers = [p for name, p in model.named_parameters() if name != "log_scale"]
     return torch.optim.AdamW(
         [
-            {"params": towers, "weight_decay": spec.weight_decay},
-            {"params": [model.log_scale], "weight_decay": 0.0},
+            {"params": towers, "weight_decay": spec.weight_decay, "lr_ratio": 1.0},
+            {"params": [model.log_scale], "weight_decay": 0.0, "lr_ratio": spec.scale_lr_ratio},
         ],
         lr=spec.learning_rate,
     )
@@ -306,7 +307,7 @@ def fit(
         started = time.perf_counter()
         lr = learning_rate_at(spec, epoch)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_ratio"]
         if epoch == 0 or not spec.resample_each_epoch:
             groups = first_groups
         else:
