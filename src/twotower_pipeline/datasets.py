@@ -82,5 +82,8 @@ class SyntheticInteractionsDataset(AbstractDataset[None, pd.DataFrame]):
     def preview(self, nrows: int = 5) -> dict:
         """Rows for kedro-viz's table preview."""
         frame = self.load().head(nrows)
-        return {"index": list(range(len(frame))), "columns": list(frame.columns),
-                "data": frame.values.tolist()}
+        return {
+            "index": list(range(len(frame))),
+            "columns": list(frame.columns),
+            "data": frame.values.tolist(),
+        }

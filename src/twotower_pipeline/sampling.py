@@ -50,7 +50,9 @@ def item_distribution(
     if kind == "uniform":
         return None
     if kind != "popularity":
-        raise ValueError(f"negative_sampling.distribution must be uniform or popularity, not {kind!r}")
+        raise ValueError(
+            f"negative_sampling.distribution must be uniform or popularity, not {kind!r}"
+        )
     counts = np.bincount(train_items, minlength=n_items).astype(np.float64)
     weights = counts**alpha
     if weights.sum() == 0:
@@ -64,23 +66,12 @@ def _draw(rng: np.random.Generator, n_items: int, size: int, cdf: np.ndarray | N
     return np.minimum(np.searchsorted(cdf, rng.random(size), side="right"), n_items - 1)
 
 
-def sample_negatives(
-    users: np.ndarray,
-    positives: PositiveSet,
-    neg_ratio: int,
-    rng: np.random.Generator,
-    probabilities: np.ndarray | None = None,
-    max_rounds: int = 20,
-) -> np.ndarray:
-    """Return an int64 array (len(users), neg_ratio) of negatives, one row per given user.
-
-    Raises NegativeSamplingError, naming how many users and which, when some
-    user has no item left to be a negative.
-    """
+def _check_catalogue(users: np.ndarray, positives: PositiveSet) -> None:
     n_items = positives.n_items
-    users = np.asarray(users, dtype=np.int64)
-    if users.size == 0 or neg_ratio == 0:
-        return np.empty((users.size, neg_ratio), dtype=np.int64)
+    if n_items < 2:
+        raise NegativeSamplingError(
+            f"the catalogue has {n_items} item(s): negatives need at least 2 items"
+        )
     unique_users = np.unique(users)
     per_user = positives.counts_per_user(int(unique_users[-1]) + 1)[unique_users]
     saturated = unique_users[per_user >= n_items]
@@ -91,7 +82,47 @@ def sample_negatives(
             "drop them from the log or enlarge the catalogue"
         )
 
+
+def sample_negatives(
+    users: np.ndarray,
+    positives: PositiveSet,
+    neg_ratio: int,
+    rng: np.random.Generator,
+    probabilities: np.ndarray | None = None,
+    max_rounds: int = 20,
+    chunk_rows: int = 4_000_000,
+) -> np.ndarray:
+    """Return an int64 array (len(users), neg_ratio) of negatives, one row per given user.
+
+    Rows are drawn in chunks of `chunk_rows` users so temporary memory stays
+    bounded on logs of tens of millions of positives. Raises
+    NegativeSamplingError, naming how many users and which, when some user
+    has no item left to be a negative.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    negatives = np.empty((users.size, neg_ratio), dtype=np.int64)
+    if users.size == 0 or neg_ratio == 0:
+        return negatives
+    _check_catalogue(users, positives)
     cdf = None if probabilities is None else np.cumsum(probabilities)
+    for start in range(0, users.size, chunk_rows):
+        chunk = users[start : start + chunk_rows]
+        negatives[start : start + chunk.size] = _sample_chunk(
+            chunk, positives, neg_ratio, rng, probabilities, cdf, max_rounds
+        ).reshape(chunk.size, neg_ratio)
+    return negatives
+
+
+def _sample_chunk(
+    users: np.ndarray,
+    positives: PositiveSet,
+    neg_ratio: int,
+    rng: np.random.Generator,
+    probabilities: np.ndarray | None,
+    cdf: np.ndarray | None,
+    max_rounds: int,
+) -> np.ndarray:
+    n_items = positives.n_items
     flat_users = np.repeat(users, neg_ratio)
     negatives = _draw(rng, n_items, flat_users.size, cdf)
     pending = np.flatnonzero(positives.contains(flat_users, negatives))
@@ -101,8 +132,8 @@ def sample_negatives(
         negatives[pending] = _draw(rng, n_items, pending.size, cdf)
         pending = pending[positives.contains(flat_users[pending], negatives[pending])]
 
-    # Whatever is still rejected belongs to users who hold most of the catalogue:
-    # draw those exactly from what they have not seen.
+    # Whatever is still rejected belongs to users who hold most of the catalogue
+    # (a handful at most): draw those exactly from what they have not seen.
     for user in np.unique(flat_users[pending]):
         rows = pending[flat_users[pending] == user]
         allowed = np.setdiff1d(np.arange(n_items), positives.items_of(int(user)))
@@ -111,7 +142,7 @@ def sample_negatives(
             weights = probabilities[allowed]
             weights = weights / weights.sum() if weights.sum() > 0 else None
         negatives[rows] = rng.choice(allowed, size=rows.size, p=weights)
-    return negatives.reshape(users.size, neg_ratio)
+    return negatives
 
 
 def build_training_examples(
@@ -123,16 +154,17 @@ def build_training_examples(
 ) -> pd.DataFrame:
     """Return every training positive followed by its neg_ratio negatives (user, item, label)."""
     users = train["user"].to_numpy(np.int64)
-    pos_items = train["item"].to_numpy(np.int64)
-    positives = PositiveSet(users, pos_items, n_items)
-    negatives = sample_negatives(users, positives, neg_ratio, rng, probabilities)
+    positives = PositiveSet(users, train["item"].to_numpy(np.int64), n_items)
     group = 1 + neg_ratio
+    items = np.empty((users.size, group), dtype=np.int32)
+    items[:, 0] = train["item"].to_numpy()
+    items[:, 1:] = sample_negatives(users, positives, neg_ratio, rng, probabilities)
     labels = np.zeros((users.size, group), dtype=np.float32)
     labels[:, 0] = 1.0
     return pd.DataFrame(
         {
-            "user": np.repeat(users, group).astype(np.int32),
-            "item": np.column_stack([pos_items, negatives]).ravel().astype(np.int32),
+            "user": np.repeat(train["user"].to_numpy(np.int32), group),
+            "item": items.ravel(),
             "label": labels.ravel(),
         }
     )

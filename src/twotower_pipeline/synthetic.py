@@ -54,9 +54,7 @@ def generate_interactions(spec: SyntheticLogSpec) -> pd.DataFrame:
     chunk = max(1, 2_000_000 // n_items)
     for start in range(0, n_users, chunk):
         stop = min(start + chunk, n_users)
-        logits = item_log_popularity + spec.taste_strength * (
-            user_taste[start:stop] @ item_taste.T
-        )
+        logits = item_log_popularity + spec.taste_strength * (user_taste[start:stop] @ item_taste.T)
         keys = logits + rng.gumbel(size=logits.shape)
         order = np.argsort(-keys, axis=1, kind="stable")
         for row, user in enumerate(range(start, stop)):

@@ -16,8 +16,12 @@ def split(interactions: pd.DataFrame, split: dict) -> tuple[pd.DataFrame, pd.Dat
     train, val, report = split_interactions(interactions, SplitSpec.from_params(split))
     logger.info(
         "%s split: %d train, %d validation positives for %d users "
-        "(%d dropped: item unseen in train)",
-        report["strategy"], report["train_interactions"], report["val_interactions"],
-        report["val_users"], report["val_dropped_cold_items"],
+        "(dropped: %d with an item unseen in train, %d with a user unseen in train)",
+        report["strategy"],
+        report["train_interactions"],
+        report["val_interactions"],
+        report["val_users"],
+        report["val_dropped_cold_items"],
+        report["val_dropped_cold_users"],
     )
     return train, val, report
