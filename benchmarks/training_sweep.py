@@ -44,31 +44,17 @@ from twotower_pipeline.synthetic import SyntheticLogSpec, generate_interactions 
 # name -> overrides of conf/base parameters. The first rows reproduce the
 # reference loop's settings; later rows are the candidates compared for the defaults.
 SETTINGS: dict[str, list[str]] = {
-    "const lr 1e-2": [
-        "training.lr_schedule=constant",
-        "training.learning_rate=0.01",
-        "training.weight_decay=0",
-    ],
-    "cosine lr 1e-2": [
-        "training.lr_schedule=cosine",
-        "training.learning_rate=0.01",
-        "training.weight_decay=0",
-    ],
-    "cosine lr 5e-3": [
-        "training.lr_schedule=cosine",
-        "training.learning_rate=0.005",
-        "training.weight_decay=0",
-    ],
+    "const lr 1e-2": ["training.lr_schedule=constant", "training.learning_rate=0.01"],
+    "cosine lr 1e-2": ["training.lr_schedule=cosine", "training.learning_rate=0.01"],
+    "cosine lr 5e-3": ["training.lr_schedule=cosine", "training.learning_rate=0.005"],
     "cosine lr 1e-2, cap 20": [
         "training.lr_schedule=cosine",
         "training.learning_rate=0.01",
-        "training.weight_decay=0",
         "model.max_logit_scale=20",
     ],
     "cosine lr 1e-2, d 32": [
         "training.lr_schedule=cosine",
         "training.learning_rate=0.01",
-        "training.weight_decay=0",
         "model.embedding_dim=32",
     ],
     "cosine lr 1e-2, wd 0.1": [
@@ -76,8 +62,84 @@ SETTINGS: dict[str, list[str]] = {
         "training.learning_rate=0.01",
         "training.weight_decay=0.1",
     ],
+    "cosine lr 1e-2, scale lr x0.2": [
+        "training.lr_schedule=cosine",
+        "training.learning_rate=0.01",
+        "training.scale_lr_ratio=0.2",
+    ],
+    "cosine lr 1e-2, scale lr x0.2, wd 0.1": [
+        "training.lr_schedule=cosine",
+        "training.learning_rate=0.01",
+        "training.scale_lr_ratio=0.2",
+        "training.weight_decay=0.1",
+    ],
+    "cosine lr 7e-3": ["training.lr_schedule=cosine", "training.learning_rate=0.007"],
+    "cosine lr 5e-3, batch 2048": [
+        "training.lr_schedule=cosine",
+        "training.learning_rate=0.005",
+        "training.batch_size=2048",
+    ],
+    "cosine lr 1e-2, wd 0.1, d 16": [
+        "training.lr_schedule=cosine",
+        "training.learning_rate=0.01",
+        "training.weight_decay=0.1",
+        "model.embedding_dim=16",
+    ],
+    "cosine lr 1e-2, wd 0.1, init 0.3": [
+        "training.lr_schedule=cosine",
+        "training.learning_rate=0.01",
+        "training.weight_decay=0.1",
+        "model.init_std=0.3",
+    ],
+    "cosine lr 1e-2, wd 0.1, cap 20": [
+        "training.lr_schedule=cosine",
+        "training.learning_rate=0.01",
+        "training.weight_decay=0.1",
+        "model.max_logit_scale=20",
+    ],
+    "cosine lr 1e-2, wd 0.1, d 32": [
+        "training.lr_schedule=cosine",
+        "training.learning_rate=0.01",
+        "training.weight_decay=0.1",
+        "model.embedding_dim=32",
+    ],
+    "cosine lr 8e-3, wd 0.1": [
+        "training.lr_schedule=cosine",
+        "training.learning_rate=0.008",
+        "training.weight_decay=0.1",
+    ],
+    "cosine lr 1e-2, wd 0.1, d 16, batch 2048": [
+        "training.lr_schedule=cosine",
+        "training.learning_rate=0.01",
+        "training.weight_decay=0.1",
+        "model.embedding_dim=16",
+        "training.batch_size=2048",
+    ],
+    "cosine lr 8e-3, wd 0.1, d 16, batch 2048": [
+        "training.lr_schedule=cosine",
+        "training.learning_rate=0.008",
+        "training.weight_decay=0.1",
+        "model.embedding_dim=16",
+        "training.batch_size=2048",
+    ],
+    "cosine lr 7e-3, wd 0.1, d 16, batch 2048": [
+        "training.lr_schedule=cosine",
+        "training.learning_rate=0.007",
+        "training.weight_decay=0.1",
+        "model.embedding_dim=16",
+        "training.batch_size=2048",
+    ],
     "defaults (conf/base)": [],
 }
+# Settings are read on top of these, so a row means the same whatever conf/base says.
+NEUTRAL = [
+    "training.weight_decay=0",
+    "training.scale_lr_ratio=1.0",
+    "training.batch_size=4096",
+    "model.embedding_dim=64",
+    "model.max_logit_scale=100",
+    "model.init_std=0.1",
+]
 BASE_RATE_LOSS = 0.4506
 
 
@@ -129,7 +191,7 @@ def main() -> None:
         if args.only is not None and setting not in args.only:
             continue
         for data_name, (train, val, n_users, n_items) in prepared.items():
-            params = project_parameters(overrides)
+            params = project_parameters(NEUTRAL + overrides if overrides else [])
             started = time.perf_counter()
             with tempfile.TemporaryDirectory() as checkpoints:
                 model, history = train_model(
@@ -170,6 +232,7 @@ def main() -> None:
                     "history": history.to_dict(orient="records"),
                 }
             )
+            write(args.output, base, runs)
             print(
                 f"{setting:28s} {data_name:9s} HR@10 {hr10:.4f}  pass={all(checks.values())}  "
                 f"{[k for k, v in checks.items() if not v]}",
@@ -192,15 +255,19 @@ def main() -> None:
     ]
     pd.set_option("display.width", 250)
     print(table.round(4).to_string(index=False))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
+    write(args.output, base, runs)
+    print(f"wrote {args.output}")
+
+
+def write(output: Path, base: dict, runs: list[dict]) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(
         json.dumps(
             {"base_parameters": base["training"] | base["model"], "runs": runs},
             indent=2,
             default=float,
         )
     )
-    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -264,6 +264,17 @@ def test_the_logit_scale_is_not_weight_decayed(tmp_path):
     assert len(scale_group) == 1 and len(scale_group[0]["params"]) == 1
 
 
+def test_the_scale_learns_at_its_own_ratio_of_the_learning_rate(data, tmp_path):
+    train, val = data
+    spec = make_spec(tmp_path, num_epochs=1, learning_rate=0.04, scale_lr_ratio=0.25)
+    model = new_model()
+    fit(model, train, val, first_examples(train), spec)
+    rates = sorted(group["lr"] for group in training.make_optimizer(model, spec).param_groups)
+    assert rates == [0.04, 0.04]  # a fresh optimizer starts at the base rate; fit sets the ratio
+    optimizer = training.make_optimizer(model, spec)
+    assert {g["lr_ratio"] for g in optimizer.param_groups} == {1.0, 0.25}
+
+
 def test_one_log_line_per_epoch_and_no_progress_bar_off_a_terminal(
     data, tmp_path, caplog, monkeypatch
 ):
