@@ -29,7 +29,9 @@ def plot(history: pd.DataFrame, title: str):
     right.plot(history["epoch"], history["recall@10"], "o-", color="tab:green", label="Recall@10")
     right.set(xlabel="epoch", ylabel="Recall@10 (full catalogue)", title="ranking and scale")
     scale = right.twinx()
-    scale.plot(history["epoch"], history["logit_scale"], "^--", color="tab:red", label="logit scale")
+    scale.plot(
+        history["epoch"], history["logit_scale"], "^--", color="tab:red", label="logit scale"
+    )
     scale.set_ylabel("learned logit scale")
     lines = right.get_legend_handles_labels()[0] + scale.get_legend_handles_labels()[0]
     right.legend(lines, ["Recall@10", "logit scale"], fontsize=8, loc="lower right")

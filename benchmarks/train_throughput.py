@@ -123,7 +123,9 @@ def main() -> None:
     for hidden in ([], [128]):
         for dim in (32, 64, 128):
             grouped_rate(groups, dim, hidden)  # warm-up
-            grouped = statistics.median(grouped_rate(groups, dim, hidden) for _ in range(args.repeats))
+            grouped = statistics.median(
+                grouped_rate(groups, dim, hidden) for _ in range(args.repeats)
+            )
             flat = statistics.median(flat_rate(groups, dim, hidden) for _ in range(args.repeats))
             per_sample = per_sample_rate(groups, dim, hidden, args.per_sample_examples)
             rows.append(
@@ -141,7 +143,8 @@ def main() -> None:
             print(
                 f"d={dim:<4d} mlp={r['mlp']:<6s} grouped {grouped / 1e6:6.2f}M/s  "
                 f"flat {flat / 1e6:6.2f}M/s  per-sample {per_sample / 1e6:6.3f}M/s  "
-                f"x{r['grouped_vs_per_sample']:.0f} vs per-sample, x{r['grouped_vs_flat']:.1f} vs flat",
+                f"x{r['grouped_vs_per_sample']:.0f} vs per-sample, "
+                f"x{r['grouped_vs_flat']:.1f} vs flat",
                 flush=True,
             )
 
