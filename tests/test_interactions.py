@@ -1,0 +1,286 @@
+"""Ingestion: every supported format, the column mapping, and one clear error per bad input.
+
+Raw files are small, hand-made and written in tmp_path; the MovieLens formats
+are read with the catalog entries the project ships in conf/movielens*.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from kedro.io import DatasetError
+from kedro_datasets.pandas import CSVDataset, ParquetDataset
+
+from twotower_pipeline.interactions import (
+    IngestionSpec,
+    InvalidInteractionsError,
+    encode_ids,
+    parse_timestamps,
+    validate_interactions,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+ML_100K = ROOT.parent / "shared" / "data" / "ml-100k" / "u.data"
+
+
+def spec(source: str = "log.csv", **params) -> IngestionSpec:
+    return IngestionSpec.from_params({"source": source, **params})
+
+
+def env_conf(env: str, name: str) -> dict:
+    return yaml.safe_load((ROOT / "conf" / env / f"{name}.yml").read_text())
+
+
+def env_raw_dataset(env: str, filepath: Path) -> CSVDataset:
+    """The raw_interactions entry of a shipped environment, pointed at `filepath`."""
+    entry = env_conf(env, "catalog")["raw_interactions"]
+    return CSVDataset(filepath=str(filepath), load_args=entry.get("load_args"))
+
+
+def ingest(raw: pd.DataFrame, ingestion: IngestionSpec):
+    clean, report = validate_interactions(raw, ingestion)
+    interactions, user_index, item_index = encode_ids(clean)
+    return clean, report, interactions, user_index, item_index
+
+
+# --- formats ------------------------------------------------------------------
+
+
+def test_csv_with_a_column_mapping_is_read_with_original_ids_kept(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("who,what,when\nalice,book,100\nbob,book,200\nalice,pen,300\n")
+    raw = CSVDataset(filepath=str(path)).load()
+    clean, report, interactions, users, items = ingest(
+        raw, spec(str(path), columns={"user": "who", "item": "what", "timestamp": "when"})
+    )
+    assert report["rows_read"] == 3 and report["users"] == 2 and report["items"] == 2
+    assert users["user_id"].tolist() == ["alice", "bob"]
+    assert items["item_id"].tolist() == ["book", "pen"]
+    # alice (0): book@100, pen@300; bob (1): book@200 -- in (user, time) order.
+    assert interactions[["user", "item", "timestamp"]].values.tolist() == [
+        [0, 0, 100],
+        [0, 1, 300],
+        [1, 0, 200],
+    ]
+    assert interactions.dtypes.to_dict() == {
+        "user": np.int32,
+        "item": np.int32,
+        "timestamp": np.int64,
+    }
+
+
+def test_tsv_without_header_is_read_through_load_args(tmp_path):
+    path = tmp_path / "events.tsv"
+    path.write_text("1\t10\t5\n2\t10\t6\n")
+    raw = CSVDataset(
+        filepath=str(path), load_args={"sep": "\t", "header": None, "names": ["u", "i", "t"]}
+    ).load()
+    _, report, interactions, _, _ = ingest(
+        raw, spec(str(path), columns={"user": "u", "item": "i", "timestamp": "t"})
+    )
+    assert report["interactions"] == 2
+    assert interactions["timestamp"].tolist() == [5, 6]
+
+
+def test_parquet_with_default_column_names_needs_no_mapping(tmp_path):
+    path = tmp_path / "events.parquet"
+    frame = pd.DataFrame({"user_id": [7, 7, 3], "item_id": [1, 2, 1], "timestamp": [3, 2, 1]})
+    ParquetDataset(filepath=str(path)).save(frame)
+    _, report, interactions, users, _ = ingest(ParquetDataset(filepath=str(path)).load(), spec())
+    assert users["user_id"].tolist() == [3, 7]
+    assert interactions[["user", "item", "timestamp"]].values.tolist() == [
+        [0, 0, 1],
+        [1, 1, 2],
+        [1, 0, 3],
+    ]
+
+
+def test_movielens_100k_u_data_is_read_by_the_movielens_env(tmp_path):
+    path = tmp_path / "u.data"
+    path.write_text("196\t242\t3\t881250949\n186\t302\t3\t891717742\n196\t302\t1\t878887116\n")
+    raw = env_raw_dataset("movielens", path).load()
+    ingestion = spec(
+        str(path), **{k: v for k, v in env_conf("movielens", "parameters")["ingestion"].items()}
+    )
+    _, report, interactions, users, _ = ingest(raw, ingestion)
+    assert report["rows_read"] == 3 and report["users"] == 2 and report["timestamp_unit"] == "s"
+    assert users["user_id"].tolist() == [186, 196]
+    assert interactions["timestamp"].tolist() == [891717742, 878887116, 881250949]
+
+
+def test_movielens_1m_ratings_dat_with_double_colons_is_read_by_its_env(tmp_path):
+    path = tmp_path / "ratings.dat"
+    path.write_text("1::1193::5::978300760\n1::661::3::978302109\n2::1357::5::978298709\n")
+    raw = env_raw_dataset("movielens_1m", path).load()
+    params = env_conf("movielens_1m", "parameters")["ingestion"]
+    _, report, interactions, _, items = ingest(raw, spec(str(path), **params))
+    assert report["interactions"] == 3
+    assert items["item_id"].tolist() == [661, 1193, 1357]
+    assert interactions["timestamp"].tolist() == [978300760, 978302109, 978298709]
+
+
+def test_movielens_ratings_csv_with_half_stars_is_read_by_its_env(tmp_path):
+    path = tmp_path / "ratings.csv"
+    path.write_text(
+        "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,0.5,964981247\n2,6,4.5,964982224\n"
+    )
+    raw = env_raw_dataset("movielens_csv", path).load()
+    params = env_conf("movielens_csv", "parameters")["ingestion"]
+    _, report, _, _, _ = ingest(raw, spec(str(path), **params))
+    assert report["interactions"] == 3 and report["users"] == 2 and report["items"] == 3
+
+
+@pytest.mark.skipif(not ML_100K.exists(), reason="MovieLens 100K is not in ../shared/data")
+def test_real_movielens_100k_is_ingested_completely():
+    raw = env_raw_dataset("movielens", ML_100K).load()
+    params = env_conf("movielens", "parameters")["ingestion"]
+    _, report, interactions, users, items = ingest(raw, spec(str(ML_100K), **params))
+    assert (report["rows_read"], report["users"], report["items"]) == (100_000, 943, 1682)
+    assert report["rows_dropped"] == {"duplicates_collapsed": 0}
+    assert len(interactions) == 100_000 and len(users) == 943 and len(items) == 1682
+
+
+# --- timestamps, ratings, weights, duplicates ------------------------------------
+
+
+def test_epoch_seconds_milliseconds_and_iso_strings_give_the_same_seconds():
+    seconds = pd.Series([0, 1_700_000_000])
+    millis = pd.Series([0, 1_700_000_000_123])
+    iso = pd.Series(["1970-01-01T00:00:00Z", "2023-11-14T22:13:20.5+00:00"])
+    naive = pd.Series(["1970-01-01 00:00:00", "2023-11-14 23:13:20+01:00"])
+    for values, unit in [(seconds, "s"), (millis, "ms"), (iso, "iso"), (naive, "iso")]:
+        parsed, bad, used = parse_timestamps(values, "auto")
+        assert parsed.tolist() == [0, 1_700_000_000] and not bad.any() and used == unit
+
+
+def test_numbers_stored_as_text_are_read_as_epoch_seconds():
+    parsed, bad, unit = parse_timestamps(pd.Series(["100", "200", "oops"]), "auto")
+    assert unit == "s" and parsed[:2].tolist() == [100, 200] and bad.tolist() == [0, 0, 1]
+
+
+def test_rating_threshold_keeps_liked_items_and_counts_the_rest():
+    raw = pd.DataFrame(
+        {
+            "user_id": [1, 1, 2, 2],
+            "item_id": [1, 2, 1, 2],
+            "timestamp": [1, 2, 3, 4],
+            "r": [5, 2, 4, 3],
+        }
+    )
+    clean, report = validate_interactions(
+        raw, spec(columns={"rating": "r"}, rating_threshold=4, rating_range=[1, 5])
+    )
+    assert clean[["user_id", "item_id"]].values.tolist() == [[1, 1], [2, 1]]
+    assert report["rows_dropped"] == {"below_rating_threshold": 2, "duplicates_collapsed": 0}
+
+
+def test_repeated_pairs_become_one_positive_at_the_latest_time_with_summed_weight():
+    raw = pd.DataFrame(
+        {
+            "user_id": ["a", "b", "a", "a"],
+            "item_id": ["x", "x", "x", "y"],
+            "timestamp": [10, 5, 30, 20],
+            "clicks": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    clean, report = validate_interactions(raw, spec(columns={"weight": "clicks"}))
+    assert clean.values.tolist() == [["a", "x", 30, 4.0], ["b", "x", 5, 2.0], ["a", "y", 20, 4.0]]
+    assert report["rows_dropped"]["duplicates_collapsed"] == 1
+    assert report["interactions"] == 3 and report["weight_total"] == 10.0
+
+
+def test_ingestion_report_states_density_and_time_span():
+    raw = pd.DataFrame({"user_id": [1, 2], "item_id": [1, 1], "timestamp": [0, 86400]})
+    _, report = validate_interactions(raw, spec())
+    assert report["density"] == 2 / (2 * 1)
+    assert report["time_span"] == ["1970-01-01T00:00:00+00:00", "1970-01-02T00:00:00+00:00"]
+
+
+# --- errors: one message naming the file, the column and the count ------------------
+
+
+def error_of(raw: pd.DataFrame, ingestion: IngestionSpec) -> str:
+    with pytest.raises(InvalidInteractionsError) as caught:
+        validate_interactions(raw, ingestion)
+    return str(caught.value)
+
+
+def test_missing_column_error_names_file_column_and_what_the_file_has():
+    raw = pd.DataFrame({"user": [1], "item_id": [2], "timestamp": [3]})
+    message = error_of(raw, spec("data/01_raw/mine.csv"))
+    assert "data/01_raw/mine.csv" in message and "'user_id' (user)" in message
+    assert "['user', 'item_id', 'timestamp']" in message
+
+
+def test_null_ids_error_names_file_column_and_count():
+    raw = pd.DataFrame({"user_id": [1, None, None], "item_id": [1, 2, 3], "timestamp": [1, 2, 3]})
+    message = error_of(raw, spec("mine.csv"))
+    assert message.startswith("mine.csv: column 'user_id' (user) has 2 null value(s) of 3 rows")
+
+
+def test_unparsable_timestamps_error_names_column_count_and_first_bad_value():
+    raw = pd.DataFrame(
+        {"user_id": [1, 2, 3], "item_id": [1, 2, 3], "timestamp": ["2024-01-01", "soon", "later"]}
+    )
+    message = error_of(raw, spec("mine.csv"))
+    assert "column 'timestamp' (timestamp) has 2 unparsable timestamp(s) of 3 rows" in message
+    assert "'soon'" in message and message.startswith("mine.csv: ")
+
+
+def test_a_file_with_a_header_and_no_rows_is_an_error(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("user_id,item_id,timestamp\n")
+    message = error_of(CSVDataset(filepath=str(path)).load(), spec(str(path)))
+    assert message == f"{path}: the file holds no rows"
+
+
+def test_a_zero_byte_file_fails_to_load_naming_the_file(tmp_path):
+    path = tmp_path / "zero.csv"
+    path.write_text("")
+    with pytest.raises(DatasetError, match="zero.csv"):
+        CSVDataset(filepath=str(path)).load()
+
+
+def test_ratings_outside_the_declared_range_are_an_error():
+    raw = pd.DataFrame(
+        {"user_id": [1, 2, 3], "item_id": [1, 2, 3], "timestamp": [1, 2, 3], "rating": [5, 6, 0]}
+    )
+    message = error_of(raw, spec("r.csv", columns={"rating": "rating"}, rating_range=[1, 5]))
+    assert "column 'rating' (rating) has 2 rating(s) outside the declared range [1, 5]" in message
+
+
+def test_a_threshold_that_drops_every_row_is_an_error():
+    raw = pd.DataFrame({"user_id": [1], "item_id": [1], "timestamp": [1], "rating": [1]})
+    message = error_of(raw, spec(columns={"rating": "rating"}, rating_threshold=4))
+    assert "no interaction is left" in message and "below_rating_threshold" in message
+
+
+def test_unknown_parameters_and_roles_are_rejected():
+    with pytest.raises(ValueError, match="unknown ingestion parameter"):
+        IngestionSpec.from_params({"source": "x", "colums": {}})
+    with pytest.raises(ValueError, match="unknown role"):
+        IngestionSpec.from_params({"source": "x", "columns": {"customer": "c"}})
+
+
+# --- encoding -----------------------------------------------------------------------
+
+
+def test_id_maps_round_trip_to_the_original_pairs():
+    raw = pd.DataFrame(
+        {
+            "user_id": ["u9", "u1", "u5", "u1"],
+            "item_id": [30, 10, 10, 20],
+            "timestamp": [4, 3, 2, 1],
+        }
+    )
+    clean, _, interactions, users, items = ingest(raw, spec())
+    decoded = interactions.merge(users, on="user").merge(items, on="item")
+    columns = ["user_id", "item_id", "timestamp"]
+    assert set(map(tuple, decoded[columns].values.tolist())) == set(
+        map(tuple, raw[columns].values.tolist())
+    )
+    assert users["user"].tolist() == list(range(3)) and items["item"].tolist() == list(range(3))
