@@ -1,125 +1,232 @@
 """Ranking metrics over the full catalogue, and pointwise metrics where they mean something.
 
 Protocol: for every validation user, score all items, mask the user's
-training items, rank the held-out positives among what is left. Ties are
-broken at random (seeded), so a model that scores every item alike gets
-exactly what random ranking gets in expectation, never better.
+training items, rank the held-out positives among what is left. A positive's
+0-based rank is the number of unmasked items scored strictly higher, plus the
+number of items scored equal that a random order puts before it. The random
+order is one seeded permutation per user, so a user's tied positives get
+distinct ranks and a model that scores every item alike gets exactly what
+random ranking gets in expectation, never better.
+
+Users are scored a chunk at a time, so memory is bounded by chunk_size x
+n_items scores whatever the number of users. Ranks are counted by comparing
+each positive's score with its own row, a few rows at a time so the
+comparison stays in cache; no row is ever sorted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+Scorer = Callable[[np.ndarray], torch.Tensor]
+
+# Rows compared at once when counting ranks: 32 rows of 10^5 float32 scores and
+# their comparison masks stay in cache, which makes counting several times
+# faster than comparing a whole chunk in one go.
+_ROW_BLOCK = 32
+
 
 def _csr(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
     """Return (indptr, items sorted by user) for a set of (user, item) pairs."""
+    users = np.asarray(users, dtype=np.int64)
     order = np.argsort(users, kind="stable")
     indptr = np.zeros(n_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
-    return indptr, items[order].astype(np.int64)
+    return indptr, np.asarray(items, dtype=np.int64)[order]
 
 
-def _rows_and_cols(chunk_users: np.ndarray, indptr: np.ndarray, cols: np.ndarray):
-    """Return (row within chunk, item) for every pair of the chunk's users."""
+def _pairs_of(
+    chunk_users: np.ndarray, indptr: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (row within chunk, item, position within the user's list) for the chunk's pairs."""
     starts, stops = indptr[chunk_users], indptr[chunk_users + 1]
     lengths = stops - starts
     rows = np.repeat(np.arange(chunk_users.size), lengths)
-    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return rows, cols[np.repeat(starts, lengths) + offsets]
+    slot = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return rows, cols[np.repeat(starts, lengths) + slot], slot
+
+
+def _score_chunk(
+    score_users: Scorer,
+    chunk: np.ndarray,
+    n_items: int,
+    train_ptr: np.ndarray,
+    train_cols: np.ndarray,
+) -> torch.Tensor:
+    """Return the chunk's (len, n_items) float32 scores with training items set to -inf."""
+    scores = score_users(chunk).to(torch.float32)
+    if tuple(scores.shape) != (chunk.size, n_items):
+        raise ValueError(
+            f"the scorer returned shape {tuple(scores.shape)} for {chunk.size} users; "
+            f"expected ({chunk.size}, {n_items})"
+        )
+    rows, cols, _ = _pairs_of(chunk, train_ptr, train_cols)
+    scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
+    return scores
+
+
+def _count_above(
+    scores: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return, per target, how many scores of its row are > it and how many are >= it."""
+    # numpy on blocks of rows: single-threaded, so there are no thread barriers
+    # (torch's two-thread comparisons of small blocks were 10-100x slower on a
+    # busy machine), and each block stays in cache between its two passes.
+    scores_np, rows_np, targets_np = scores.numpy(), rows.numpy(), targets.numpy()
+    greater = np.empty(rows_np.size, dtype=np.int64)
+    at_least = np.empty(rows_np.size, dtype=np.int64)
+    # Each chunk user's first positive sits in the row of the same index: no gather needed.
+    in_order = rows_np.size == scores_np.shape[0] and bool(
+        (rows_np == np.arange(rows_np.size)).all()
+    )
+    for b in range(0, rows_np.size, _ROW_BLOCK):
+        e = b + _ROW_BLOCK
+        part = scores_np[b:e] if in_order else scores_np[rows_np[b:e]]
+        target = targets_np[b:e, None]
+        greater[b:e] = np.count_nonzero(part > target, axis=1)
+        at_least[b:e] = np.count_nonzero(part >= target, axis=1)
+    return torch.from_numpy(greater), torch.from_numpy(at_least)
+
+
+def _tied_before(
+    scores: torch.Tensor,
+    rows: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Return, per tied positive, how many items with its score a random order puts first.
+
+    One random order per row (user), shared by that row's positives, so tied
+    positives of one user land on distinct ranks.
+    """
+    tie_rows, row_of = torch.unique(rows, return_inverse=True)
+    keys = torch.rand(tie_rows.numel(), scores.shape[1], generator=generator, dtype=torch.float64)
+    before = torch.empty(rows.numel(), dtype=torch.int64)
+    for b in range(0, rows.numel(), _ROW_BLOCK):
+        e = b + _ROW_BLOCK
+        row_keys = keys[row_of[b:e]]
+        own_key = row_keys.gather(1, items[b:e, None])
+        tied = scores[rows[b:e]] == targets[b:e, None]
+        before[b:e] = (tied & (row_keys < own_key)).sum(1)
+    return before
+
+
+@dataclass
+class Rankings:
+    """Every validation positive's 0-based rank, and which items each top-K reached."""
+
+    ranks: pd.DataFrame  # columns user, item, rank
+    recommended: dict[int, np.ndarray]  # K -> bool (n_items,): in some user's top-K
+    n_items: int
 
 
 def rank_positives(
-    score_users: Callable[[np.ndarray], torch.Tensor],
+    score_users: Scorer,
     train: pd.DataFrame,
     val: pd.DataFrame,
     n_users: int,
     n_items: int,
-    top_k: int,
+    ks: Sequence[int],
     chunk_size: int = 1024,
     seed: int = 0,
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """Return each validation positive's 0-based rank (user, item, rank) and each user's top-k.
+) -> Rankings:
+    """Return the rank of each validation positive among the user's unmasked items.
 
-    score_users maps an array of user indices to a (len, n_items) float tensor.
-    Ranks count the unmasked items scored strictly higher, plus a random share
-    of those scored equal.
+    score_users maps an array of user indices to a (len, n_items) float tensor;
+    it is called once per chunk of validation users. Raises ValueError when a
+    score that matters is NaN.
     """
     generator = torch.Generator().manual_seed(seed)
     train_ptr, train_cols = _csr(train["user"].to_numpy(), train["item"].to_numpy(), n_users)
-    val_users_all = val["user"].to_numpy()
-    val_ptr, val_cols = _csr(val_users_all, val["item"].to_numpy(), n_users)
-    val_users = np.unique(val_users_all)
+    val_ptr, val_cols = _csr(val["user"].to_numpy(), val["item"].to_numpy(), n_users)
+    val_users = np.flatnonzero(np.diff(val_ptr))
+    k_max = min(max(ks), n_items)
+    recommended = {k: np.zeros(n_items, dtype=bool) for k in ks}
 
-    rank_parts, user_parts, item_parts, top_parts = [], [], [], []
-    k = min(top_k, n_items)
+    user_parts, item_parts, rank_parts = [], [], []
     for start in range(0, val_users.size, chunk_size):
         chunk = val_users[start : start + chunk_size]
-        scores = score_users(chunk).to(torch.float32)
-        rows, cols = _rows_and_cols(chunk, train_ptr, train_cols)
-        scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
+        scores = _score_chunk(score_users, chunk, n_items, train_ptr, train_cols)
 
-        pos_rows, pos_items = _rows_and_cols(chunk, val_ptr, val_cols)
-        pos_rows_t = torch.from_numpy(pos_rows)
-        pos_scores = scores[pos_rows_t, torch.from_numpy(pos_items)]
-        # Positives are compared with their own user's row, a block of rows at a time.
-        greater = torch.empty(pos_rows.size, dtype=torch.int64)
-        equal = torch.empty(pos_rows.size, dtype=torch.int64)
-        block = max(1, (1 << 24) // max(n_items, 1))
-        for b in range(0, pos_rows.size, block):
-            row_scores = scores[pos_rows_t[b : b + block]]
-            target = pos_scores[b : b + block, None]
-            greater[b : b + block] = (row_scores > target).sum(1)
-            equal[b : b + block] = (row_scores == target).sum(1) - 1
-        share = torch.rand(pos_rows.size, generator=generator)
-        ranks = greater + torch.floor(share * (equal + 1).to(torch.float32)).to(torch.int64)
+        top_scores, top_items = torch.topk(scores, k_max, dim=1)
+        if torch.isnan(top_scores).any():  # topk puts NaN first, so this sees any NaN
+            raise ValueError(f"the scorer returned NaN scores for users {chunk[:5].tolist()}...")
+        for k in ks:
+            top = top_items[:, :k][torch.isfinite(top_scores[:, :k])]
+            recommended[k][top.numpy()] = True
 
-        rank_parts.append(ranks.numpy())
+        pos_rows, pos_items, slot = _pairs_of(chunk, val_ptr, val_cols)
+        rows_t, items_t = torch.from_numpy(pos_rows), torch.from_numpy(pos_items)
+        targets = scores[rows_t, items_t]
+        ranks = torch.empty(pos_rows.size, dtype=torch.int64)
+        tied = torch.zeros(pos_rows.size, dtype=torch.bool)
+        for s in range(int(slot.max()) + 1 if slot.size else 0):
+            in_slot = torch.from_numpy(np.flatnonzero(slot == s))
+            greater, at_least = _count_above(scores, rows_t[in_slot], targets[in_slot])
+            ranks[in_slot] = greater
+            tied[in_slot] = at_least - greater > 1  # more than the positive itself
+        if tied.any():
+            where = torch.nonzero(tied).squeeze(1)
+            ranks[where] += _tied_before(
+                scores, rows_t[where], items_t[where], targets[where], generator
+            )
+
         user_parts.append(chunk[pos_rows])
         item_parts.append(pos_items)
-        top_parts.append(torch.topk(scores, k, dim=1).indices.numpy())
+        rank_parts.append(ranks.numpy())
 
+    empty = np.empty(0, np.int64)
     ranks = pd.DataFrame(
         {
-            "user": np.concatenate(user_parts) if user_parts else np.empty(0, np.int64),
-            "item": np.concatenate(item_parts) if item_parts else np.empty(0, np.int64),
-            "rank": np.concatenate(rank_parts) if rank_parts else np.empty(0, np.int64),
+            "user": np.concatenate(user_parts) if user_parts else empty,
+            "item": np.concatenate(item_parts) if item_parts else empty,
+            "rank": np.concatenate(rank_parts) if rank_parts else empty,
         }
     )
-    top = np.concatenate(top_parts) if top_parts else np.empty((0, k), np.int64)
-    return ranks, top
+    return Rankings(ranks, recommended, n_items)
 
 
-def metrics_from_ranks(
-    ranks: pd.DataFrame, top_items: np.ndarray, n_items: int, ks: Sequence[int]
-) -> dict[str, float]:
-    """Return Recall/NDCG/HitRate/coverage at each K and MRR, averaged over validation users."""
-    users, inverse = np.unique(ranks["user"].to_numpy(), return_inverse=True)
+def metrics_from_ranks(rankings: Rankings, ks: Sequence[int]) -> dict[str, float]:
+    """Return Recall/NDCG/HitRate/coverage at each K and MRR, averaged over validation users.
+
+    recall@K: share of the user's positives in the top K. ndcg@K: DCG of the
+    positives in the top K over the best DCG possible with that many positives.
+    hit_rate@K: 1 when any positive is in the top K. mrr: 1 / (1 + rank of the
+    best-ranked positive), over the full catalogue. coverage@K: share of the
+    catalogue that appears in at least one user's top K.
+    """
+    users, inverse = np.unique(rankings.ranks["user"].to_numpy(), return_inverse=True)
     n_users = users.size
-    rank = ranks["rank"].to_numpy()
+    if n_users == 0:
+        raise ValueError("no validation users to evaluate")
+    rank = rankings.ranks["rank"].to_numpy()
     n_pos = np.bincount(inverse, minlength=n_users)
     best = np.full(n_users, np.iinfo(np.int64).max)
     np.minimum.at(best, inverse, rank)
     result: dict[str, float] = {"users": int(n_users), "mrr": float(np.mean(1.0 / (best + 1)))}
-    discounts = 1.0 / np.log2(np.arange(max(ks) + 2) + 2)
+    discounts = 1.0 / np.log2(np.arange(max(ks) + 1) + 2)
+    ideal_dcg = np.cumsum(discounts)
     for k in ks:
         hit = rank < k
         hits = np.bincount(inverse, weights=hit, minlength=n_users)
-        gain = np.bincount(inverse, weights=np.where(hit, discounts[np.minimum(rank, k)], 0.0),
-                           minlength=n_users)
-        ideal = np.cumsum(discounts)[np.minimum(n_pos, k) - 1]
+        gains = np.where(hit, discounts[np.minimum(rank, k)], 0.0)
+        dcg = np.bincount(inverse, weights=gains, minlength=n_users)
+        ideal = ideal_dcg[np.minimum(n_pos, k) - 1]
         result[f"recall@{k}"] = float(np.mean(hits / n_pos))
-        result[f"ndcg@{k}"] = float(np.mean(gain / ideal))
+        result[f"ndcg@{k}"] = float(np.mean(dcg / ideal))
         result[f"hit_rate@{k}"] = float(np.mean(hits > 0))
-        result[f"coverage@{k}"] = float(np.unique(top_items[:, :k]).size / n_items)
+        result[f"coverage@{k}"] = float(rankings.recommended[k].sum() / rankings.n_items)
     return result
 
 
 def ranking_metrics(
-    score_users: Callable[[np.ndarray], torch.Tensor],
+    score_users: Scorer,
     train: pd.DataFrame,
     val: pd.DataFrame,
     n_users: int,
@@ -128,23 +235,75 @@ def ranking_metrics(
     chunk_size: int = 1024,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Return full-catalogue ranking metrics for a scoring function."""
-    ranks, top = rank_positives(score_users, train, val, n_users, n_items, max(ks), chunk_size, seed)
-    return metrics_from_ranks(ranks, top, n_items, ks)
+    """Return full-catalogue ranking metrics for a scoring function (see metrics_from_ranks)."""
+    ks = sorted({int(k) for k in ks})
+    rankings = rank_positives(score_users, train, val, n_users, n_items, ks, chunk_size, seed)
+    return metrics_from_ranks(rankings, ks)
+
+
+def top_k_unseen(
+    score_users: Scorer,
+    train: pd.DataFrame,
+    users: np.ndarray,
+    n_users: int,
+    n_items: int,
+    k: int,
+    chunk_size: int = 1024,
+) -> pd.DataFrame:
+    """Return each user's k best unseen items: columns user, rank (1-based), item, score.
+
+    Users with fewer than k unseen items get fewer rows.
+    """
+    train_ptr, train_cols = _csr(train["user"].to_numpy(), train["item"].to_numpy(), n_users)
+    users = np.asarray(users, dtype=np.int64)
+    k = min(k, n_items)
+    parts = []
+    for start in range(0, users.size, chunk_size):
+        chunk = users[start : start + chunk_size]
+        scores = _score_chunk(score_users, chunk, n_items, train_ptr, train_cols)
+        top = torch.topk(scores, k, dim=1)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "user": np.repeat(chunk, k),
+                    "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), chunk.size),
+                    "item": top.indices.numpy().ravel(),
+                    "score": top.values.numpy().ravel(),
+                }
+            )
+        )
+    if not parts:
+        return pd.DataFrame({"user": [], "rank": [], "item": [], "score": []})
+    recs = pd.concat(parts, ignore_index=True)
+    return recs[np.isfinite(recs["score"].to_numpy())].reset_index(drop=True)
+
+
+def _check_binary(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    n_pos = int(labels.sum())
+    if n_pos == 0 or n_pos == labels.size:
+        # A pointwise loss on one class says nothing: a model scoring everything
+        # high gets ~0 on positives alone. That was the seed's "val loss 0.0001".
+        raise ValueError(
+            f"labels hold one class only ({n_pos} positives of {labels.size}); pointwise "
+            "metrics need positives and sampled negatives"
+        )
+    return labels
 
 
 def binary_log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Return mean BCE of sigmoid(logits) against 0/1 labels (both classes must be present)."""
-    logits_t = torch.as_tensor(logits, dtype=torch.float64)
+    """Return mean BCE of sigmoid(logits) against 0/1 labels; raises if one class only."""
+    labels = _check_binary(labels)
+    logits_t = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     labels_t = torch.as_tensor(labels, dtype=torch.float64)
     return float(torch.nn.functional.binary_cross_entropy_with_logits(logits_t, labels_t))
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Return ROC AUC (ties count one half), by the rank-sum formula."""
-    labels = np.asarray(labels).astype(bool)
+    """Return ROC AUC (ties count one half), by the rank-sum formula; raises if one class only."""
+    labels = _check_binary(labels).astype(bool)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("AUC needs both positives and negatives")
-    ranks = pd.Series(np.asarray(scores)).rank(method="average").to_numpy()
+    ranks = pd.Series(np.asarray(scores, dtype=np.float64)).rank(method="average").to_numpy()
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

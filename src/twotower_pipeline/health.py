@@ -1,0 +1,313 @@
+"""Health checks of a training run: the seed's failure modes, each with the numbers behind it.
+
+Every check returns a flag (raised or not) with a message, the numbers it
+looked at and what to do about it. `health_report` runs them all; the run's
+log turns each raised flag into a WARNING line.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class HealthThresholds:
+    """Where each check draws its line (values come from parameters_evaluation.yml)."""
+
+    collapse_loss: float  # a train loss below this in the first epochs is a collapse
+    early_epochs: int  # "early" means within this many epochs
+    clamp_fraction: float  # a final scale >= this x max_logit_scale is "at the clamp"
+    frozen_relative_change: float  # a scale that moves less than this (relative) is frozen
+    parallel_cosine: float  # mean pairwise cosine of item embeddings above this: collapse
+    min_lift: float  # the model must beat popularity by more than this factor
+    overfit_epochs: int  # val loss rising this many epochs in a row while train loss falls
+
+    @classmethod
+    def from_params(cls, params: dict) -> HealthThresholds:
+        return cls(**params)
+
+
+ADVICE = {
+    "non_finite": "The run diverged: lower training.learning_rate or model.max_logit_scale, "
+    "and resume from the last good checkpoint.",
+    "loss_collapse": "A loss this low this early means the task is too easy or leaks: raise "
+    "neg_ratio, check that negatives exclude positives and that validation pairs are not in "
+    "train, lower the initial logit_scale.",
+    "one_class_validation": "Compute the validation loss on validation positives plus sampled "
+    "negatives (training.validation_sample); a loss on positives alone goes to 0 for a model "
+    "that scores everything high.",
+    "not_learning": "The loss never beat a constant guess at the base rate: raise "
+    "training.learning_rate, check model.init_std, let the logit scale learn.",
+    "scale_at_clamp": "The model is as over-confident as it is allowed to be: lower "
+    "model.max_logit_scale, add training.weight_decay, or stop earlier.",
+    "scale_frozen": "The logit scale did not move: check training.scale_lr_ratio > 0; with a "
+    "scale stuck near 1 the sigmoid cannot leave (0.27, 0.73) and the model learns popularity.",
+    "embedding_collapse": "Item embeddings point the same way, so every user gets the same "
+    "ranking: lower the learning rate, raise neg_ratio, check the negatives are not all "
+    "popular items.",
+    "no_lift": "The model does not rank better than item popularity: train longer or with a "
+    "higher learning rate, and compare with the ALS baseline before trusting it.",
+    "overfitting": "Validation loss rises while training loss falls: use the model of the best "
+    "epoch (fewer num_epochs), add training.weight_decay, lower model.max_logit_scale, or use "
+    "lr_schedule: cosine.",
+}
+
+
+def _flag(name: str, raised: bool, message: str, **numbers) -> dict:
+    clean = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+        for k, v in numbers.items()
+    }
+    return {
+        "name": name,
+        "raised": bool(raised),
+        "message": message,
+        "numbers": clean,
+        "advice": ADVICE[name],
+    }
+
+
+def constant_predictor_loss(neg_ratio: int) -> float:
+    """Return the BCE of always predicting the base rate 1/(1+neg_ratio): no-skill loss."""
+    p = 1.0 / (1 + neg_ratio)
+    return float(-(p * math.log(p) + (1 - p) * math.log(1 - p)))
+
+
+def check_non_finite(history: pd.DataFrame, item_vectors: np.ndarray | None) -> dict:
+    """Flag NaN or infinite losses, scales or embeddings."""
+    columns = [c for c in ("train_loss", "val_loss", "logit_scale") if c in history]
+    bad = {
+        c: [int(e) for e in history.loc[~np.isfinite(history[c].to_numpy(float)), "epoch"]]
+        for c in columns
+    }
+    bad = {c: epochs for c, epochs in bad.items() if epochs}
+    bad_vectors = 0 if item_vectors is None else int((~np.isfinite(item_vectors)).any(1).sum())
+    raised = bool(bad) or bad_vectors > 0
+    message = (
+        (
+            f"non-finite values: {bad or 'none in the history'}; "
+            f"{bad_vectors} item embedding(s) with NaN/inf"
+        )
+        if raised
+        else "all finite"
+    )
+    return _flag(
+        "non_finite", raised, message, epochs_by_column=bad, non_finite_item_embeddings=bad_vectors
+    )
+
+
+def check_loss_collapse(history: pd.DataFrame, t: HealthThresholds) -> dict:
+    """Flag a train loss near 0 within the first epochs."""
+    early = history[history["epoch"] <= t.early_epochs]
+    lowest = float(early["train_loss"].min()) if len(early) else float("nan")
+    raised = bool(len(early)) and lowest < t.collapse_loss
+    return _flag(
+        "loss_collapse",
+        raised,
+        f"train loss {lowest:.2g} within the first {t.early_epochs} epochs "
+        f"(collapse below {t.collapse_loss})",
+        lowest_early_train_loss=lowest,
+        threshold=t.collapse_loss,
+    )
+
+
+def check_one_class_validation(
+    history: pd.DataFrame,
+    sample_positives: int | None,
+    sample_negatives: int | None,
+    t: HealthThresholds,
+) -> dict:
+    """Flag a validation loss that can only have come from one class.
+
+    Signs: the validation sample holds one class; the AUC is undefined; or the
+    loss is near 0 while the AUC is clearly below 1 (on two classes a near-0
+    mean BCE needs every positive above every negative).
+    """
+    last = history.iloc[-1]
+    val_loss = float(last["val_loss"])
+    val_auc = float(last["val_auc"]) if "val_auc" in history else float("nan")
+    one_class_sample = sample_positives is not None and (
+        sample_positives == 0 or sample_negatives == 0
+    )
+    auc_missing = not math.isfinite(val_auc)
+    impossible = val_loss < t.collapse_loss and math.isfinite(val_auc) and val_auc < 0.99
+    raised = one_class_sample or auc_missing or impossible
+    if one_class_sample:
+        message = (
+            f"validation sample has {sample_positives} positives and {sample_negatives} negatives"
+        )
+    elif auc_missing:
+        message = "validation AUC is undefined: the validation labels hold one class"
+    elif impossible:
+        message = (
+            f"validation loss {val_loss:.2g} with AUC {val_auc:.3f}: a loss that low "
+            "cannot come from positives and negatives ranked that badly"
+        )
+    else:
+        message = (
+            f"validation loss {val_loss:.4f} on {sample_positives} positives and "
+            f"{sample_negatives} negatives, AUC {val_auc:.3f}"
+        )
+    return _flag(
+        "one_class_validation",
+        raised,
+        message,
+        final_val_loss=val_loss,
+        final_val_auc=val_auc,
+        sample_positives=sample_positives,
+        sample_negatives=sample_negatives,
+    )
+
+
+def check_not_learning(history: pd.DataFrame, neg_ratio: int) -> dict:
+    """Flag a train loss that never beat the constant base-rate predictor."""
+    floor = constant_predictor_loss(neg_ratio)
+    best = float(history["train_loss"].min())
+    return _flag(
+        "not_learning",
+        best >= floor,
+        f"best train loss {best:.4f} vs {floor:.4f} for a constant guess at the base rate "
+        f"1/(1+{neg_ratio})",
+        best_train_loss=best,
+        constant_predictor_loss=floor,
+    )
+
+
+def check_scale(history: pd.DataFrame, max_logit_scale: float, t: HealthThresholds) -> list[dict]:
+    """Flag a logit scale at its clamp, and one that never moved."""
+    scales = history["logit_scale"].to_numpy(float)
+    final, first = float(scales[-1]), float(scales[0])
+    at_clamp = final >= t.clamp_fraction * max_logit_scale
+    spread = float(np.ptp(scales)) / max(abs(first), 1e-12)
+    frozen = len(scales) >= 2 and spread < t.frozen_relative_change
+    return [
+        _flag(
+            "scale_at_clamp",
+            at_clamp,
+            f"final logit scale {final:.2f} of max {max_logit_scale:g}",
+            final_logit_scale=final,
+            max_logit_scale=max_logit_scale,
+        ),
+        _flag(
+            "scale_frozen",
+            frozen,
+            f"logit scale moved by {spread:.2%} over {len(scales)} epochs "
+            f"(from {first:.3f} to {final:.3f})",
+            relative_change=spread,
+            first_logit_scale=first,
+            final_logit_scale=final,
+        ),
+    ]
+
+
+def mean_pairwise_cosine(vectors: np.ndarray) -> float:
+    """Return the mean cosine over all pairs of distinct rows, exactly, in O(n d).
+
+    For unit vectors v_i: sum over i != j of v_i.v_j = |sum v_i|^2 - n.
+    """
+    vectors = np.asarray(vectors, dtype=np.float64)
+    vectors = vectors[np.isfinite(vectors).all(1)]  # non-finite rows are check_non_finite's
+    norms = np.linalg.norm(vectors, axis=1)
+    units = vectors[norms > 0] / norms[norms > 0, None]
+    n = units.shape[0]
+    if n < 2:
+        return float("nan")
+    total = units.sum(0)
+    return float((total @ total - n) / (n * (n - 1)))
+
+
+def check_embedding_collapse(item_vectors: np.ndarray, t: HealthThresholds) -> dict:
+    """Flag item embeddings that are nearly parallel."""
+    cosine = mean_pairwise_cosine(item_vectors)
+    return _flag(
+        "embedding_collapse",
+        math.isfinite(cosine) and cosine > t.parallel_cosine,
+        f"mean pairwise cosine of {len(item_vectors)} item embeddings {cosine:.3f} "
+        f"(collapse above {t.parallel_cosine})",
+        mean_pairwise_cosine=cosine,
+        items=int(len(item_vectors)),
+    )
+
+
+def check_lift(comparison: dict, k: int, t: HealthThresholds) -> dict:
+    """Flag a model whose HR@k or NDCG@k is not above popularity's by more than min_lift."""
+    model, popularity = comparison["model"], comparison["popularity"]
+    lifts = {}
+    for metric in (f"hit_rate@{k}", f"ndcg@{k}"):
+        base = popularity.get(metric)
+        lifts[metric] = model[metric] / base if base else float("inf")
+    raised = any(lift <= t.min_lift for lift in lifts.values())
+    return _flag(
+        "no_lift",
+        raised,
+        f"HR@{k} {model[f'hit_rate@{k}']:.4f} vs popularity {popularity[f'hit_rate@{k}']:.4f} "
+        f"(x{lifts[f'hit_rate@{k}']:.2f}); NDCG@{k} {model[f'ndcg@{k}']:.4f} vs "
+        f"{popularity[f'ndcg@{k}']:.4f} (x{lifts[f'ndcg@{k}']:.2f})",
+        **{f"lift_{m}": v for m, v in lifts.items()},
+        min_lift=t.min_lift,
+    )
+
+
+def check_overfitting(history: pd.DataFrame, t: HealthThresholds) -> dict:
+    """Flag validation loss rising for overfit_epochs epochs in a row while train loss falls."""
+    val = history["val_loss"].to_numpy(float)
+    train = history["train_loss"].to_numpy(float)
+    epochs = history["epoch"].to_numpy()
+    diverging = (np.diff(val) > 0) & (np.diff(train) < 0)
+    run, start = 0, None
+    for i, step in enumerate(diverging):
+        run = run + 1 if step else 0
+        if run >= t.overfit_epochs and start is None:
+            start = int(epochs[i + 1 - run])
+    best = int(np.nanargmin(val)) if np.isfinite(val).any() else 0
+    raised = start is not None
+    message = (
+        f"validation loss rose for {t.overfit_epochs}+ epochs in a row from epoch {start} while "
+        f"train loss fell; best val loss {val[best]:.4f} at epoch {int(epochs[best])}, "
+        f"final {val[-1]:.4f}"
+        if raised
+        else f"best val loss {val[best]:.4f} at epoch {int(epochs[best])}, final {val[-1]:.4f}"
+    )
+    return _flag(
+        "overfitting",
+        raised,
+        message,
+        rising_from_epoch=start,
+        best_epoch=int(epochs[best]),
+        best_val_loss=float(val[best]),
+        final_val_loss=float(val[-1]),
+        final_train_loss=float(train[-1]),
+    )
+
+
+def health_report(
+    history: pd.DataFrame,
+    item_vectors: np.ndarray,
+    max_logit_scale: float,
+    comparison: dict,
+    neg_ratio: int,
+    thresholds: HealthThresholds,
+    k: int,
+    sample_positives: int | None = None,
+    sample_negatives: int | None = None,
+) -> dict:
+    """Return every check's flag and a one-line verdict ("healthy" or the raised flags)."""
+    if history.empty:
+        raise ValueError("training_history is empty: there is no run to diagnose")
+    flags = [
+        check_non_finite(history, item_vectors),
+        check_loss_collapse(history, thresholds),
+        check_one_class_validation(history, sample_positives, sample_negatives, thresholds),
+        check_not_learning(history, neg_ratio),
+        *check_scale(history, max_logit_scale, thresholds),
+        check_embedding_collapse(item_vectors, thresholds),
+        check_lift(comparison, k, thresholds),
+        check_overfitting(history, thresholds),
+    ]
+    raised = [f["name"] for f in flags if f["raised"]]
+    verdict = "healthy" if not raised else f"{len(raised)} flag(s) raised: {', '.join(raised)}"
+    return {"verdict": verdict, "raised": raised, "epochs": int(len(history)), "flags": flags}

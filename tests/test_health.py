@@ -1,0 +1,187 @@
+"""Each health flag is raised by the failure it names and stays down on a healthy run."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from twotower_pipeline.health import (
+    HealthThresholds,
+    constant_predictor_loss,
+    health_report,
+    mean_pairwise_cosine,
+)
+
+THRESHOLDS = HealthThresholds(
+    collapse_loss=0.01,
+    early_epochs=3,
+    clamp_fraction=0.99,
+    frozen_relative_change=1e-4,
+    parallel_cosine=0.9,
+    min_lift=1.0,
+    overfit_epochs=3,
+)
+# A healthy run: both losses fall, the scale grows, the model beats popularity.
+HEALTHY = pd.DataFrame(
+    {
+        "epoch": [1, 2, 3, 4, 5, 6],
+        "train_loss": [0.64, 0.45, 0.38, 0.33, 0.30, 0.28],
+        "val_loss": [0.65, 0.47, 0.40, 0.36, 0.34, 0.33],
+        "val_auc": [0.60, 0.75, 0.82, 0.86, 0.88, 0.89],
+        "logit_scale": [1.2, 1.8, 2.5, 3.1, 3.6, 4.0],
+    }
+)
+COMPARISON = {
+    "model": {"hit_rate@10": 0.20, "ndcg@10": 0.10},
+    "popularity": {"hit_rate@10": 0.10, "ndcg@10": 0.05},
+}
+SPREAD_ITEMS = np.random.default_rng(0).standard_normal((200, 16))
+
+
+def report(
+    history=HEALTHY,
+    items=SPREAD_ITEMS,
+    comparison=COMPARISON,
+    neg_ratio=5,
+    max_scale=100.0,
+    positives=100,
+    negatives=500,
+):
+    return health_report(
+        history, items, max_scale, comparison, neg_ratio, THRESHOLDS, 10, positives, negatives
+    )
+
+
+def raised(result) -> set[str]:
+    return {f["name"] for f in result["flags"] if f["raised"]}
+
+
+def numbers(result, name):
+    return next(f for f in result["flags"] if f["name"] == name)["numbers"]
+
+
+def with_column(name, values):
+    history = HEALTHY.copy()
+    history[name] = values
+    return history
+
+
+def test_a_healthy_run_raises_no_flag():
+    result = report()
+    assert raised(result) == set()
+    assert result["verdict"] == "healthy"
+
+
+def test_every_flag_says_what_to_do():
+    assert all(f["advice"] for f in report()["flags"])
+
+
+def test_nan_loss_is_flagged_with_its_epoch():
+    result = report(with_column("train_loss", [0.64, 0.45, math.nan, 0.33, 0.30, 0.28]))
+    assert "non_finite" in raised(result)
+    assert numbers(result, "non_finite")["epochs_by_column"] == {"train_loss": [3]}
+
+
+def test_infinite_item_embedding_is_flagged():
+    items = SPREAD_ITEMS.copy()
+    items[7, 0] = np.inf
+    assert "non_finite" in raised(report(items=items))
+
+
+def test_train_loss_near_zero_early_is_a_collapse():
+    # The seed's "train loss 0.0001".
+    result = report(with_column("train_loss", [0.2, 0.001, 0.0001, 0.0001, 0.0001, 0.0001]))
+    assert "loss_collapse" in raised(result)
+    assert numbers(result, "loss_collapse")["lowest_early_train_loss"] == 0.0001
+
+
+def test_a_low_loss_late_in_a_long_run_is_not_a_collapse():
+    history = with_column("train_loss", [0.6, 0.4, 0.3, 0.1, 0.02, 0.005])
+    assert "loss_collapse" not in raised(report(history))
+
+
+def test_tiny_validation_loss_with_a_mediocre_auc_means_one_class():
+    # The seed's "val loss 0.0001": a loss on positives only.
+    history = with_column("val_loss", [0.3, 0.01, 0.001, 0.0005, 0.0002, 0.0001])
+    result = report(history)
+    assert "one_class_validation" in raised(result)
+    assert numbers(result, "one_class_validation")["final_val_loss"] == 0.0001
+
+
+def test_a_validation_sample_without_negatives_is_flagged():
+    assert "one_class_validation" in raised(report(negatives=0))
+
+
+def test_an_undefined_validation_auc_is_flagged():
+    history = with_column("val_auc", [math.nan] * 6)
+    assert "one_class_validation" in raised(report(history))
+
+
+def test_a_loss_that_never_beats_the_base_rate_is_not_learning():
+    history = with_column("train_loss", [0.693, 0.692, 0.691, 0.691, 0.691, 0.691])
+    result = report(history)
+    assert "not_learning" in raised(result)
+    assert numbers(result, "not_learning")["constant_predictor_loss"] == pytest.approx(0.4506, 1e-3)
+
+
+def test_constant_predictor_loss_matches_the_known_values():
+    assert constant_predictor_loss(5) == pytest.approx(0.4506, abs=1e-4)
+    assert constant_predictor_loss(1) == pytest.approx(math.log(2))
+
+
+def test_scale_at_its_clamp_is_flagged():
+    history = with_column("logit_scale", [10, 40, 80, 100, 100, 100])
+    result = report(history)
+    assert "scale_at_clamp" in raised(result)
+    assert numbers(result, "scale_at_clamp")["final_logit_scale"] == 100
+
+
+def test_a_scale_that_never_moves_is_frozen():
+    assert "scale_frozen" in raised(report(with_column("logit_scale", [1.0] * 6)))
+
+
+def test_nearly_parallel_item_embeddings_are_a_collapse():
+    direction = np.ones(16)
+    items = direction + 0.05 * np.random.default_rng(1).standard_normal((200, 16))
+    result = report(items=items)
+    assert "embedding_collapse" in raised(result)
+    assert numbers(result, "embedding_collapse")["mean_pairwise_cosine"] > 0.9
+
+
+def test_mean_pairwise_cosine_matches_the_pairwise_average():
+    vectors = np.random.default_rng(2).standard_normal((30, 5))
+    units = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosines = units @ units.T
+    expected = (cosines.sum() - np.trace(cosines)) / (30 * 29)
+    assert mean_pairwise_cosine(vectors) == pytest.approx(expected)
+
+
+def test_a_model_no_better_than_popularity_is_flagged():
+    comparison = {
+        "model": {"hit_rate@10": 0.10, "ndcg@10": 0.06},
+        "popularity": {"hit_rate@10": 0.10, "ndcg@10": 0.05},
+    }
+    result = report(comparison=comparison)
+    assert "no_lift" in raised(result)
+    assert numbers(result, "no_lift")["lift_hit_rate@10"] == 1.0
+
+
+def test_val_loss_rising_while_train_loss_falls_is_overfitting():
+    history = with_column("val_loss", [0.65, 0.47, 0.40, 0.42, 0.45, 0.50])
+    result = report(history)
+    assert "overfitting" in raised(result)
+    assert numbers(result, "overfitting")["best_epoch"] == 3
+    assert numbers(result, "overfitting")["rising_from_epoch"] == 3
+
+
+def test_a_short_wobble_in_val_loss_is_not_overfitting():
+    history = with_column("val_loss", [0.65, 0.47, 0.48, 0.40, 0.41, 0.38])
+    assert "overfitting" not in raised(report(history))
+
+
+def test_verdict_names_the_raised_flags():
+    history = with_column("logit_scale", [1.0] * 6)
+    assert report(history)["verdict"] == "1 flag(s) raised: scale_frozen"
