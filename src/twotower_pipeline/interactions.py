@@ -109,21 +109,40 @@ def _numeric_column(raw: pd.DataFrame, column: str) -> np.ndarray:
     return pd.to_numeric(raw[column], errors="coerce").to_numpy(np.float64, na_value=np.nan)
 
 
+def factorize_ids(values: np.ndarray, sort: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Return (codes, uniques) like pandas.factorize; integer ids are coded by their rank.
+
+    Integer ids within a moderate range (as MovieLens' are) need no hashing:
+    a presence array and a cumulative sum give every id its rank, in one
+    pass and already sorted.
+    """
+    if values.dtype.kind in "iu" and values.size:
+        low, high = int(values.min()), int(values.max())
+        if high - low < max(4 * values.size, 1 << 20):
+            shifted = values - low
+            present = np.zeros(high - low + 1, dtype=bool)
+            present[shifted] = True
+            rank = np.cumsum(present, dtype=np.int64) - 1
+            uniques = (np.flatnonzero(present) + low).astype(values.dtype)
+            return rank[shifted], uniques
+    return pd.factorize(values, sort=sort)
+
+
 def _collapse_duplicates(
     user_codes: np.ndarray, item_codes: np.ndarray, n_items: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Group repeated (user, item) pairs; None when every pair is unique.
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return (pair code of every row, first row of each pair), or None when no pair repeats.
 
-    Returns (first row of each pair in input order, the group of every row,
-    the order that sorts rows by group) so callers can reduce any column.
+    Pair codes follow first occurrence, so the first rows come out in input order.
     """
     keys = user_codes.astype(np.int64) * n_items + item_codes
-    if pd.Index(keys).is_unique:  # one hash pass; the sort below only when needed
+    pair_codes, pairs = pd.factorize(keys)  # one hash pass, no sort
+    if pairs.size == keys.size:
         return None
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-    return order, starts, sorted_keys
+    # A row is its pair's first exactly when its code exceeds every code before it.
+    running_max = np.maximum.accumulate(pair_codes)
+    first = np.r_[True, running_max[1:] > running_max[:-1]]
+    return pair_codes, np.flatnonzero(first)
 
 
 def validate_interactions(raw: pd.DataFrame, spec: IngestionSpec) -> tuple[pd.DataFrame, dict]:
@@ -208,21 +227,18 @@ def validate_interactions(raw: pd.DataFrame, spec: IngestionSpec) -> tuple[pd.Da
         user_ids, item_ids, timestamps = user_ids[keep], item_ids[keep], timestamps[keep]
         weight = None if weight is None else weight[keep]
 
-    user_codes, user_uniques = pd.factorize(user_ids)
-    item_codes, item_uniques = pd.factorize(item_ids)
+    user_codes, user_uniques = factorize_ids(user_ids)
+    item_codes, item_uniques = factorize_ids(item_ids)
     groups = _collapse_duplicates(user_codes, item_codes, len(item_uniques))
     dropped["duplicates_collapsed"] = 0
     if groups is not None:
-        order, starts, _ = groups
-        first_rows = order[starts]  # stable sort: the first occurrence of each pair
-        latest = np.maximum.reduceat(timestamps[order], starts)
-        summed = None if weight is None else np.add.reduceat(weight[order], starts)
-        in_input_order = np.argsort(first_rows, kind="stable")
-        rows = first_rows[in_input_order]
+        pair_codes, rows = groups
+        latest = np.full(rows.size, np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(latest, pair_codes, timestamps)
+        if weight is not None:
+            weight = np.bincount(pair_codes, weights=weight, minlength=rows.size)
         dropped["duplicates_collapsed"] = int(len(user_ids) - rows.size)
-        user_ids, item_ids = user_ids[rows], item_ids[rows]
-        timestamps = latest[in_input_order]
-        weight = None if summed is None else summed[in_input_order]
+        user_ids, item_ids, timestamps = user_ids[rows], item_ids[rows], latest
         user_codes, item_codes = user_codes[rows], item_codes[rows]
 
     clean = pd.DataFrame({"user_id": user_ids, "item_id": item_ids, "timestamp": timestamps})
@@ -258,8 +274,8 @@ def encode_ids(clean: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     order; the split and the sampler use that order, and any run on the same
     log writes the same bytes.
     """
-    user_codes, user_ids = pd.factorize(clean["user_id"].to_numpy(), sort=True)
-    item_codes, item_ids = pd.factorize(clean["item_id"].to_numpy(), sort=True)
+    user_codes, user_ids = factorize_ids(clean["user_id"].to_numpy(), sort=True)
+    item_codes, item_ids = factorize_ids(clean["item_id"].to_numpy(), sort=True)
     user_codes = user_codes.astype(np.int32)
     item_codes = item_codes.astype(np.int32)
     timestamps = clean["timestamp"].to_numpy(np.int64)
@@ -279,8 +295,29 @@ def encode_ids(clean: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
 
 
 def sort_by_user_time(users: np.ndarray, timestamps: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Return the permutation that orders rows by (user, timestamp, item)."""
-    return np.lexsort((items, timestamps, users))
+    """Return the permutation that orders rows by (user, timestamp, item).
+
+    One sort of a single int64 key (user, time) when it fits, then the rare
+    rows that tie on it are ordered by item; three-key lexsort otherwise.
+    """
+    if users.size == 0:
+        return np.arange(0)
+    t_low = int(timestamps.min())
+    span = int(timestamps.max()) - t_low + 1
+    if (int(users.max()) + 1) * span >= 2**62:
+        return np.lexsort((items, timestamps, users))
+    key = users.astype(np.int64) * span + (timestamps - t_low)
+    order = np.argsort(key)
+    sorted_key = key[order]
+    tie = sorted_key[1:] == sorted_key[:-1]
+    if tie.any():
+        in_tie = np.zeros(order.size, dtype=bool)
+        in_tie[1:] |= tie
+        in_tie[:-1] |= tie
+        slots = np.flatnonzero(in_tie)
+        rows = order[slots]
+        order[slots] = rows[np.lexsort((items[rows], key[rows]))]
+    return order
 
 
 def is_sorted_by_user_time(users: np.ndarray, timestamps: np.ndarray, items: np.ndarray) -> bool:

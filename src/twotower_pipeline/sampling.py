@@ -21,7 +21,10 @@ class PositiveSet:
 
     def __init__(self, users: np.ndarray, items: np.ndarray, n_items: int) -> None:
         self.n_items = int(n_items)
-        self.keys = np.unique(users.astype(np.int64) * self.n_items + items.astype(np.int64))
+        keys = users.astype(np.int64) * self.n_items + items.astype(np.int64)
+        keys.sort()
+        # Sort and drop repeats by hand: np.unique's hashing path is several times slower.
+        self.keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if keys.size else keys
 
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Return a boolean array: is (users[i], items[i]) a known positive."""
@@ -72,15 +75,40 @@ def _check_catalogue(users: np.ndarray, positives: PositiveSet) -> None:
         raise NegativeSamplingError(
             f"the catalogue has {n_items} item(s): negatives need at least 2 items"
         )
-    unique_users = np.unique(users)
-    per_user = positives.counts_per_user(int(unique_users[-1]) + 1)[unique_users]
-    saturated = unique_users[per_user >= n_items]
+    n_users = int(users.max()) + 1
+    present = np.bincount(users, minlength=n_users) > 0
+    saturated = np.flatnonzero(present & (positives.counts_per_user(n_users) >= n_items))
     if saturated.size:
         raise NegativeSamplingError(
             f"{saturated.size} user(s) have interacted with all {n_items} items, so no negative "
             f"can be drawn for them (user indices {saturated[:5].tolist()}); "
             "drop them from the log or enlarge the catalogue"
         )
+
+
+class _UserRangeBitmap:
+    """Positives of the users first_user..last_user as one bit per (user, item).
+
+    A lookup reads one byte near the previous one (rows come grouped by user,
+    a user's row of bits is a few kB), several times faster than a binary
+    search over all positives.
+    """
+
+    def __init__(self, positives: PositiveSet, first_user: int, last_user: int) -> None:
+        n_items = positives.n_items
+        offset = first_user * n_items
+        lo, hi = np.searchsorted(positives.keys, [offset, (last_user + 1) * n_items])
+        local = positives.keys[lo:hi] - offset  # sorted, unique
+        self.bits = np.zeros(((last_user - first_user + 1) * n_items + 7) // 8, dtype=np.uint8)
+        if local.size:
+            byte = local >> 3
+            starts = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])
+            values = np.left_shift(1, local & 7).astype(np.uint8)
+            self.bits[byte[starts]] = np.bitwise_or.reduceat(values, starts)
+
+    def contains(self, local_keys: np.ndarray) -> np.ndarray:
+        """Return whether each (local user * n_items + item) key is a positive."""
+        return (self.bits[local_keys >> 3] >> (local_keys & 7).astype(np.uint8)) & 1 == 1
 
 
 def sample_negatives(
@@ -91,10 +119,12 @@ def sample_negatives(
     probabilities: np.ndarray | None = None,
     max_rounds: int = 20,
     chunk_rows: int = 4_000_000,
+    bitmap_bytes: int = 64 * 2**20,
 ) -> np.ndarray:
     """Return an int64 array (len(users), neg_ratio) of negatives, one row per given user.
 
-    Rows are drawn in chunks of `chunk_rows` users so temporary memory stays
+    Rows are processed grouped by user, in chunks of at most `chunk_rows` rows
+    whose users' (user, item) bitmap fits in `bitmap_bytes`, so memory stays
     bounded on logs of tens of millions of positives. Raises
     NegativeSamplingError, naming how many users and which, when some user
     has no item left to be a negative.
@@ -105,17 +135,42 @@ def sample_negatives(
         return negatives
     _check_catalogue(users, positives)
     cdf = None if probabilities is None else np.cumsum(probabilities)
-    for start in range(0, users.size, chunk_rows):
-        chunk = users[start : start + chunk_rows]
-        negatives[start : start + chunk.size] = _sample_chunk(
-            chunk, positives, neg_ratio, rng, probabilities, cdf, max_rounds
+    n_items = positives.n_items
+
+    grouped = bool((users[1:] >= users[:-1]).all())
+    order = None if grouped else np.argsort(users, kind="stable")
+    sorted_users = users if grouped else users[order]
+    users_per_chunk = max(1, bitmap_bytes * 8 // n_items)
+    drawn = negatives if grouped else np.empty_like(negatives)
+    start = 0
+    while start < users.size:
+        first_user = int(sorted_users[start])
+        stop = int(np.searchsorted(sorted_users, first_user + users_per_chunk))
+        stop = min(stop, start + chunk_rows)
+        chunk = sorted_users[start:stop]
+        bitmap = _UserRangeBitmap(positives, first_user, int(chunk[-1]))
+        drawn[start:stop] = _sample_chunk(
+            chunk - first_user,
+            bitmap,
+            positives,
+            first_user,
+            neg_ratio,
+            rng,
+            probabilities,
+            cdf,
+            max_rounds,
         ).reshape(chunk.size, neg_ratio)
+        start = stop
+    if not grouped:
+        negatives[order] = drawn
     return negatives
 
 
 def _sample_chunk(
-    users: np.ndarray,
+    local_users: np.ndarray,
+    bitmap: _UserRangeBitmap,
     positives: PositiveSet,
+    first_user: int,
     neg_ratio: int,
     rng: np.random.Generator,
     probabilities: np.ndarray | None,
@@ -123,19 +178,20 @@ def _sample_chunk(
     max_rounds: int,
 ) -> np.ndarray:
     n_items = positives.n_items
-    flat_users = np.repeat(users, neg_ratio)
-    negatives = _draw(rng, n_items, flat_users.size, cdf)
-    pending = np.flatnonzero(positives.contains(flat_users, negatives))
+    row_base = np.repeat(local_users * n_items, neg_ratio)
+    negatives = _draw(rng, n_items, row_base.size, cdf)
+    pending = np.flatnonzero(bitmap.contains(row_base + negatives))
     for _ in range(max_rounds):
         if pending.size == 0:
             break
         negatives[pending] = _draw(rng, n_items, pending.size, cdf)
-        pending = pending[positives.contains(flat_users[pending], negatives[pending])]
+        pending = pending[bitmap.contains(row_base[pending] + negatives[pending])]
 
     # Whatever is still rejected belongs to users who hold most of the catalogue
     # (a handful at most): draw those exactly from what they have not seen.
-    for user in np.unique(flat_users[pending]):
-        rows = pending[flat_users[pending] == user]
+    pending_users = row_base[pending] // n_items + first_user
+    for user in np.unique(pending_users):
+        rows = pending[pending_users == user]
         allowed = np.setdiff1d(np.arange(n_items), positives.items_of(int(user)))
         weights = None
         if probabilities is not None:
