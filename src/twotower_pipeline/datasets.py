@@ -1,4 +1,12 @@
-"""Custom Kedro datasets used by the catalog."""
+"""Custom Kedro datasets used by the catalog.
+
+The Parquet and JSON datasets here are kedro-datasets' own, except that a
+local save writes a temporary file beside the target and renames it over the
+target only once it is complete. kedro-datasets opens the target for writing
+first (truncating it) and then serialises into it, so a frame pyarrow cannot
+convert, or a report json cannot encode, would destroy the previous run's
+file and leave an empty or partial one.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from kedro.io import AbstractDataset, DatasetError
+from kedro.io.core import get_filepath_str
+from kedro_datasets.json import JSONDataset
+from kedro_datasets.pandas import ParquetDataset
 
 from twotower_pipeline.synthetic import SyntheticLogSpec, generate_interactions
 
@@ -87,3 +98,41 @@ class SyntheticInteractionsDataset(AbstractDataset[None, pd.DataFrame]):
             "columns": list(frame.columns),
             "data": frame.values.tolist(),
         }
+
+
+def _replace_atomically(target: Path, write: Any) -> None:
+    """Call write(temporary path) beside `target`, then rename it over `target`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(tmp_name)
+        os.replace(tmp_name, target)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+
+
+class AtomicParquetDataset(ParquetDataset):
+    """pandas.ParquetDataset whose local saves replace the file whole or not at all."""
+
+    def save(self, data: pd.DataFrame) -> None:
+        if self._protocol != "file" or "partition_cols" in self._save_args:
+            super().save(data)
+            return
+        target = Path(get_filepath_str(self._get_save_path(), self._protocol))
+        _replace_atomically(target, lambda tmp: data.to_parquet(tmp, **self._save_args))
+        self._invalidate_cache()
+
+
+class AtomicJSONDataset(JSONDataset):
+    """json.JSONDataset whose local saves replace the file whole or not at all."""
+
+    def save(self, data: Any) -> None:
+        if self._protocol != "file":
+            super().save(data)
+            return
+        text = json.dumps(data, **self._save_args)  # fails before any file is touched
+        target = Path(get_filepath_str(self._get_save_path(), self._protocol))
+        _replace_atomically(target, lambda tmp: Path(tmp).write_text(text))
+        self._invalidate_cache()

@@ -1,0 +1,121 @@
+"""Nothing lost: a run that fails on bad input leaves the previous good run's outputs intact.
+
+A project copy ingests a user's CSV, the CSV is then corrupted and the run
+repeated: the run must stop with an error naming the file, the column and
+the count, and every data-preparation output of the good run must still be
+there, byte for byte, and load. Saves themselves are atomic: a save that
+fails half-way keeps the old file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.io import DatasetError
+
+from twotower_pipeline.datasets import AtomicJSONDataset, AtomicParquetDataset
+from twotower_pipeline.synthetic import SyntheticLogSpec, generate_interactions
+
+OUTPUTS = [
+    "data/02_intermediate/clean_interactions.parquet",
+    "data/03_primary/interactions.parquet",
+    "data/03_primary/user_index.parquet",
+    "data/03_primary/item_index.parquet",
+    "data/05_model_input/train_interactions.parquet",
+    "data/05_model_input/val_interactions.parquet",
+    "data/08_reporting/ingestion_report.json",
+    "data/08_reporting/split_report.json",
+]
+
+# An environment that reads a user's CSV, as the docs tell users to set one up.
+USER_CSV_ENV = {
+    "globals.yml": "raw_interactions_path: data/01_raw/events.csv\n",
+    "catalog.yml": "raw_interactions:\n  type: pandas.CSVDataset\n",
+}
+
+
+@pytest.fixture(scope="module")
+def project_after_a_failed_run(make_project_copy, kedro_run):
+    """(project, outputs of the good run as bytes, the error of the failed run)."""
+    project = make_project_copy("nothing_lost")
+    env = project / "conf" / "user_csv"
+    env.mkdir()
+    for name, text in USER_CSV_ENV.items():
+        (env / name).write_text(text)
+    raw = project / "data" / "01_raw" / "events.csv"
+    log = generate_interactions(
+        SyntheticLogSpec(n_users=80, n_items=60, mean_interactions_per_user=8)
+    )
+    log.to_csv(raw, index=False)
+
+    kedro_run(project, pipeline="data_processing", env="user_csv")
+    before = {path: (project / path).read_bytes() for path in OUTPUTS}
+
+    # Corrupt the raw file: three rows lose their user id.
+    log.loc[[3, 10, 42], "user_id"] = None
+    log.to_csv(raw, index=False)
+    with pytest.raises(Exception) as failed:
+        kedro_run(project, pipeline="data_processing", env="user_csv")
+    return project, before, failed.value
+
+
+def test_failed_run_names_the_file_the_column_and_the_count(project_after_a_failed_run):
+    _, _, error = project_after_a_failed_run
+    assert "data/01_raw/events.csv: column 'user_id' (user) has 3 null value(s)" in str(error)
+
+
+def test_failed_run_leaves_every_output_of_the_good_run_byte_for_byte(project_after_a_failed_run):
+    project, before, _ = project_after_a_failed_run
+    for path, content in before.items():
+        assert (project / path).read_bytes() == content, f"{path} changed"
+    leftovers = [p.name for p in (project / "data").rglob("*.tmp")]
+    assert leftovers == []
+
+
+def test_outputs_of_the_good_run_still_load_and_agree(project_after_a_failed_run):
+    project, _, _ = project_after_a_failed_run
+    interactions = pd.read_parquet(project / OUTPUTS[1])
+    train = pd.read_parquet(project / OUTPUTS[4])
+    val = pd.read_parquet(project / OUTPUTS[5])
+    report = json.loads((project / OUTPUTS[7]).read_text())
+    assert len(train) + len(val) + report["val_dropped_cold_items"] + report[
+        "val_dropped_cold_users"
+    ] == len(interactions)
+    assert report["val_interactions"] == len(val)
+
+
+def test_a_parquet_save_that_fails_half_way_keeps_the_old_file(tmp_path):
+    path = tmp_path / "table.parquet"
+    dataset = AtomicParquetDataset(filepath=str(path))
+    good = pd.DataFrame({"user": [1, 2]})
+    dataset.save(good)
+    unconvertible = pd.DataFrame({"user": [1, "two"]})  # pyarrow cannot type this column
+    with pytest.raises(Exception, match="two|convert|Conversion"):
+        dataset.save(unconvertible)
+    pd.testing.assert_frame_equal(dataset.load(), good)
+    assert [p.name for p in tmp_path.iterdir()] == ["table.parquet"]
+
+
+def test_a_json_save_that_fails_keeps_the_old_report(tmp_path):
+    path = tmp_path / "report.json"
+    dataset = AtomicJSONDataset(filepath=str(path))
+    dataset.save({"rows": 3})
+    with pytest.raises(DatasetError, match="not JSON serializable"):
+        dataset.save({"rows": np.int64(3)})
+    assert dataset.load() == {"rows": 3}
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_the_plain_kedro_parquet_dataset_would_have_lost_the_old_file(tmp_path):
+    """Why the project uses its own Parquet dataset: kedro-datasets' truncates first."""
+    from kedro_datasets.pandas import ParquetDataset
+
+    dataset = ParquetDataset(filepath=str(tmp_path / "table.parquet"))
+    dataset.save(pd.DataFrame({"user": [1, 2]}))
+    with pytest.raises(Exception):  # noqa: B017 - any serialisation error will do
+        dataset.save(pd.DataFrame({"user": [1, "two"]}))
+    assert Path(tmp_path / "table.parquet").stat().st_size == 0
