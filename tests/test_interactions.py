@@ -284,3 +284,24 @@ def test_id_maps_round_trip_to_the_original_pairs():
         map(tuple, raw[columns].values.tolist())
     )
     assert users["user"].tolist() == list(range(3)) and items["item"].tolist() == list(range(3))
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not ML_100K.exists(), reason="MovieLens 100K is not in ../shared/data")
+def test_movielens_env_prepares_real_ml_100k_end_to_end(make_project_copy, kedro_run):
+    project = make_project_copy("movielens")
+    target = project / "data" / "01_raw" / "ml-100k" / "u.data"
+    target.parent.mkdir()
+    target.symlink_to(ML_100K)  # linked, never copied
+    kedro_run(project, pipeline="data_processing", env="movielens")
+    ingestion = yaml.safe_load((project / "data/08_reporting/ingestion_report.json").read_text())
+    split = yaml.safe_load((project / "data/08_reporting/split_report.json").read_text())
+    assert ingestion["source"] == "data/01_raw/ml-100k/u.data"
+    assert (ingestion["interactions"], ingestion["users"], ingestion["items"]) == (
+        100_000,
+        943,
+        1682,
+    )
+    assert split["val_candidates"] == 943  # every ML-100K user has at least 20 ratings
+    assert split["val_interactions"] + split["val_dropped_cold_items"] == 943
+    assert split["train_interactions"] == 100_000 - 943
