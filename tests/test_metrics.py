@@ -294,3 +294,29 @@ def test_pointwise_metrics_refuse_labels_of_one_class():
 def test_auc_is_one_for_perfect_order_and_half_for_ties():
     assert roc_auc(np.array([0.9, 0.1, 0.2]), np.array([1, 0, 0])) == 1.0
     assert roc_auc(np.array([0.5, 0.5, 0.5]), np.array([1, 0, 0])) == 0.5
+
+
+def test_recommend_node_returns_unseen_items_in_original_ids():
+    from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
+    from twotower_pipeline.pipelines.evaluation.nodes import recommend
+
+    config = TwoTowerConfig(n_users=2, n_items=3, embedding_dim=2)
+    model = TwoTowerModel(config)
+    with torch.no_grad():
+        model.user_tower.embedding.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        # Item 0 points along user 0, item 1 along user 1, item 2 in between.
+        model.item_tower.embedding.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1, 1.0]]))
+    recs = recommend(
+        model.state_dict(),
+        config.to_dict(),
+        pairs([(0, 0)]),
+        pd.DataFrame({"user_id": ["ann", "bob"]}),
+        pd.DataFrame({"item_id": ["x", "y", "z"]}),
+        {"recommendations_k": 2, "chunk_size": 1},
+    )
+    assert recs[["user_id", "rank", "item_id"]].values.tolist() == [
+        ["ann", 1, "z"],
+        ["ann", 2, "y"],
+        ["bob", 1, "y"],
+        ["bob", 2, "z"],
+    ]

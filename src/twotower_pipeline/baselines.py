@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,17 @@ def random_scorer(n_items: int, seed: int) -> Scorer:
     return lambda users: torch.rand(len(users), n_items, generator=generator)
 
 
+@contextmanager
+def _single_threaded_blas():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1, "blas"):
+        yield
+
+
 def als_scorer(
     train: pd.DataFrame, n_users: int, n_items: int, params: dict, seed: int
 ) -> Scorer | None:
@@ -36,15 +48,23 @@ def als_scorer(
     except ImportError:
         return None
     matrix = csr_matrix(
-        (np.full(len(train), params["alpha"], dtype=np.float32),
-         (train["user"].to_numpy(), train["item"].to_numpy())),
+        (
+            np.full(len(train), params["alpha"], dtype=np.float32),
+            (train["user"].to_numpy(), train["item"].to_numpy()),
+        ),
         shape=(n_users, n_items),
     )
     model = AlternatingLeastSquares(
-        factors=params["factors"], regularization=params["regularization"],
-        iterations=params["iterations"], random_state=seed, num_threads=0,
+        factors=params["factors"],
+        regularization=params["regularization"],
+        iterations=params["iterations"],
+        random_state=seed,
+        num_threads=0,
     )
-    model.fit(matrix, show_progress=False)
+    # implicit's own loop is parallel; a second thread pool inside BLAS only slows it
+    # down (and makes implicit warn), so BLAS runs single-threaded during the fit.
+    with _single_threaded_blas():
+        model.fit(matrix, show_progress=False)
     users = torch.from_numpy(np.asarray(model.user_factors, dtype=np.float32))
     items = torch.from_numpy(np.asarray(model.item_factors, dtype=np.float32))
     return lambda ids: users[torch.from_numpy(np.asarray(ids))] @ items.T

@@ -1,6 +1,18 @@
+"""Evaluation: metrics of the model and baselines, health, plots, report (in that order)."""
+
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import compare_with_baselines, evaluate_baselines, evaluate_model, recommend
+from .nodes import (
+    compare_with_baselines,
+    diagnose_training,
+    evaluate_baselines,
+    evaluate_model,
+    plot_learning_curve,
+    plot_model_vs_baselines,
+    plot_ranking_curve,
+    recommend,
+    write_report,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -8,15 +20,28 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 evaluate_model,
-                inputs=["two_tower_model", "model_config", "train_interactions",
-                        "val_interactions", "params:seed", "params:evaluation"],
+                inputs=[
+                    "two_tower_model",
+                    "model_config",
+                    "train_interactions",
+                    "val_interactions",
+                    "params:seed",
+                    "params:neg_ratio",
+                    "params:evaluation",
+                ],
                 outputs="model_metrics",
                 name="evaluate_model",
             ),
             Node(
                 evaluate_baselines,
-                inputs=["train_interactions", "val_interactions", "user_index", "item_index",
-                        "params:seed", "params:evaluation"],
+                inputs=[
+                    "train_interactions",
+                    "val_interactions",
+                    "user_index",
+                    "item_index",
+                    "params:seed",
+                    "params:evaluation",
+                ],
                 outputs="baseline_metrics",
                 name="evaluate_baselines",
             ),
@@ -28,10 +53,62 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 recommend,
-                inputs=["two_tower_model", "model_config", "train_interactions", "user_index",
-                        "item_index", "params:evaluation"],
+                inputs=[
+                    "two_tower_model",
+                    "model_config",
+                    "train_interactions",
+                    "user_index",
+                    "item_index",
+                    "params:evaluation",
+                ],
                 outputs="recommendations",
                 name="recommend",
+            ),
+            Node(
+                diagnose_training,
+                inputs=[
+                    "training_history",
+                    "model_config",
+                    "item_embeddings",
+                    "evaluation_metrics",
+                    "params:neg_ratio",
+                    "params:evaluation",
+                ],
+                outputs="training_health",
+                name="diagnose_training",
+            ),
+            Node(
+                plot_learning_curve,
+                inputs=["training_history", "params:neg_ratio"],
+                outputs=["learning_curve_png", "learning_curve_plotly"],
+                name="plot_learning_curve",
+            ),
+            Node(
+                plot_ranking_curve,
+                inputs=["training_history", "evaluation_metrics", "params:evaluation"],
+                outputs=["ranking_curve_png", "ranking_curve_plotly"],
+                name="plot_ranking_curve",
+            ),
+            Node(
+                plot_model_vs_baselines,
+                inputs=["evaluation_metrics", "params:evaluation"],
+                outputs=["model_vs_baselines_png", "model_vs_baselines_plotly"],
+                name="plot_model_vs_baselines",
+            ),
+            # Depends on the health report, so it runs last and its summary ends the log.
+            Node(
+                write_report,
+                inputs=[
+                    "ingestion_report",
+                    "split_report",
+                    "training_history",
+                    "evaluation_metrics",
+                    "training_health",
+                    "params:neg_ratio",
+                    "params:evaluation",
+                ],
+                outputs="run_report",
+                name="write_report",
             ),
         ]
     )

@@ -1,0 +1,309 @@
+"""What a person reads after a run: plots (matplotlib and plotly) and report.md.
+
+Pure functions of the run's outputs (history, metrics, health report, data
+reports); nothing here reads or writes files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+from matplotlib.figure import Figure
+from plotly.subplots import make_subplots
+
+from twotower_pipeline.health import constant_predictor_loss
+
+SCORERS = ("model", "popularity", "random", "als")
+COLOURS = {"model": "#1f77b4", "popularity": "#ff7f0e", "random": "#7f7f7f", "als": "#2ca02c"}
+
+
+def scored(comparison: dict) -> list[str]:
+    """Return the scorers in evaluation_metrics that have metrics (skipped ones left out)."""
+    return [
+        n for n in SCORERS if isinstance(comparison.get(n), dict) and "skipped" not in comparison[n]
+    ]
+
+
+# --- plots -------------------------------------------------------------------------
+
+
+def learning_curve(history: pd.DataFrame, neg_ratio: int) -> tuple[Figure, go.Figure]:
+    """Return train/val loss and logit scale per epoch, as a matplotlib and a plotly figure."""
+    floor = constant_predictor_loss(neg_ratio)
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(history["epoch"], history["train_loss"], "o-", label="train loss")
+    ax.plot(history["epoch"], history["val_loss"], "s-", label="validation loss")
+    ax.axhline(floor, color="grey", ls="--", lw=1, label=f"constant guess ({floor:.3f})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"BCE (positives + {neg_ratio} negatives each)")
+    scale_ax = ax.twinx()
+    scale_ax.plot(
+        history["epoch"], history["logit_scale"], "^:", color="tab:red", label="logit scale"
+    )
+    scale_ax.set_ylabel("logit scale", color="tab:red")
+    lines = ax.get_legend_handles_labels()
+    scale_lines = scale_ax.get_legend_handles_labels()
+    ax.legend(lines[0] + scale_lines[0], lines[1] + scale_lines[1], loc="upper right")
+    ax.set_title("Learning curve")
+
+    plot = make_subplots(specs=[[{"secondary_y": True}]])
+    plot.add_scatter(x=history["epoch"], y=history["train_loss"], name="train loss")
+    plot.add_scatter(x=history["epoch"], y=history["val_loss"], name="validation loss")
+    plot.add_scatter(
+        x=history["epoch"],
+        y=[floor] * len(history),
+        name="constant guess",
+        line={"dash": "dash", "color": "grey"},
+    )
+    plot.add_scatter(
+        x=history["epoch"],
+        y=history["logit_scale"],
+        name="logit scale",
+        line={"dash": "dot", "color": "red"},
+        secondary_y=True,
+    )
+    plot.update_layout(title="Learning curve", xaxis_title="epoch")
+    plot.update_yaxes(title_text="BCE", secondary_y=False)
+    plot.update_yaxes(title_text="logit scale", secondary_y=True)
+    return fig, plot
+
+
+def ranking_curve(history: pd.DataFrame, comparison: dict, k: int) -> tuple[Figure, go.Figure]:
+    """Return Recall@k and NDCG@k per epoch, with popularity's values as reference lines."""
+    metrics = [m for m in (f"recall@{k}", f"ndcg@{k}") if m in history]
+    popularity = comparison.get("popularity", {})
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    plot = go.Figure()
+    for metric, colour in zip(metrics, ("tab:blue", "tab:green"), strict=False):
+        ax.plot(history["epoch"], history[metric], "o-", color=colour, label=f"model {metric}")
+        plot.add_scatter(x=history["epoch"], y=history[metric], name=f"model {metric}")
+        if metric in popularity:
+            ax.axhline(
+                popularity[metric], color=colour, ls="--", lw=1, label=f"popularity {metric}"
+            )
+            plot.add_scatter(
+                x=history["epoch"],
+                y=[popularity[metric]] * len(history),
+                name=f"popularity {metric}",
+                line={"dash": "dash"},
+            )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("full-catalogue metric")
+    ax.legend()
+    ax.set_title(f"Ranking metrics per epoch (validation users, K={k})")
+    plot.update_layout(title=f"Ranking metrics per epoch (K={k})", xaxis_title="epoch")
+    return fig, plot
+
+
+def model_vs_baselines(comparison: dict, ks: Sequence[int]) -> tuple[Figure, go.Figure]:
+    """Return HitRate@K and NDCG@K of the model and each baseline, grouped by K."""
+    names = scored(comparison)
+    fig = Figure(figsize=(9, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    plot = make_subplots(rows=1, cols=2, subplot_titles=("HitRate@K", "NDCG@K"))
+    width = 0.8 / max(len(names), 1)
+    for col, family in enumerate(("hit_rate", "ndcg")):
+        for i, name in enumerate(names):
+            values = [comparison[name].get(f"{family}@{k}", math.nan) for k in ks]
+            positions = [j + (i - (len(names) - 1) / 2) * width for j in range(len(ks))]
+            axes[col].bar(positions, values, width, label=name, color=COLOURS[name])
+            plot.add_bar(
+                x=[f"K={k}" for k in ks],
+                y=values,
+                name=name,
+                marker_color=COLOURS[name],
+                showlegend=col == 0,
+                legendgroup=name,
+                row=1,
+                col=col + 1,
+            )
+        axes[col].set_xticks(range(len(ks)), [f"K={k}" for k in ks])
+        axes[col].set_title("HitRate@K" if family == "hit_rate" else "NDCG@K")
+    axes[0].legend()
+    fig.suptitle("Model vs baselines (same users, same protocol)")
+    plot.update_layout(title="Model vs baselines", barmode="group")
+    return fig, plot
+
+
+# --- report.md -----------------------------------------------------------------------
+
+
+def _number(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_number(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _sparkline(values: Sequence[float]) -> str:
+    bars = "▁▂▃▄▅▆▇█"
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return ""
+    low, high = min(finite), max(finite)
+    span = (high - low) or 1.0
+    return "".join(bars[round((v - low) / span * 7)] if math.isfinite(v) else "?" for v in values)
+
+
+def headline(comparison: dict, health: dict, k: int) -> str:
+    """Return the one-line summary of a run: HR@k / NDCG@k of model and popularity, verdict."""
+    model, popularity = comparison["model"], comparison["popularity"]
+    lift = comparison.get("lift_over_popularity", {}).get(f"hit_rate@{k}")
+    return (
+        f"model HR@{k} {model[f'hit_rate@{k}']:.4f} NDCG@{k} {model[f'ndcg@{k}']:.4f} | "
+        f"popularity HR@{k} {popularity[f'hit_rate@{k}']:.4f} "
+        f"NDCG@{k} {popularity[f'ndcg@{k}']:.4f} | "
+        f"lift x{'–' if lift is None else f'{lift:.2f}'} | health: {health['verdict']}"
+    )
+
+
+def metric_names(ks: Sequence[int]) -> list[str]:
+    names = ["mrr"]
+    for family in ("hit_rate", "recall", "ndcg", "coverage"):
+        names += [f"{family}@{k}" for k in ks]
+    return names
+
+
+def build_report(
+    ingestion_report: dict,
+    split_report: dict,
+    history: pd.DataFrame,
+    comparison: dict,
+    health: dict,
+    neg_ratio: int,
+    ks: Sequence[int],
+    k: int,
+) -> str:
+    """Return report.md: data and split, the curve, model vs baselines, health with advice."""
+    lines = ["# Two-tower run report", "", f"**{headline(comparison, health, k)}**", ""]
+
+    lines += ["## Data", ""]
+    dropped = ingestion_report.get("rows_dropped", {})
+    lines += _table(
+        ["", ""],
+        [
+            ["source", f"`{ingestion_report.get('source', '?')}`"],
+            ["rows read", ingestion_report.get("rows_read")],
+            ["interactions", ingestion_report.get("interactions")],
+            ["users", ingestion_report.get("users")],
+            ["items", ingestion_report.get("items")],
+            ["density", ingestion_report.get("density")],
+            ["time span", " to ".join(map(str, ingestion_report.get("time_span", [])))],
+            *[[f"dropped: {reason}", count] for reason, count in dropped.items()],
+        ],
+    )
+    lines += ["", "## Split", ""]
+    lines += _table(
+        ["", ""],
+        [
+            ["strategy", split_report.get("strategy")],
+            ["train interactions", split_report.get("train_interactions")],
+            ["validation positives", split_report.get("val_interactions")],
+            ["validation users", split_report.get("val_users")],
+            [
+                "users without validation (too few interactions)",
+                split_report.get(
+                    "users_without_validation", split_report.get("users_in_train_only")
+                ),
+            ],
+            [
+                "validation rows dropped (item unseen in train)",
+                split_report.get("val_dropped_cold_items"),
+            ],
+            [
+                "validation rows dropped (user unseen in train)",
+                split_report.get("val_dropped_cold_users"),
+            ],
+        ],
+    )
+
+    floor = constant_predictor_loss(neg_ratio)
+    lines += [
+        "",
+        "## Training curve",
+        "",
+        f"Losses are BCE on positives plus {neg_ratio} sampled negatives each (the "
+        f"validation negatives are a fixed seeded sample). A constant guess at the base "
+        f"rate scores {floor:.4f}.",
+        "",
+        f"- train loss `{_sparkline(history['train_loss'].tolist())}`",
+        f"- val loss   `{_sparkline(history['val_loss'].tolist())}`",
+        "",
+        "Plots (versioned; the newest folder is this run): "
+        "`data/08_reporting/learning_curve.png/`, `ranking_curve.png/`, "
+        "`model_vs_baselines.png/` (and `.json` plotly versions for kedro-viz).",
+        "",
+    ]
+    curve_columns = [
+        c
+        for c in (
+            "epoch",
+            "train_loss",
+            "val_loss",
+            "val_auc",
+            f"recall@{k}",
+            f"ndcg@{k}",
+            "logit_scale",
+        )
+        if c in history
+    ]
+    lines += _table(
+        curve_columns,
+        [
+            [int(row["epoch"]), *[float(row[c]) for c in curve_columns[1:]]]
+            for _, row in history.iterrows()
+        ],
+    )
+
+    names = scored(comparison)
+    lift = comparison.get("lift_over_popularity", {})
+    lines += [
+        "",
+        "## Model vs baselines",
+        "",
+        f"Every scorer ranks the full catalogue for the same "
+        f"{_number(comparison['model'].get('users'))} validation users, training items "
+        "masked, ties broken at random (seeded). Lift = model / popularity.",
+        "",
+    ]
+    lines += _table(
+        ["metric", *names, "lift"],
+        [[m, *[comparison[n].get(m) for n in names], lift.get(m)] for m in metric_names(ks)],
+    )
+    skipped = [
+        f"- {n}: skipped ({comparison[n]['skipped']})"
+        for n in SCORERS
+        if isinstance(comparison.get(n), dict) and "skipped" in comparison[n]
+    ]
+    if skipped:
+        lines += ["", *skipped]
+    model = comparison["model"]
+    if "val_log_loss" in model:
+        lines += [
+            "",
+            f"Pointwise, on {_number(model.get('val_sample_positives'))} validation "
+            f"positives + {_number(model.get('val_sample_negatives'))} sampled negatives: "
+            f"log loss {model['val_log_loss']:.4f}, AUC {model['val_auc']:.4f}.",
+        ]
+
+    lines += ["", "## Health", "", f"Verdict: **{health['verdict']}**", ""]
+    for flag in health["flags"]:
+        mark = "⚠️ RAISED" if flag["raised"] else "ok"
+        lines.append(f"- **{flag['name']}** ({mark}): {flag['message']}")
+        if flag["raised"]:
+            lines.append(f"  - what to do: {flag['advice']}")
+    return "\n".join(lines) + "\n"

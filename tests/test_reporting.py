@@ -1,0 +1,150 @@
+"""Plots and report.md built from a small hand-made run."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+
+from twotower_pipeline.pipelines.evaluation.nodes import compare_with_baselines
+from twotower_pipeline.reporting import (
+    build_report,
+    headline,
+    learning_curve,
+    model_vs_baselines,
+    ranking_curve,
+)
+
+HISTORY = pd.DataFrame(
+    {
+        "epoch": [1, 2, 3],
+        "train_loss": [0.64, 0.45, 0.38],
+        "val_loss": [0.65, 0.47, 0.41],
+        "val_auc": [0.6, 0.75, 0.8],
+        "recall@10": [0.05, 0.09, 0.11],
+        "ndcg@10": [0.02, 0.04, 0.05],
+        "logit_scale": [1.2, 1.8, 2.5],
+    }
+)
+MODEL = {
+    "users": 100,
+    "mrr": 0.06,
+    "hit_rate@10": 0.12,
+    "recall@10": 0.12,
+    "ndcg@10": 0.06,
+    "coverage@10": 0.5,
+    "val_log_loss": 0.41,
+    "val_auc": 0.8,
+    "val_sample_positives": 100,
+    "val_sample_negatives": 500,
+}
+POPULARITY = {
+    "users": 100,
+    "mrr": 0.03,
+    "hit_rate@10": 0.06,
+    "recall@10": 0.06,
+    "ndcg@10": 0.03,
+    "coverage@10": 0.01,
+}
+RANDOM = {
+    "users": 100,
+    "mrr": 0.01,
+    "hit_rate@10": 0.01,
+    "recall@10": 0.01,
+    "ndcg@10": 0.004,
+    "coverage@10": 1.0,
+}
+COMPARISON = compare_with_baselines(
+    MODEL,
+    {
+        "popularity": POPULARITY,
+        "random": RANDOM,
+        "als": {"skipped": "the optional library implicit is not installed"},
+    },
+)
+HEALTH = {
+    "verdict": "1 flag(s) raised: overfitting",
+    "raised": ["overfitting"],
+    "flags": [
+        {"name": "non_finite", "raised": False, "message": "all finite", "advice": "a"},
+        {
+            "name": "overfitting",
+            "raised": True,
+            "message": "val loss rose from epoch 2",
+            "advice": "use the model of the best epoch",
+        },
+    ],
+}
+INGESTION = {
+    "source": "data/01_raw/x.parquet",
+    "rows_read": 1000,
+    "interactions": 990,
+    "users": 100,
+    "items": 50,
+    "density": 0.198,
+    "rows_dropped": {"duplicates": 10},
+}
+SPLIT = {
+    "strategy": "leave_last_out",
+    "train_interactions": 890,
+    "val_interactions": 100,
+    "val_users": 100,
+    "users_without_validation": 0,
+}
+
+
+def test_lift_is_model_over_popularity_for_ranking_metrics_only():
+    lift = COMPARISON["lift_over_popularity"]
+    assert lift["hit_rate@10"] == pytest.approx(2.0)
+    assert lift["mrr"] == pytest.approx(2.0)
+    assert "coverage@10" not in lift
+    assert "val_log_loss" not in lift
+
+
+def test_headline_has_model_and_popularity_hr_ndcg_and_the_verdict():
+    line = headline(COMPARISON, HEALTH, 10)
+    assert "model HR@10 0.1200 NDCG@10 0.0600" in line
+    assert "popularity HR@10 0.0600 NDCG@10 0.0300" in line
+    assert "lift x2.00" in line
+    assert line.endswith("health: 1 flag(s) raised: overfitting")
+
+
+def test_report_has_data_split_curve_metrics_and_health_with_advice():
+    report = build_report(INGESTION, SPLIT, HISTORY, COMPARISON, HEALTH, 5, [10], 10)
+    for section in (
+        "## Data",
+        "## Split",
+        "## Training curve",
+        "## Model vs baselines",
+        "## Health",
+    ):
+        assert section in report
+    assert "| hit_rate@10 | 0.1200 | 0.0600 | 0.0100 | 2.0000 |" in report
+    assert "als: skipped (the optional library implicit is not installed)" in report
+    assert "what to do: use the model of the best epoch" in report
+    assert "log loss 0.4100, AUC 0.8000" in report
+    assert "| 3 | 0.3800 | 0.4100 |" in report
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: learning_curve(HISTORY, 5),
+        lambda: ranking_curve(HISTORY, COMPARISON, 10),
+        lambda: model_vs_baselines(COMPARISON, [10]),
+    ],
+    ids=["learning_curve", "ranking_curve", "model_vs_baselines"],
+)
+def test_each_plot_renders_as_png_and_plotly_json(make):
+    figure, plot = make()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    assert buffer.getvalue().startswith(b"\x89PNG")
+    assert plot.to_json().startswith("{")
+    assert len(plot.data) >= 2
+
+
+def test_skipped_baselines_are_not_plotted():
+    _, plot = model_vs_baselines(COMPARISON, [10])
+    assert {trace.name for trace in plot.data} == {"model", "popularity", "random"}
