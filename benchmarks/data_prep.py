@@ -79,10 +79,16 @@ def ml25m_shaped_log(n: int, n_users: int, n_items: int, seed: int = 0) -> pd.Da
     counts = np.minimum(20 + extra, n_items // 4)
     counts[np.argsort(-activity)[: n - counts.sum()]] += 1  # the rounding remainder
     users = np.repeat(np.arange(n_users), counts)
-    # Popularity: Zipf-like over items; duplicates within a user are rare and get collapsed.
+    # Popularity: Zipf-like over items.
     popularity = 1.0 / np.arange(1, n_items + 1) ** 0.9
     items = np.searchsorted(np.cumsum(popularity / popularity.sum()), rng.random(users.size))
     items = np.minimum(items, n_items - 1)
+    # MovieLens holds each (user, movie) once: redraw repeats uniformly until none is left.
+    for _ in range(50):
+        repeated = pd.Series(users * n_items + items).duplicated().to_numpy()
+        if not repeated.any():
+            break
+        items[repeated] = rng.integers(0, n_items, int(repeated.sum()))
     # Each user rates over a window of 1995-2019; rows are shuffled as in a raw export.
     start = rng.uniform(789_000_000, 1_560_000_000, n_users)
     length = rng.uniform(0, 2 * 365 * 86400, n_users)
