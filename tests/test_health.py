@@ -23,6 +23,10 @@ THRESHOLDS = HealthThresholds(
     parallel_cosine=0.9,
     min_lift=1.0,
     overfit_epochs=3,
+    overfit_min_rise=0.10,
+    overfit_ranking_drop=0.05,
+    still_improving_gain=0.02,
+    scale_drop_ratio=0.67,
 )
 # A healthy run: both losses fall, the scale grows, the model beats popularity.
 HEALTHY = pd.DataFrame(
@@ -31,12 +35,15 @@ HEALTHY = pd.DataFrame(
         "train_loss": [0.64, 0.45, 0.38, 0.33, 0.30, 0.28],
         "val_loss": [0.65, 0.47, 0.40, 0.36, 0.34, 0.33],
         "val_auc": [0.60, 0.75, 0.82, 0.86, 0.88, 0.89],
+        "recall@10": [0.05, 0.09, 0.11, 0.12, 0.125, 0.126],
         "logit_scale": [1.2, 1.8, 2.5, 3.1, 3.6, 4.0],
     }
 )
 COMPARISON = {
     "model": {"hit_rate@10": 0.20, "ndcg@10": 0.10},
     "popularity": {"hit_rate@10": 0.10, "ndcg@10": 0.05},
+    "als": {"hit_rate@10": 0.18, "ndcg@10": 0.09},
+    "random": {"hit_rate@10": 0.01, "ndcg@10": 0.004},
 }
 SPREAD_ITEMS = np.random.default_rng(0).standard_normal((200, 16))
 
@@ -49,9 +56,19 @@ def report(
     max_scale=100.0,
     positives=100,
     negatives=500,
+    initial_scale=1.0,
 ):
     return health_report(
-        history, items, max_scale, comparison, neg_ratio, THRESHOLDS, 10, positives, negatives
+        history,
+        items,
+        max_scale,
+        comparison,
+        neg_ratio,
+        THRESHOLDS,
+        10,
+        positives,
+        negatives,
+        initial_scale,
     )
 
 
@@ -177,9 +194,48 @@ def test_val_loss_rising_while_train_loss_falls_is_overfitting():
     assert numbers(result, "overfitting")["rising_from_epoch"] == 3
 
 
+def test_a_small_val_loss_drift_while_ranking_improves_is_not_overfitting():
+    # A growing scale makes the model a little over-confident; ranking still improves.
+    history = with_column("val_loss", [0.65, 0.47, 0.40, 0.405, 0.41, 0.42])
+    result = report(history)
+    assert "overfitting" not in raised(result)
+    assert (
+        "not flagged" in next(f for f in result["flags"] if f["name"] == "overfitting")["message"]
+    )
+
+
+def test_a_small_val_loss_rise_with_falling_ranking_is_overfitting():
+    history = with_column("val_loss", [0.65, 0.47, 0.40, 0.405, 0.41, 0.42])
+    history["recall@10"] = [0.05, 0.09, 0.12, 0.115, 0.11, 0.10]
+    assert "overfitting" in raised(report(history))
+
+
 def test_a_short_wobble_in_val_loss_is_not_overfitting():
     history = with_column("val_loss", [0.65, 0.47, 0.48, 0.40, 0.41, 0.38])
     assert "overfitting" not in raised(report(history))
+
+
+def test_a_ranking_metric_still_climbing_at_the_end_means_stopped_too_early():
+    # The seed's five epochs: recall@10 still up 10% in the last one.
+    history = with_column("recall@10", [0.01, 0.03, 0.06, 0.09, 0.09, 0.099])
+    result = report(history)
+    assert "still_improving" in raised(result)
+    assert numbers(result, "still_improving")["last_epoch_gain"] == pytest.approx(0.1)
+
+
+def test_a_scale_the_model_had_to_shrink_means_an_over_confident_start():
+    # The seed's initial scale 10, which training pulled down to ~4.8.
+    history = with_column("logit_scale", [5.7, 4.6, 4.6, 4.7, 4.8, 4.8])
+    result = report(history, initial_scale=10.0)
+    assert "scale_overconfident_start" in raised(result)
+    assert numbers(result, "scale_overconfident_start")["ratio"] == pytest.approx(0.48)
+
+
+def test_a_model_below_another_baseline_is_flagged_even_with_lift_over_popularity():
+    comparison = {**COMPARISON, "als": {"hit_rate@10": 0.27, "ndcg@10": 0.16}}
+    result = report(comparison=comparison)
+    assert raised(result) == {"behind_baseline"}
+    assert numbers(result, "behind_baseline")["baselines"]["als"] == 0.27
 
 
 def test_verdict_names_the_raised_flags():

@@ -25,6 +25,10 @@ class HealthThresholds:
     parallel_cosine: float  # mean pairwise cosine of item embeddings above this: collapse
     min_lift: float  # the model must beat popularity by more than this factor
     overfit_epochs: int  # val loss rising this many epochs in a row while train loss falls
+    overfit_min_rise: float  # ...and ending this much (relative) above its best, or
+    overfit_ranking_drop: float  # ...the ranking metric ending this much below its best
+    still_improving_gain: float  # ranking metric up more than this (relative) in the last epoch
+    scale_drop_ratio: float  # final scale below this x its initial value: started over-confident
 
     @classmethod
     def from_params(cls, params: dict) -> HealthThresholds:
@@ -51,6 +55,13 @@ ADVICE = {
     "popular items.",
     "no_lift": "The model does not rank better than item popularity: train longer or with a "
     "higher learning rate, and compare with the ALS baseline before trusting it.",
+    "still_improving": "Training stopped while the ranking metric was still climbing: raise "
+    "num_epochs (the seed's five epochs ended before the model had learned).",
+    "scale_overconfident_start": "The model spent its training shrinking the logit scale, so "
+    "it started over-confident: lower the initial logit_scale (1.0 learns upward; 10 x cosine "
+    "saturates the sigmoid from the first step).",
+    "behind_baseline": "A baseline ranks better than the model: the model is not worth serving "
+    "yet; see the other flags for why (too few epochs, too few negatives, a bad scale).",
     "overfitting": "Validation loss rises while training loss falls: use the model of the best "
     "epoch (fewer num_epochs), add training.weight_decay, lower model.max_logit_scale, or use "
     "lr_schedule: cosine.",
@@ -252,8 +263,14 @@ def check_lift(comparison: dict, k: int, t: HealthThresholds) -> dict:
     )
 
 
-def check_overfitting(history: pd.DataFrame, t: HealthThresholds) -> dict:
-    """Flag validation loss rising for overfit_epochs epochs in a row while train loss falls."""
+def check_overfitting(history: pd.DataFrame, k: int, t: HealthThresholds) -> dict:
+    """Flag validation loss rising for overfit_epochs epochs in a row while train loss falls.
+
+    Only when it matters: the final val loss ends overfit_min_rise above its best,
+    or the ranking metric ends overfit_ranking_drop below its best. A small
+    rise while ranking keeps improving is calibration drift (a growing scale),
+    reported in the numbers but not flagged.
+    """
     val = history["val_loss"].to_numpy(float)
     train = history["train_loss"].to_numpy(float)
     epochs = history["epoch"].to_numpy()
@@ -264,14 +281,28 @@ def check_overfitting(history: pd.DataFrame, t: HealthThresholds) -> dict:
         if run >= t.overfit_epochs and start is None:
             start = int(epochs[i + 1 - run])
     best = int(np.nanargmin(val)) if np.isfinite(val).any() else 0
-    raised = start is not None
-    message = (
-        f"validation loss rose for {t.overfit_epochs}+ epochs in a row from epoch {start} while "
-        f"train loss fell; best val loss {val[best]:.4f} at epoch {int(epochs[best])}, "
-        f"final {val[-1]:.4f}"
-        if raised
-        else f"best val loss {val[best]:.4f} at epoch {int(epochs[best])}, final {val[-1]:.4f}"
+    rise = float(val[-1] / val[best] - 1) if val[best] > 0 else 0.0
+    ranking = f"recall@{k}"
+    drop = 0.0
+    if ranking in history and np.isfinite(history[ranking].to_numpy(float)).any():
+        recall = history[ranking].to_numpy(float)
+        top = float(np.nanmax(recall))
+        drop = float(1 - recall[-1] / top) if top > 0 else 0.0
+    pattern = start is not None
+    raised = pattern and (rise > t.overfit_min_rise or drop > t.overfit_ranking_drop)
+    summary = (
+        f"best val loss {val[best]:.4f} at epoch {int(epochs[best])}, final {val[-1]:.4f} "
+        f"(+{rise:.1%}); {ranking} final {drop:.1%} below its best"
     )
+    if pattern:
+        message = (
+            f"validation loss rose {t.overfit_epochs}+ epochs in a row from epoch {start} "
+            f"while train loss fell; {summary}"
+        )
+        if not raised:
+            message += " (too small to matter: not flagged)"
+    else:
+        message = summary
     return _flag(
         "overfitting",
         raised,
@@ -280,8 +311,72 @@ def check_overfitting(history: pd.DataFrame, t: HealthThresholds) -> dict:
         best_epoch=int(epochs[best]),
         best_val_loss=float(val[best]),
         final_val_loss=float(val[-1]),
+        val_loss_rise=rise,
+        ranking_drop=drop,
         final_train_loss=float(train[-1]),
     )
+
+
+def check_still_improving(history: pd.DataFrame, k: int, t: HealthThresholds) -> dict:
+    """Flag a run that ended while its ranking metric was still rising fast."""
+    metric = f"recall@{k}"
+    values = history[metric].to_numpy(float) if metric in history else np.array([])
+    if values.size < 2 or not np.isfinite(values[-2:]).all() or values[-2] <= 0:
+        return _flag(
+            "still_improving", False, f"not enough epochs of {metric} to tell", last_epoch_gain=None
+        )
+    gain = float(values[-1] / values[-2] - 1)
+    return _flag(
+        "still_improving",
+        gain > t.still_improving_gain,
+        f"{metric} {values[-2]:.4f} -> {values[-1]:.4f} in the last epoch ({gain:+.1%}; "
+        f"still improving above +{t.still_improving_gain:.0%})",
+        last_epoch_gain=gain,
+        previous=float(values[-2]),
+        final=float(values[-1]),
+    )
+
+
+def check_scale_start(
+    history: pd.DataFrame, initial_scale: float | None, t: HealthThresholds
+) -> dict:
+    """Flag a logit scale that the model shrank well below its initial value."""
+    final = float(history["logit_scale"].iloc[-1])
+    if not initial_scale:
+        return _flag(
+            "scale_overconfident_start",
+            False,
+            "initial logit scale unknown",
+            initial_logit_scale=None,
+            final_logit_scale=final,
+        )
+    ratio = final / initial_scale
+    return _flag(
+        "scale_overconfident_start",
+        ratio < t.scale_drop_ratio,
+        f"logit scale went from {initial_scale:g} to {final:.2f} (x{ratio:.2f})",
+        initial_logit_scale=float(initial_scale),
+        final_logit_scale=final,
+        ratio=ratio,
+    )
+
+
+def check_behind_baseline(comparison: dict, k: int) -> dict:
+    """Flag a model whose HR@k is below that of a baseline other than popularity (e.g. ALS)."""
+    metric = f"hit_rate@{k}"
+    model = comparison["model"][metric]
+    others = {
+        name: values[metric]
+        for name, values in comparison.items()
+        if name not in ("model", "popularity", "lift_over_popularity")
+        and isinstance(values, dict)
+        and metric in values
+    }
+    better = {name: value for name, value in others.items() if value > model}
+    message = f"HR@{k} {model:.4f} vs " + (
+        ", ".join(f"{n} {v:.4f}" for n, v in others.items()) or "no other baseline"
+    )
+    return _flag("behind_baseline", bool(better), message, model=model, baselines=others)
 
 
 def health_report(
@@ -294,6 +389,7 @@ def health_report(
     k: int,
     sample_positives: int | None = None,
     sample_negatives: int | None = None,
+    initial_scale: float | None = None,
 ) -> dict:
     """Return every check's flag and a one-line verdict ("healthy" or the raised flags)."""
     if history.empty:
@@ -305,8 +401,11 @@ def health_report(
         check_not_learning(history, neg_ratio),
         *check_scale(history, max_logit_scale, thresholds),
         check_embedding_collapse(item_vectors, thresholds),
+        check_scale_start(history, initial_scale, thresholds),
         check_lift(comparison, k, thresholds),
-        check_overfitting(history, thresholds),
+        check_behind_baseline(comparison, k),
+        check_still_improving(history, k, thresholds),
+        check_overfitting(history, k, thresholds),
     ]
     raised = [f["name"] for f in flags if f["raised"]]
     verdict = "healthy" if not raised else f"{len(raised)} flag(s) raised: {', '.join(raised)}"

@@ -17,6 +17,7 @@ comparison stays in cache; no row is ever sorted.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,13 +71,32 @@ def _score_chunk(
     return scores
 
 
+def _count_block_range(
+    scores: np.ndarray,
+    rows: np.ndarray,
+    targets: np.ndarray,
+    in_order: bool,
+    greater: np.ndarray,
+    at_least: np.ndarray,
+    lo: int,
+    hi: int,
+) -> None:
+    for b in range(lo, hi, _ROW_BLOCK):
+        e = min(b + _ROW_BLOCK, hi)
+        part = scores[b:e] if in_order else scores[rows[b:e]]
+        target = targets[b:e, None]
+        greater[b:e] = np.count_nonzero(part > target, axis=1)
+        at_least[b:e] = np.count_nonzero(part >= target, axis=1)
+
+
 def _count_above(
     scores: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return, per target, how many scores of its row are > it and how many are >= it."""
-    # numpy on blocks of rows: single-threaded, so there are no thread barriers
-    # (torch's two-thread comparisons of small blocks were 10-100x slower on a
-    # busy machine), and each block stays in cache between its two passes.
+    # numpy on blocks of rows, one contiguous share of the rows per thread (numpy
+    # releases the GIL): no per-operation thread barriers, which made torch's
+    # comparisons of small blocks 10-100x slower on a busy machine, and each block
+    # stays in cache between its two passes.
     scores_np, rows_np, targets_np = scores.numpy(), rows.numpy(), targets.numpy()
     greater = np.empty(rows_np.size, dtype=np.int64)
     at_least = np.empty(rows_np.size, dtype=np.int64)
@@ -84,12 +104,19 @@ def _count_above(
     in_order = rows_np.size == scores_np.shape[0] and bool(
         (rows_np == np.arange(rows_np.size)).all()
     )
-    for b in range(0, rows_np.size, _ROW_BLOCK):
-        e = b + _ROW_BLOCK
-        part = scores_np[b:e] if in_order else scores_np[rows_np[b:e]]
-        target = targets_np[b:e, None]
-        greater[b:e] = np.count_nonzero(part > target, axis=1)
-        at_least[b:e] = np.count_nonzero(part >= target, axis=1)
+    args = (scores_np, rows_np, targets_np, in_order, greater, at_least)
+    threads = max(1, min(torch.get_num_threads(), rows_np.size // _ROW_BLOCK))
+    if threads == 1:
+        _count_block_range(*args, 0, rows_np.size)
+    else:
+        share = -(-rows_np.size // threads)
+        with ThreadPoolExecutor(threads) as pool:
+            list(
+                pool.map(
+                    lambda lo: _count_block_range(*args, lo, min(lo + share, rows_np.size)),
+                    range(0, rows_np.size, share),
+                )
+            )
     return torch.from_numpy(greater), torch.from_numpy(at_least)
 
 

@@ -186,6 +186,7 @@ def diagnose_training(
         evaluation["headline_k"],
         model.get("val_sample_positives"),
         model.get("val_sample_negatives"),
+        model_config.get("logit_scale"),
     )
 
 

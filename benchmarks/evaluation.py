@@ -1,0 +1,151 @@
+"""Full-catalogue evaluation speed and memory on synthetic random embeddings.
+
+For each size (users x items, d=64) a fresh subprocess builds random unit
+embeddings, gives each user 20 training items and one validation item, and
+runs metrics.ranking_metrics with K = 10, 50, 100. It reports validation
+users per second, the process's peak resident memory (ru_maxrss, which sees
+torch's allocations; tracemalloc does not), and the evaluation time as a
+multiple of the bare scoring (all users x all items matmuls, same chunks) in
+the same process: the ratio is steadier than seconds on a shared machine.
+
+    python benchmarks/evaluation.py                # 150k x 50k and 160k x 60k
+    python benchmarks/evaluation.py --quick        # 20k x 10k, a few seconds
+
+Writes benchmarks/results/evaluation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "evaluation.json"
+
+
+def measure(n_users: int, n_items: int, dim: int, chunk_size: int) -> dict:
+    """Return timing and peak memory of one full-catalogue evaluation (run in a subprocess)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from twotower_pipeline.metrics import ranking_metrics
+
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    users = torch.nn.functional.normalize(torch.randn(n_users, dim), dim=1)
+    items = torch.nn.functional.normalize(torch.randn(n_items, dim), dim=1)
+    per_user = 20
+    train = pd.DataFrame(
+        {
+            "user": np.repeat(np.arange(n_users), per_user),
+            "item": rng.integers(0, n_items, n_users * per_user),
+        }
+    )
+    # One held-out item per user, never one of its training items.
+    shift = 1 + rng.integers(0, 1000, n_users)
+    val_items = (train["item"].to_numpy()[::per_user] + shift) % n_items
+    val = pd.DataFrame({"user": np.arange(n_users), "item": val_items})
+    seen = train.set_index(["user", "item"]).index
+    val = val[~val.set_index(["user", "item"]).index.isin(seen)]
+
+    def score(ids: np.ndarray) -> torch.Tensor:
+        return users[torch.from_numpy(ids)] @ items.T
+
+    # The floor: scoring every user against every item, chunk by chunk, and nothing else.
+    started = time.perf_counter()
+    for start in range(0, n_users, chunk_size):
+        score(np.arange(start, min(start + chunk_size, n_users)))
+    scoring_seconds = time.perf_counter() - started
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started = time.perf_counter()
+    result = ranking_metrics(
+        score,
+        train,
+        val,
+        n_users,
+        n_items,
+        [10, 50, 100],
+        chunk_size=chunk_size,
+    )
+    seconds = time.perf_counter() - started
+    return {
+        "users": n_users,
+        "items": n_items,
+        "dim": dim,
+        "chunk_size": chunk_size,
+        "validation_users": result["users"],
+        "seconds": round(seconds, 2),
+        "scoring_only_seconds": round(scoring_seconds, 2),
+        "seconds_per_scoring_second": round(seconds / scoring_seconds, 2),
+        "users_per_second": round(result["users"] / seconds),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "rss_before_evaluation_mib": round(rss_before),
+        "recall@10": round(result["recall@10"], 5),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one small size only")
+    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(*args.child, chunk_size=args.chunk_size)))
+        return
+
+    sizes = [(20_000, 10_000)] if args.quick else [(150_000, 50_000), (160_000, 60_000)]
+    rows = []
+    for n_users, n_items in sizes:
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(n_users),
+                str(n_items),
+                "64",
+                "--chunk-size",
+                str(args.chunk_size),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    print(
+        f"{'users':>8} {'items':>7} {'seconds':>8} {'users/s':>9} {'x scoring':>10} "
+        f"{'peak RSS MiB':>13}"
+    )
+    for row in rows:
+        print(
+            f"{row['users']:>8} {row['items']:>7} {row['seconds']:>8} "
+            f"{row['users_per_second']:>9} {row['seconds_per_scoring_second']:>10} "
+            f"{row['peak_rss_mib']:>13}"
+        )
+    if not args.quick:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(
+            json.dumps(
+                {
+                    "machine": f"{platform.processor() or platform.machine()}, "
+                    f"{rows[0]['torch_threads']} torch threads",
+                    "runs": rows,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        print(f"wrote {RESULTS.name}")
+
+
+if __name__ == "__main__":
+    main()
