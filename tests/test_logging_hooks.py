@@ -24,6 +24,7 @@ def test_a_table_is_described_by_rows_users_and_items():
     assert describe(table) == "3 rows, 2 users, 2 items"
     assert describe(pd.DataFrame({"user_id": ["a", "b"]})) == "2 rows, 2 users"
     assert describe({"recall@10": 0.1, "users": 3}) == "2 keys"
+    assert describe("# Report\n\nAll good.") == "text, 3 lines"
 
 
 def test_raised_health_flags_are_found_in_the_usual_report_shapes():

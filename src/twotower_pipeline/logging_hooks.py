@@ -39,7 +39,12 @@ def describe(value: Any) -> str:
         return f"{len(value)} keys"
     if isinstance(value, list | tuple):
         return f"{len(value):,} entries"
-    return type(value).__name__
+    if isinstance(value, str):
+        return f"text, {value.count(chr(10)) + 1:,} lines"
+    kind = type(value)
+    if kind.__name__ == "Figure":
+        return f"{kind.__module__.split('.')[0]} figure"
+    return kind.__name__
 
 
 def raised_flags(report: Any) -> list[str]:
