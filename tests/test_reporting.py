@@ -148,3 +148,40 @@ def test_each_plot_renders_as_png_and_plotly_json(make):
 def test_skipped_baselines_are_not_plotted():
     _, plot = model_vs_baselines(COMPARISON, [10])
     assert {trace.name for trace in plot.data} == {"model", "popularity", "random"}
+
+
+@pytest.mark.integration
+def test_smoke_run_writes_health_plots_report_and_recommendations(smoke_project):
+    import json
+
+    reporting = smoke_project / "data" / "08_reporting"
+    health = json.loads((reporting / "training_health.json").read_text())
+    assert health["verdict"] and {f["name"] for f in health["flags"]} >= {
+        "loss_collapse",
+        "one_class_validation",
+        "scale_at_clamp",
+        "embedding_collapse",
+        "no_lift",
+        "overfitting",
+        "non_finite",
+    }
+    report = (reporting / "report.md").read_text()
+    assert report.startswith("# Two-tower run report")
+    for plot in ("learning_curve", "ranking_curve", "model_vs_baselines"):
+        for suffix in ("png", "json"):
+            versions = list((reporting / f"{plot}.{suffix}").iterdir())
+            assert versions and (versions[0] / f"{plot}.{suffix}").exists()
+    recs = pd.read_parquet(smoke_project / "data" / "07_model_output" / "recommendations.parquet")
+    train = pd.read_parquet(
+        smoke_project / "data" / "05_model_input" / "train_interactions.parquet"
+    )
+    users = pd.read_parquet(smoke_project / "data" / "03_primary" / "user_index.parquet")
+    items = pd.read_parquet(smoke_project / "data" / "03_primary" / "item_index.parquet")
+    seen = set(
+        zip(
+            users["user_id"].to_numpy()[train["user"]],
+            items["item_id"].to_numpy()[train["item"]],
+            strict=True,
+        )
+    )
+    assert not seen & set(zip(recs["user_id"], recs["item_id"], strict=True))

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from plotly.subplots import make_subplots
 
 from twotower_pipeline.health import constant_predictor_loss
@@ -47,7 +48,8 @@ def learning_curve(history: pd.DataFrame, neg_ratio: int) -> tuple[Figure, go.Fi
     scale_ax.set_ylabel("logit scale", color="tab:red")
     lines = ax.get_legend_handles_labels()
     scale_lines = scale_ax.get_legend_handles_labels()
-    ax.legend(lines[0] + scale_lines[0], lines[1] + scale_lines[1], loc="upper right")
+    ax.legend(lines[0] + scale_lines[0], lines[1] + scale_lines[1], loc="center right")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Learning curve")
 
     plot = make_subplots(specs=[[{"secondary_y": True}]])
@@ -93,6 +95,7 @@ def ranking_curve(history: pd.DataFrame, comparison: dict, k: int) -> tuple[Figu
                 line={"dash": "dash"},
             )
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("full-catalogue metric")
     ax.legend()
     ax.set_title(f"Ranking metrics per epoch (validation users, K={k})")
