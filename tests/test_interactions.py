@@ -305,3 +305,18 @@ def test_movielens_env_prepares_real_ml_100k_end_to_end(make_project_copy, kedro
     assert split["val_candidates"] == 943  # every ML-100K user has at least 20 ratings
     assert split["val_interactions"] + split["val_dropped_cold_items"] == 943
     assert split["train_interactions"] == 100_000 - 943
+
+
+def test_a_rating_threshold_without_a_rating_column_is_an_error():
+    raw = pd.DataFrame({"user_id": [1], "item_id": [1], "timestamp": [1]})
+    assert "no rating column is mapped" in error_of(raw, spec(rating_threshold=4))
+
+
+def test_iso_timestamps_in_a_csv_file_are_stored_as_epoch_seconds(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "user_id,item_id,timestamp\na,x,2024-01-01T00:00:00Z\nb,x,2024-01-01T01:00:00+01:00\n"
+    )
+    _, report, interactions, _, _ = ingest(CSVDataset(filepath=str(path)).load(), spec(str(path)))
+    assert report["timestamp_unit"] == "iso"
+    assert interactions["timestamp"].tolist() == [1_704_067_200, 1_704_067_200]
