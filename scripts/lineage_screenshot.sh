@@ -31,6 +31,15 @@ mkdir -p "$(dirname "$OUTPUT")"
 "$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
   --disable-background-networking --disable-component-update --disable-sync --no-first-run \
   --hide-scrollbars --virtual-time-budget=20000 --user-data-dir="$PROFILE" \
-  --window-size="${WINDOW_SIZE:-1000,1700}" --screenshot="$OUTPUT" \
+  --window-size="${WINDOW_SIZE:-1150,1900}" --force-device-scale-factor="${SCALE:-2}" \
+  --screenshot="$OUTPUT" \
   "http://127.0.0.1:$PORT/_lineage_view.html" 2>/dev/null
+# A 256-colour palette keeps the (grey, flat) image a fraction of the size; Pillow comes with matplotlib.
+python - "$OUTPUT" <<'PY'
+import sys
+from PIL import Image
+
+path = sys.argv[1]
+Image.open(path).convert("RGB").quantize(colors=256).save(path, optimize=True)
+PY
 echo "wrote $OUTPUT"
