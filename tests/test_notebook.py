@@ -33,6 +33,7 @@ def test_explore_results_notebook_runs_top_to_bottom_on_the_catalog(smoke_projec
     )
     assert f"project: {smoke_project}" in texts
     assert "lift over popularity" in texts
+    assert "message" in texts and "raised" in texts  # the health checks table
     assert "recommended" in texts
     assert any("image/png" in output.get("data", {}) for output in outputs), "no curve plotted"
 
