@@ -119,3 +119,40 @@ def test_the_plain_kedro_parquet_dataset_would_have_lost_the_old_file(tmp_path):
     with pytest.raises(Exception):  # noqa: B017 - any serialisation error will do
         dataset.save(pd.DataFrame({"user": [1, "two"]}))
     assert Path(tmp_path / "table.parquet").stat().st_size == 0
+
+
+def test_a_run_that_fails_after_ingestion_restores_the_outputs_it_had_replaced(
+    make_project_copy, kedro_run
+):
+    """The log itself is valid, but no user has enough interactions to hold one out:
+    ingestion succeeds and writes its outputs, then the split fails. The failed run
+    must not leave a new `interactions` beside an old `train_interactions`."""
+    project = make_project_copy("rollback")
+    env = project / "conf" / "user_csv"
+    env.mkdir()
+    for name, text in USER_CSV_ENV.items():
+        (env / name).write_text(text)
+    raw = project / "data" / "01_raw" / "events.csv"
+    log = generate_interactions(
+        SyntheticLogSpec(n_users=80, n_items=60, mean_interactions_per_user=8)
+    )
+    log.to_csv(raw, index=False)
+    kedro_run(project, pipeline="data_processing", env="user_csv")
+    before = {path: (project / path).read_bytes() for path in OUTPUTS}
+
+    # Two interactions per user: valid input, but holdout 1 + min_train 2 leaves
+    # no user with a validation row.
+    pd.DataFrame(
+        {
+            "user_id": ["a", "a", "b", "b"],
+            "item_id": ["x", "y", "x", "z"],
+            "timestamp": [1, 2, 3, 4],
+        }
+    ).to_csv(raw, index=False)
+    with pytest.raises(Exception, match="leaves validation empty"):
+        kedro_run(project, pipeline="data_processing", env="user_csv")
+
+    for path, content in before.items():
+        assert (project / path).read_bytes() == content, f"{path} was left replaced"
+    leftovers = [p.name for p in (project / "data").rglob(".*.keep")]
+    assert leftovers == []

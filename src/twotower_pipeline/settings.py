@@ -2,10 +2,12 @@
 
 from kedro.config import OmegaConfigLoader
 
-from twotower_pipeline.hooks import PreparedDataHooks
+from twotower_pipeline.hooks import OutputRollbackHooks, PreparedDataHooks
 from twotower_pipeline.logging_hooks import NodeSummaryHooks
 
-HOOKS = (PreparedDataHooks(), NodeSummaryHooks())
+# pluggy calls the last registered first: the missing-data check runs before
+# anything is kept aside for a rollback.
+HOOKS = (OutputRollbackHooks(), PreparedDataHooks(), NodeSummaryHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 # Environments override base key by key ("soft" merge), so conf/smoke can change
