@@ -96,8 +96,16 @@ def viz_site(smoke_project: Path) -> Path:
         timeout=300,
     )
     site = smoke_project / "build"
+    output = result.stdout[-4000:] + result.stderr[-4000:]
+    hint = ""
+    if "Unable to serialize" in output:
+        hint = (
+            "\nA dataset's preview is not JSON-serialisable (numpy arrays, e.g. a list column): "
+            "set `preview: false` under its `metadata.kedro-viz`, or make preview() return "
+            "plain Python values."
+        )
     assert result.returncode == 0 and (site / "index.html").exists(), (
-        f"kedro viz build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        f"kedro viz build --include-previews failed:{hint}\n{output}"
     )
     return site
 
