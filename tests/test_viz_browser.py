@@ -56,7 +56,11 @@ def expected_preview(dataset_type: str) -> str | None:
     """Return the preview kind a dataset of this type (as kedro-viz names it) should have."""
     if dataset_type.startswith("plotly."):
         return "PlotlyPreview"
-    return PREVIEW_BY_CLASS.get(dataset_type.rsplit(".", 1)[-1])
+    class_name = dataset_type.rsplit(".", 1)[-1]
+    # Matched by suffix: the project's AtomicParquetDataset previews as a ParquetDataset.
+    return next(
+        (kind for suffix, kind in PREVIEW_BY_CLASS.items() if class_name.endswith(suffix)), None
+    )
 
 
 def find_chromium() -> str | None:

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from kedro.io import AbstractDataset, DatasetError
 from kedro.io.core import get_filepath_str
+from kedro_datasets._typing import TablePreview
 from kedro_datasets.json import JSONDataset
 from kedro_datasets.pandas import ParquetDataset
 
@@ -90,14 +91,9 @@ class SyntheticInteractionsDataset(AbstractDataset[None, pd.DataFrame]):
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)
 
-    def preview(self, nrows: int = 5) -> dict:
-        """Rows for kedro-viz's table preview."""
-        frame = self.load().head(nrows)
-        return {
-            "index": list(range(len(frame))),
-            "columns": list(frame.columns),
-            "data": frame.values.tolist(),
-        }
+    def preview(self, nrows: int = 5) -> TablePreview:
+        """Rows for kedro-viz's table preview (it picks the widget from the annotation)."""
+        return TablePreview(self.load().head(nrows).to_dict(orient="split"))
 
 
 def _replace_atomically(target: Path, write: Any) -> None:

@@ -40,12 +40,15 @@ def train_two_tower(
     two_tower = TwoTowerModel(config)
     spec = TrainingSpec(seed=seed, num_epochs=num_epochs, neg_ratio=neg_ratio, **training)
     probabilities = item_distribution(
-        train_interactions["item"].to_numpy(), config.n_items,
-        negative_sampling["distribution"], negative_sampling["popularity_alpha"],
+        train_interactions["item"].to_numpy(),
+        config.n_items,
+        negative_sampling["distribution"],
+        negative_sampling["popularity_alpha"],
     )
     with torch.random.fork_rng():
-        history = fit(two_tower, train_interactions, val_interactions, train_examples, spec,
-                      probabilities)
+        history = fit(
+            two_tower, train_interactions, val_interactions, train_examples, spec, probabilities
+        )
     two_tower.eval()
     with torch.no_grad():
         user_vectors = two_tower.user_tower.all().numpy()
