@@ -73,7 +73,7 @@ def run_pipeline(
     bootstrap_project(project)
     with _working_directory(project):
         with KedroSession.create(project_path=project, env=env, runtime_params=params) as session:
-            return session.run(pipeline_name=pipeline)
+            return session.run(pipeline_names=[pipeline] if pipeline else None)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from twotower_pipeline.metrics import binary_log_loss, ranking_metrics, roc_auc
 from twotower_pipeline.model import TwoTowerModel
