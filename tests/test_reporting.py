@@ -130,7 +130,7 @@ def test_report_has_data_split_curve_metrics_and_health_with_advice():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: learning_curve(HISTORY, 5),
+        lambda: learning_curve(HISTORY, 5, initial_scale=1.0),
         lambda: ranking_curve(HISTORY, COMPARISON, 10),
         lambda: model_vs_baselines(COMPARISON, [10]),
     ],
@@ -185,3 +185,9 @@ def test_smoke_run_writes_health_plots_report_and_recommendations(smoke_project)
         )
     )
     assert not seen & set(zip(recs["user_id"], recs["item_id"], strict=True))
+
+
+def test_learning_curve_starts_the_scale_at_its_initial_value():
+    _, plot = learning_curve(HISTORY, 5, initial_scale=10.0)
+    scale = next(trace for trace in plot.data if trace.name == "logit scale")
+    assert list(scale.x) == [0, 1, 2, 3] and list(scale.y) == [10.0, 1.2, 1.8, 2.5]

@@ -31,9 +31,17 @@ def scored(comparison: dict) -> list[str]:
 # --- plots -------------------------------------------------------------------------
 
 
-def learning_curve(history: pd.DataFrame, neg_ratio: int) -> tuple[Figure, go.Figure]:
-    """Return train/val loss and logit scale per epoch, as a matplotlib and a plotly figure."""
+def learning_curve(
+    history: pd.DataFrame, neg_ratio: int, initial_scale: float | None = None
+) -> tuple[Figure, go.Figure]:
+    """Return train/val loss and logit scale per epoch, as a matplotlib and a plotly figure.
+
+    With initial_scale the scale curve starts at epoch 0, where training started it.
+    """
     floor = constant_predictor_loss(neg_ratio)
+    scale_epochs, scales = history["epoch"].tolist(), history["logit_scale"].tolist()
+    if initial_scale is not None:
+        scale_epochs, scales = [0, *scale_epochs], [initial_scale, *scales]
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
     ax.plot(history["epoch"], history["train_loss"], "o-", label="train loss")
@@ -42,9 +50,7 @@ def learning_curve(history: pd.DataFrame, neg_ratio: int) -> tuple[Figure, go.Fi
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"BCE (positives + {neg_ratio} negatives each)")
     scale_ax = ax.twinx()
-    scale_ax.plot(
-        history["epoch"], history["logit_scale"], "^:", color="tab:red", label="logit scale"
-    )
+    scale_ax.plot(scale_epochs, scales, "^:", color="tab:red", label="logit scale")
     scale_ax.set_ylabel("logit scale", color="tab:red")
     lines = ax.get_legend_handles_labels()
     scale_lines = scale_ax.get_legend_handles_labels()
@@ -62,8 +68,8 @@ def learning_curve(history: pd.DataFrame, neg_ratio: int) -> tuple[Figure, go.Fi
         line={"dash": "dash", "color": "grey"},
     )
     plot.add_scatter(
-        x=history["epoch"],
-        y=history["logit_scale"],
+        x=scale_epochs,
+        y=scales,
         name="logit scale",
         line={"dash": "dot", "color": "red"},
         secondary_y=True,

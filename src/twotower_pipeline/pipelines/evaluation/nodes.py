@@ -191,10 +191,10 @@ def diagnose_training(
 
 
 def plot_learning_curve(
-    training_history: pd.DataFrame, neg_ratio: int
+    training_history: pd.DataFrame, model_config: dict, neg_ratio: int
 ) -> tuple[Figure, PlotlyFigure]:
     """Return the learning curve (train/val loss, logit scale) as PNG and plotly figures."""
-    return reporting.learning_curve(training_history, neg_ratio)
+    return reporting.learning_curve(training_history, neg_ratio, model_config.get("logit_scale"))
 
 
 def plot_ranking_curve(

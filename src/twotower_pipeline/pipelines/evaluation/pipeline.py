@@ -79,7 +79,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 plot_learning_curve,
-                inputs=["training_history", "params:neg_ratio"],
+                inputs=["training_history", "model_config", "params:neg_ratio"],
                 outputs=["learning_curve_png", "learning_curve_plotly"],
                 name="plot_learning_curve",
             ),
