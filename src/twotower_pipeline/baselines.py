@@ -54,16 +54,17 @@ def als_scorer(
         ),
         shape=(n_users, n_items),
     )
-    model = AlternatingLeastSquares(
-        factors=params["factors"],
-        regularization=params["regularization"],
-        iterations=params["iterations"],
-        random_state=seed,
-        num_threads=0,
-    )
     # implicit's own loop is parallel; a second thread pool inside BLAS only slows it
-    # down (and makes implicit warn), so BLAS runs single-threaded during the fit.
+    # down (and makes implicit warn when the model is built), so BLAS runs
+    # single-threaded while the model is built and fitted.
     with _single_threaded_blas():
+        model = AlternatingLeastSquares(
+            factors=params["factors"],
+            regularization=params["regularization"],
+            iterations=params["iterations"],
+            random_state=seed,
+            num_threads=0,
+        )
         model.fit(matrix, show_progress=False)
     users = torch.from_numpy(np.asarray(model.user_factors, dtype=np.float32))
     items = torch.from_numpy(np.asarray(model.item_factors, dtype=np.float32))
