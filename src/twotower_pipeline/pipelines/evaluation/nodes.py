@@ -175,6 +175,11 @@ def diagnose_training(
     evaluation: dict,
 ) -> dict:
     """Return the health report: each of the seed's failure modes, raised or not, with numbers."""
+    k = evaluation["headline_k"]
+    if k not in evaluation["ks"]:
+        raise ValueError(
+            f"evaluation.headline_k={k} must be one of evaluation.ks={evaluation['ks']}"
+        )
     model = evaluation_metrics["model"]
     return health_report(
         training_history,
@@ -183,7 +188,7 @@ def diagnose_training(
         evaluation_metrics,
         neg_ratio,
         HealthThresholds.from_params(evaluation["health"]),
-        evaluation["headline_k"],
+        k,
         model.get("val_sample_positives"),
         model.get("val_sample_negatives"),
         model_config.get("logit_scale"),
