@@ -26,6 +26,11 @@ PUBLIC_DATASETS = {
     "two_tower_model": "data/06_models/two_tower_model.pt",
     "training_history": "data/08_reporting/training_history.parquet",
     "evaluation_metrics": "data/08_reporting/evaluation_metrics.json",
+    "training_health": "data/08_reporting/training_health.json",
+    "run_report": "data/08_reporting/report.md",
+    "recommendations": "data/07_model_output/recommendations.parquet",
+    "user_embeddings": "data/07_model_output/user_embeddings.parquet",
+    "item_embeddings": "data/07_model_output/item_embeddings.parquet",
 }
 
 pytestmark = pytest.mark.integration
@@ -54,8 +59,16 @@ def test_full_run_scores_model_and_baselines_on_the_same_users(smoke_run):
 
 def test_training_history_has_one_row_per_epoch_of_the_smoke_env(smoke_run):
     history = pd.read_parquet(smoke_run / PUBLIC_DATASETS["training_history"])
-    assert history["epoch"].tolist() == [1, 2, 3]
+    assert history["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
     assert history[["train_loss", "val_loss"]].gt(0.05).all().all()
+
+
+def test_smoke_run_beats_popularity_and_its_health_report_is_clean(smoke_run):
+    health = json.loads((smoke_run / PUBLIC_DATASETS["training_health"]).read_text())
+    assert health["verdict"] == "healthy", health["raised"]
+    versions = sorted((smoke_run / PUBLIC_DATASETS["evaluation_metrics"]).iterdir())
+    metrics = json.loads((versions[-1] / "evaluation_metrics.json").read_text())
+    assert metrics["model"]["hit_rate@10"] > metrics["popularity"]["hit_rate@10"]
 
 
 def test_train_pipeline_reruns_sampling_with_the_neg_ratio_given_at_run_time(smoke_run, kedro_run):
