@@ -129,6 +129,22 @@ SETTINGS: dict[str, list[str]] = {
         "model.embedding_dim=16",
         "training.batch_size=2048",
     ],
+    "defaults + MLP [64]": [
+        "training.lr_schedule=cosine",
+        "training.learning_rate=0.007",
+        "training.weight_decay=0.1",
+        "model.embedding_dim=16",
+        "training.batch_size=2048",
+        "model.hidden_dims=[64]",
+    ],
+    "defaults + MLP [64], d 64": [
+        "training.lr_schedule=cosine",
+        "training.learning_rate=0.007",
+        "training.weight_decay=0.1",
+        "model.embedding_dim=64",
+        "training.batch_size=2048",
+        "model.hidden_dims=[64]",
+    ],
     "defaults (conf/base)": [],
 }
 # Settings are read on top of these, so a row means the same whatever conf/base says.
