@@ -100,6 +100,7 @@ def train_model(
         "checkpoint_dir": checkpoint_dir,
         "resume": False,
         "progress_bar": False,
+        "eval_k": params["evaluation"]["headline_k"],
     }
     spec = TrainingSpec(seed=seed, num_epochs=params["num_epochs"], neg_ratio=neg_ratio, **training)
     history = fit(model, train, val, examples, spec, probabilities)

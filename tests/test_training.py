@@ -308,7 +308,9 @@ def test_training_node_returns_embeddings_keyed_by_original_ids(data, tmp_path):
     )
     spec = make_spec(tmp_path, num_epochs=2)
     training_params = {
-        k: v for k, v in vars(spec).items() if k not in {"seed", "num_epochs", "neg_ratio"}
+        k: v
+        for k, v in vars(spec).items()
+        if k not in {"seed", "num_epochs", "neg_ratio", "eval_k"}
     }
     model, config, history, users, items = train_two_tower(
         first_examples(train, seed=1),
@@ -323,8 +325,10 @@ def test_training_node_returns_embeddings_keyed_by_original_ids(data, tmp_path):
         model={"embedding_dim": 8, "hidden_dims": [], "init_std": 0.1, "max_logit_scale": 100.0},
         training=training_params,
         negative_sampling={"distribution": "uniform", "popularity_alpha": 0.75},
+        headline_k=3,
     )
     assert config["n_users"] == N_USERS and len(history) == 2
+    assert "recall@3" in history.columns
     assert users["user_id"].tolist() == user_index["user_id"].tolist()
     assert items["item_id"].tolist() == item_index["item_id"].tolist()
     vectors = np.stack(items["embedding"].to_numpy())

@@ -28,8 +28,13 @@ def train_two_tower(
     model: dict,
     training: dict,
     negative_sampling: dict,
+    headline_k: int,
 ) -> tuple[TwoTowerModel, dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Return the trained model, its config, the per-epoch history and both embedding tables."""
+    """Return the trained model, its config, the per-epoch history and both embedding tables.
+
+    Recall/NDCG are tracked per epoch at evaluation.headline_k, the K the health
+    report and the ranking curve read.
+    """
     torch.manual_seed(seed)
     config = TwoTowerConfig(
         n_users=len(user_index),
@@ -38,7 +43,9 @@ def train_two_tower(
         **model,
     )
     two_tower = TwoTowerModel(config)
-    spec = TrainingSpec(seed=seed, num_epochs=num_epochs, neg_ratio=neg_ratio, **training)
+    spec = TrainingSpec(
+        seed=seed, num_epochs=num_epochs, neg_ratio=neg_ratio, eval_k=headline_k, **training
+    )
     probabilities = item_distribution(
         train_interactions["item"].to_numpy(),
         config.n_items,

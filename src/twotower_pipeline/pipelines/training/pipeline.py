@@ -21,6 +21,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:model",
                     "params:training",
                     "params:negative_sampling",
+                    "params:evaluation.headline_k",
                 ],
                 outputs=[
                     "two_tower_model",
