@@ -97,3 +97,28 @@ def test_train_pipeline_without_prepared_data_says_which_command_to_run(make_pro
     last_line = result.stderr.strip().splitlines()[-1]
     assert "kedro run --pipeline=data_processing" in last_line
     assert "Traceback" not in result.stderr
+
+
+def test_bad_input_ends_kedro_run_with_the_message_alone(make_project_copy):
+    project = make_project_copy("bad_input")
+    env_dir = project / "conf" / "user_csv"
+    env_dir.mkdir()
+    (env_dir / "globals.yml").write_text("raw_interactions_path: data/01_raw/events.csv\n")
+    (env_dir / "catalog.yml").write_text("raw_interactions:\n  type: pandas.CSVDataset\n")
+    (project / "data" / "01_raw" / "events.csv").write_text(
+        "user_id,item_id,when\nu1,i1,2024-01-01\nu1,i2,2024-01-02\n"
+    )
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "COLUMNS": "200"}
+    kedro = Path(sys.executable).with_name("kedro")
+    result = subprocess.run(
+        [str(kedro), "run", "--env=user_csv"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("Error: data/01_raw/events.csv: missing column(s) 'timestamp'")
+    assert "Traceback" not in result.stdout + result.stderr

@@ -11,6 +11,7 @@ import click
 from kedro.framework.hooks import hook_impl
 
 from twotower_pipeline.datasets import AtomicJSONDataset, AtomicParquetDataset
+from twotower_pipeline.errors import PipelineInputError
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +36,42 @@ class PreparedDataHooks:
                 missing.append(name)
         if not missing:
             return
-        wanted = run_params.get("pipeline_names") or ["__default__"]
-        message = (
-            f"Pipeline {', '.join(wanted)} needs data that does not exist yet: "
-            f"{', '.join(missing)}. Run `kedro run --pipeline=data_processing` first "
-            "(or plain `kedro run` for everything)."
-        )
+        from kedro.framework.project import pipelines
+
+        prepared = pipelines["__default__"].all_outputs()
+        raw = [name for name in missing if name not in prepared]
+        if raw:
+            files = ", ".join(f"{name} ({_describe_path(catalog.get(name))})" for name in raw)
+            message = (
+                f"The raw data does not exist: {files}. Put the file there, or point the "
+                "catalog at yours (README: 'Your own data'; docs/data.md for MovieLens)."
+            )
+        else:
+            wanted = run_params.get("pipeline_names") or ["__default__"]
+            message = (
+                f"Pipeline {', '.join(wanted)} needs data that does not exist yet: "
+                f"{', '.join(missing)}. Run `kedro run --pipeline=data_processing` first "
+                "(or plain `kedro run` for everything)."
+            )
         raise MissingPreparedDataError(message)
+
+
+def _describe_path(dataset) -> str:
+    filepath = getattr(dataset, "_filepath", None)
+    return str(filepath) if filepath is not None else type(dataset).__name__
+
+
+class ReadableErrorHooks:
+    """`kedro run` ends a run stopped by bad input with its message, not a stack trace.
+
+    Registered first, so pluggy calls it after every other on_pipeline_error hook
+    (the rollback among them) has run.
+    """
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception) -> None:
+        if isinstance(error, PipelineInputError):
+            raise click.ClickException(str(error)) from error
 
 
 class OutputRollbackHooks:
@@ -68,6 +98,9 @@ class OutputRollbackHooks:
             path = _local_unversioned_file(dataset)
             if path is None:
                 continue
+            # Left by a run that was killed (no error hook ran): the file itself is whole.
+            for stale in path.parent.glob(f".{path.name}.*.keep"):
+                stale.unlink()
             if not path.is_file():
                 self._kept[path] = None
                 continue
@@ -84,8 +117,8 @@ class OutputRollbackHooks:
         for path, kept in self._kept.items():
             if kept is None:
                 path.unlink(missing_ok=True)
-            elif path.exists() and os.path.samefile(kept, path):
-                kept.unlink()  # never rewritten (rename would do nothing between two links)
+            elif path.exists() and _unchanged(kept, path):
+                kept.unlink()  # never rewritten (and a rename between two links does nothing)
             else:
                 os.replace(kept, path)
                 restored += 1
@@ -99,6 +132,14 @@ class OutputRollbackHooks:
             if kept is not None:
                 kept.unlink(missing_ok=True)
         self._kept = {}
+
+
+def _unchanged(kept: Path, path: Path) -> bool:
+    """True when `path` was not rewritten since `kept` was set aside (link, or copy with mtime)."""
+    if os.path.samefile(kept, path):
+        return True
+    a, b = kept.stat(), path.stat()
+    return a.st_mtime_ns == b.st_mtime_ns and a.st_size == b.st_size
 
 
 def _local_unversioned_file(dataset) -> Path | None:

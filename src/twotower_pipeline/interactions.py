@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from twotower_pipeline.errors import PipelineInputError
+
 ROLES = ("user", "item", "timestamp", "rating", "weight")
 _DEFAULT_COLUMNS = {"user": "user_id", "item": "item_id", "timestamp": "timestamp"}
 TIMESTAMP_UNITS = ("auto", "s", "ms", "iso")
 
 
-class InvalidInteractionsError(ValueError):
+class InvalidInteractionsError(PipelineInputError, ValueError):
     """The raw interaction log cannot be used as it is."""
 
 

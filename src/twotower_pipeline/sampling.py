@@ -11,8 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from twotower_pipeline.errors import PipelineInputError
 
-class NegativeSamplingError(ValueError):
+
+class NegativeSamplingError(PipelineInputError, ValueError):
     """Negatives cannot be drawn for some users."""
 
 

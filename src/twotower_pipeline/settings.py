@@ -2,12 +2,13 @@
 
 from kedro.config import OmegaConfigLoader
 
-from twotower_pipeline.hooks import OutputRollbackHooks, PreparedDataHooks
+from twotower_pipeline.hooks import OutputRollbackHooks, PreparedDataHooks, ReadableErrorHooks
 from twotower_pipeline.logging_hooks import NodeSummaryHooks
 
 # pluggy calls the last registered first: the missing-data check runs before
-# anything is kept aside for a rollback.
-HOOKS = (OutputRollbackHooks(), PreparedDataHooks(), NodeSummaryHooks())
+# anything is kept aside for a rollback, and a failed run's outputs are restored
+# before its error is turned into a one-line message.
+HOOKS = (ReadableErrorHooks(), OutputRollbackHooks(), PreparedDataHooks(), NodeSummaryHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 # Environments override base key by key ("soft" merge), so conf/smoke can change

@@ -24,6 +24,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from twotower_pipeline.errors import PipelineInputError
 from twotower_pipeline.metrics import binary_log_loss, ranking_metrics, roc_auc
 from twotower_pipeline.model import TwoTowerModel
 from twotower_pipeline.sampling import PositiveSet, sample_negatives
@@ -44,7 +45,7 @@ HISTORY_COLUMNS = [
 ]
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(PipelineInputError, RuntimeError):
     """The loss became NaN or infinite."""
 
 
