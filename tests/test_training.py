@@ -210,6 +210,14 @@ def test_a_fresh_run_ignores_a_checkpoint_left_by_an_earlier_run(data, tmp_path)
     assert history["epoch"].tolist() == [1, 2]
 
 
+def test_resume_refuses_a_checkpoint_written_with_other_training_settings(data, tmp_path):
+    train, val = data
+    fit(new_model(), train, val, first_examples(train), make_spec(tmp_path, num_epochs=1))
+    other = make_spec(tmp_path, num_epochs=2, learning_rate=0.01, resume=True)
+    with pytest.raises(ValueError, match="learning_rate: 0.05 -> now 0.01"):
+        fit(new_model(), train, val, first_examples(train), other)
+
+
 def test_resume_refuses_a_checkpoint_of_another_seed(data, tmp_path):
     train, val = data
     fit(new_model(), train, val, first_examples(train), make_spec(tmp_path, num_epochs=1))

@@ -198,6 +198,12 @@ def _save_checkpoint(spec: TrainingSpec, state: dict) -> None:
     os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint whole
 
 
+def _resumable_settings(spec: TrainingSpec) -> dict:
+    """Return the settings a resumed run must share with the run it continues."""
+    skip = {"resume", "progress_bar", "checkpoint_dir"}
+    return {key: value for key, value in vars(spec).items() if key not in skip}
+
+
 def _load_checkpoint(spec: TrainingSpec, model: TwoTowerModel, optimizer) -> list[dict]:
     """Restore model and optimizer from the last checkpoint; return the history so far."""
     path = checkpoint_path(spec)
@@ -209,6 +215,18 @@ def _load_checkpoint(spec: TrainingSpec, model: TwoTowerModel, optimizer) -> lis
         raise ValueError(
             f"{path} was written for another model or seed ({state['model_config']}, seed "
             f"{state['seed']}); delete it or set training.resume=false"
+        )
+    changed = {
+        key: (value, _resumable_settings(spec).get(key))
+        for key, value in state["training"].items()
+        if _resumable_settings(spec).get(key) != value
+    }
+    if changed:
+        # Resuming under other settings would mix two runs in one model.
+        raise ValueError(
+            f"{path} was written with other training settings "
+            f"({', '.join(f'{k}: {a} -> now {b}' for k, (a, b) in changed.items())}); "
+            "resume with the same parameters, or set training.resume=false"
         )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -371,6 +389,7 @@ def fit(
                 "optimizer": optimizer.state_dict(),
                 "model_config": model.config.to_dict(),
                 "seed": spec.seed,
+                "training": _resumable_settings(spec),
                 "history": history,
             },
         )
