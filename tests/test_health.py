@@ -241,3 +241,9 @@ def test_a_model_below_another_baseline_is_flagged_even_with_lift_over_popularit
 def test_verdict_names_the_raised_flags():
     history = with_column("logit_scale", [1.0] * 6)
     assert report(history)["verdict"] == "1 flag(s) raised: scale_frozen"
+
+
+def test_a_model_scoring_zero_is_flagged_even_when_popularity_scores_zero():
+    zero = {"hit_rate@10": 0.0, "ndcg@10": 0.0}
+    comparison = {**COMPARISON, "model": zero, "popularity": zero}
+    assert "no_lift" in raised(report(comparison=comparison))

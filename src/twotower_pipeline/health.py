@@ -247,11 +247,13 @@ def check_embedding_collapse(item_vectors: np.ndarray, t: HealthThresholds) -> d
 def check_lift(comparison: dict, k: int, t: HealthThresholds) -> dict:
     """Flag a model whose HR@k or NDCG@k is not above popularity's by more than min_lift."""
     model, popularity = comparison["model"], comparison["popularity"]
-    lifts = {}
+    lifts, behind = {}, []
     for metric in (f"hit_rate@{k}", f"ndcg@{k}"):
-        base = popularity.get(metric)
+        base = popularity.get(metric) or 0.0
         lifts[metric] = model[metric] / base if base else float("inf")
-    raised = any(lift <= t.min_lift for lift in lifts.values())
+        # Compared by multiplication: a popularity score of 0 must not make any model pass.
+        behind.append(model[metric] <= base * t.min_lift)
+    raised = any(behind)
     return _flag(
         "no_lift",
         raised,
