@@ -133,14 +133,21 @@ def _tied_before(
     positives of one user land on distinct ranks.
     """
     tie_rows, row_of = torch.unique(rows, return_inverse=True)
-    keys = torch.rand(tie_rows.numel(), scores.shape[1], generator=generator, dtype=torch.float64)
     before = torch.empty(rows.numel(), dtype=torch.int64)
-    for b in range(0, rows.numel(), _ROW_BLOCK):
-        e = b + _ROW_BLOCK
-        row_keys = keys[row_of[b:e]]
-        own_key = row_keys.gather(1, items[b:e, None])
-        tied = scores[rows[b:e]] == targets[b:e, None]
-        before[b:e] = (tied & (row_keys < own_key)).sum(1)
+    # The random keys are drawn for a block of rows at a time, so memory stays at
+    # _ROW_BLOCK x n_items however many positives tie (popularity ties on most items).
+    for lo in range(0, tie_rows.numel(), _ROW_BLOCK):
+        keys = torch.rand(
+            min(_ROW_BLOCK, tie_rows.numel() - lo),
+            scores.shape[1],
+            generator=generator,
+            dtype=torch.float64,
+        )
+        mine = torch.nonzero((row_of >= lo) & (row_of < lo + _ROW_BLOCK)).squeeze(1)
+        row_keys = keys[row_of[mine] - lo]
+        own_key = row_keys.gather(1, items[mine, None])
+        tied = scores[rows[mine]] == targets[mine, None]
+        before[mine] = (tied & (row_keys < own_key)).sum(1)
     return before
 
 
