@@ -62,3 +62,16 @@ def test_als_scores_every_item_for_each_user_when_installed():
     pytest.importorskip("implicit")
     scores = als_scorer(TRAIN, 3, 4, EVALUATION["als"], seed=0)(np.array([0, 1, 2]))
     assert tuple(scores.shape) == (3, 4)
+
+
+def test_als_ranks_the_item_a_users_taste_group_shares_above_the_other_groups_items():
+    pytest.importorskip("implicit")
+    # Users 0-5 take items 0-2, users 6-11 items 3-5; user 0 has not seen item 2 yet.
+    pairs = [(u, i) for u in range(6) for i in range(3)] + [
+        (u, i) for u in range(6, 12) for i in range(3, 6)
+    ]
+    pairs.remove((0, 2))
+    train = pd.DataFrame(pairs, columns=["user", "item"])
+    params = {**EVALUATION["als"], "factors": 2, "iterations": 15}
+    scores = als_scorer(train, 12, 6, params, seed=0)(np.array([0]))[0]
+    assert scores[2] > scores[3:].max()

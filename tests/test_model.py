@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
 
@@ -77,20 +76,6 @@ def test_scale_starts_at_logit_scale_and_is_clamped_at_its_maximum():
         model.log_scale.fill_(math.log(500.0))
     model.clamp_scale()
     assert model.logit_scale == pytest.approx(20.0)
-
-
-def test_loss_on_raw_logits_is_plain_binary_cross_entropy():
-    model = make_model(logit_scale=7.0)
-    users, items = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
-    labels = torch.tensor([1.0, 0.0, 0.0])
-    logits = model(users, items)
-    by_hand = -(
-        labels * torch.log(torch.sigmoid(logits))
-        + (1 - labels) * torch.log(1 - torch.sigmoid(logits))
-    )
-    assert torch.allclose(
-        F.binary_cross_entropy_with_logits(logits, labels), by_hand.mean(), atol=1e-6
-    )
 
 
 def test_config_round_trips_through_a_dict_and_rejects_unknown_keys():

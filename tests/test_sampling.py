@@ -63,7 +63,7 @@ def test_a_one_item_catalogue_is_an_error():
         sample_negatives(np.array([0]), positives, 1, np.random.default_rng(0))
 
 
-def test_same_seed_same_negatives_whatever_the_row_order():
+def test_the_same_seed_draws_the_same_negatives():
     rng = np.random.default_rng(5)
     users, items = rng.integers(0, 30, 400), rng.integers(0, 50, 400)
     positives = PositiveSet(users, items, 50)

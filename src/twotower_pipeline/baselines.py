@@ -41,15 +41,21 @@ def _single_threaded_blas():
 def als_scorer(
     train: pd.DataFrame, n_users: int, n_items: int, params: dict, seed: int
 ) -> Scorer | None:
-    """Fit implicit's ALS on the training split; None when the optional library is absent."""
+    """Fit implicit's ALS on the training split; None when the optional library is absent.
+
+    The confidence of a positive is alpha, times its event weight where the log has one.
+    """
     try:
         from implicit.cpu.als import AlternatingLeastSquares
         from scipy.sparse import csr_matrix
     except ImportError:
         return None
+    confidence = np.full(len(train), params["alpha"], dtype=np.float32)
+    if "weight" in train.columns:
+        confidence *= train["weight"].to_numpy(np.float32)
     matrix = csr_matrix(
         (
-            np.full(len(train), params["alpha"], dtype=np.float32),
+            confidence,
             (train["user"].to_numpy(), train["item"].to_numpy()),
         ),
         shape=(n_users, n_items),
