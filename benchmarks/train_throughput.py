@@ -51,7 +51,15 @@ class PerSampleExamples(Dataset):
 
 def make_model(dim: int, hidden: list[int]) -> tuple[TwoTowerModel, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    config = TwoTowerConfig(n_users=N_USERS, n_items=N_ITEMS, embedding_dim=dim, hidden_dims=hidden)
+    config = TwoTowerConfig(
+        n_users=N_USERS,
+        n_items=N_ITEMS,
+        embedding_dim=dim,
+        hidden_dims=hidden,
+        init_std=0.1,
+        logit_scale=1.0,
+        max_logit_scale=100.0,
+    )
     model = TwoTowerModel(config)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
 

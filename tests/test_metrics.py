@@ -300,7 +300,15 @@ def test_recommend_node_returns_unseen_items_in_original_ids():
     from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
     from twotower_pipeline.pipelines.evaluation.nodes import recommend
 
-    config = TwoTowerConfig(n_users=2, n_items=3, embedding_dim=2)
+    config = TwoTowerConfig(
+        n_users=2,
+        n_items=3,
+        embedding_dim=2,
+        hidden_dims=[],
+        init_std=0.1,
+        logit_scale=1.0,
+        max_logit_scale=100.0,
+    )
     model = TwoTowerModel(config)
     with torch.no_grad():
         model.user_tower.embedding.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))

@@ -12,8 +12,12 @@ from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
 
 def make_model(**overrides) -> TwoTowerModel:
     torch.manual_seed(0)
-    values = {"n_users": 5, "n_items": 7, "embedding_dim": 4} | overrides
-    return TwoTowerModel(TwoTowerConfig(**values))
+    return TwoTowerModel(make_config(n_users=5, n_items=7, embedding_dim=4, **overrides))
+
+
+def make_config(**overrides) -> TwoTowerConfig:
+    values = dict(embedding_dim=4, hidden_dims=[], init_std=0.1, logit_scale=1.0)
+    return TwoTowerConfig(**(values | {"max_logit_scale": 100.0} | overrides))
 
 
 @pytest.mark.parametrize("hidden_dims", [[], [8], [8, 6]])
@@ -79,7 +83,7 @@ def test_scale_starts_at_logit_scale_and_is_clamped_at_its_maximum():
 
 
 def test_config_round_trips_through_a_dict_and_rejects_unknown_keys():
-    config = TwoTowerConfig(n_users=3, n_items=4, hidden_dims=[8])
+    config = make_config(n_users=3, n_items=4, hidden_dims=[8])
     assert TwoTowerConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown model config key"):
         TwoTowerConfig.from_dict(config.to_dict() | {"dropout": 0.1})
@@ -87,7 +91,7 @@ def test_config_round_trips_through_a_dict_and_rejects_unknown_keys():
 
 def test_config_rejects_an_initial_scale_above_its_clamp():
     with pytest.raises(ValueError, match="logit_scale"):
-        TwoTowerConfig(n_users=3, n_items=4, logit_scale=200.0, max_logit_scale=100.0)
+        make_config(n_users=3, n_items=4, logit_scale=200.0, max_logit_scale=100.0)
 
 
 def test_state_dict_reloads_into_a_model_built_from_the_config():

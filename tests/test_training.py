@@ -66,7 +66,17 @@ def make_spec(tmp_path, **overrides) -> TrainingSpec:
 
 def new_model() -> TwoTowerModel:
     torch.manual_seed(3)
-    return TwoTowerModel(TwoTowerConfig(n_users=N_USERS, n_items=N_ITEMS, embedding_dim=8))
+    return TwoTowerModel(
+        TwoTowerConfig(
+            n_users=N_USERS,
+            n_items=N_ITEMS,
+            embedding_dim=8,
+            hidden_dims=[],
+            init_std=0.1,
+            logit_scale=1.0,
+            max_logit_scale=100.0,
+        )
+    )
 
 
 def first_examples(train: pd.DataFrame, seed: int = 7) -> pd.DataFrame:

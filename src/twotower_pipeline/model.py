@@ -10,7 +10,7 @@ logits; the only sigmoid is the one inside the BCE-with-logits loss.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
@@ -21,13 +21,14 @@ from torch.nn import functional as F
 class TwoTowerConfig:
     """Everything needed to rebuild the model from its state dict."""
 
+    # No defaults: the values come from conf/base (parameters.yml, parameters_training.yml).
     n_users: int
     n_items: int
-    embedding_dim: int = 64
-    hidden_dims: list[int] = field(default_factory=list)
-    init_std: float = 0.1
-    logit_scale: float = 1.0
-    max_logit_scale: float = 100.0
+    embedding_dim: int
+    hidden_dims: list[int]
+    init_std: float
+    logit_scale: float
+    max_logit_scale: float
 
     def __post_init__(self) -> None:
         if self.n_users < 1 or self.n_items < 1 or self.embedding_dim < 1:
