@@ -1,6 +1,6 @@
 """Train the two-tower model on MovieLens-100K with the project's defaults; compare with baselines.
 
-Reads ../shared/data/ml-100k/u.data (tab-separated user, item, rating,
+Reads ML100K_PATH, by default ../shared/data/ml-100k/u.data (tab-separated user, item, rating,
 timestamp; every rating is a positive), runs the project's own ingestion,
 leave-last-out split, negative sampling, training loop and full-catalogue
 ranking metrics with the parameters in conf/base, and scores the popularity
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from twotower_pipeline.splitting import SplitSpec, split_interactions
 from twotower_pipeline.training import TrainingSpec, fit
 
 ROOT = Path(__file__).resolve().parents[1]
-U_DATA = ROOT.parent / "shared" / "data" / "ml-100k" / "u.data"
+U_DATA = Path(os.environ.get("ML100K_PATH", ROOT.parent / "shared" / "data" / "ml-100k" / "u.data"))
 RESULTS = ROOT / "benchmarks" / "results"
 KS = [10, 50, 100]
 

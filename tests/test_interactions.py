@@ -6,6 +6,7 @@ are read with the catalog entries the project ships in conf/movielens*.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,10 @@ from twotower_pipeline.interactions import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-ML_100K = ROOT.parent / "shared" / "data" / "ml-100k" / "u.data"
+# MovieLens 100K is never part of the repository: ML100K_PATH, or the shared data beside it.
+ML_100K = Path(
+    os.environ.get("ML100K_PATH", ROOT.parent / "shared" / "data" / "ml-100k" / "u.data")
+)
 
 
 def spec(source: str = "log.csv", **params) -> IngestionSpec:
@@ -134,7 +138,7 @@ def test_movielens_ratings_csv_with_half_stars_is_read_by_its_env(tmp_path):
     assert report["interactions"] == 3 and report["users"] == 2 and report["items"] == 3
 
 
-@pytest.mark.skipif(not ML_100K.exists(), reason="MovieLens 100K is not in ../shared/data")
+@pytest.mark.skipif(not ML_100K.exists(), reason="MovieLens 100K not found (set ML100K_PATH)")
 def test_real_movielens_100k_is_ingested_completely():
     raw = env_raw_dataset("movielens", ML_100K).load()
     params = env_conf("movielens", "parameters")["ingestion"]
@@ -287,7 +291,7 @@ def test_id_maps_round_trip_to_the_original_pairs():
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not ML_100K.exists(), reason="MovieLens 100K is not in ../shared/data")
+@pytest.mark.skipif(not ML_100K.exists(), reason="MovieLens 100K not found (set ML100K_PATH)")
 def test_movielens_env_prepares_real_ml_100k_end_to_end(make_project_copy, kedro_run):
     project = make_project_copy("movielens")
     target = project / "data" / "01_raw" / "ml-100k" / "u.data"
