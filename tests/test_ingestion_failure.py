@@ -38,10 +38,8 @@ USER_CSV_ENV = {
 }
 
 
-@pytest.fixture(scope="module")
-def project_after_a_failed_run(make_project_copy, kedro_run):
-    """(project, outputs of the good run as bytes, the error of the failed run)."""
-    project = make_project_copy("nothing_lost")
+def prepare_from_a_user_csv(project: Path, kedro_run) -> tuple[Path, pd.DataFrame]:
+    """Set up the user_csv environment with a good CSV, run data_processing; return (csv, log)."""
     env = project / "conf" / "user_csv"
     env.mkdir()
     for name, text in USER_CSV_ENV.items():
@@ -51,8 +49,15 @@ def project_after_a_failed_run(make_project_copy, kedro_run):
         SyntheticLogSpec(n_users=80, n_items=60, mean_interactions_per_user=8)
     )
     log.to_csv(raw, index=False)
-
     kedro_run(project, pipeline="data_processing", env="user_csv")
+    return raw, log
+
+
+@pytest.fixture(scope="module")
+def project_after_a_failed_run(make_project_copy, kedro_run):
+    """(project, outputs of the good run as bytes, the error of the failed run)."""
+    project = make_project_copy("nothing_lost")
+    raw, log = prepare_from_a_user_csv(project, kedro_run)
     before = {path: (project / path).read_bytes() for path in OUTPUTS}
 
     # Corrupt the raw file: three rows lose their user id.
@@ -128,16 +133,7 @@ def test_a_run_that_fails_after_ingestion_restores_the_outputs_it_had_replaced(
     ingestion succeeds and writes its outputs, then the split fails. The failed run
     must not leave a new `interactions` beside an old `train_interactions`."""
     project = make_project_copy("rollback")
-    env = project / "conf" / "user_csv"
-    env.mkdir()
-    for name, text in USER_CSV_ENV.items():
-        (env / name).write_text(text)
-    raw = project / "data" / "01_raw" / "events.csv"
-    log = generate_interactions(
-        SyntheticLogSpec(n_users=80, n_items=60, mean_interactions_per_user=8)
-    )
-    log.to_csv(raw, index=False)
-    kedro_run(project, pipeline="data_processing", env="user_csv")
+    raw, _ = prepare_from_a_user_csv(project, kedro_run)
     before = {path: (project / path).read_bytes() for path in OUTPUTS}
 
     # Two interactions per user: valid input, but holdout 1 + min_train 2 leaves
