@@ -81,18 +81,18 @@ def test_train_pipeline_reruns_sampling_with_the_neg_ratio_given_at_run_time(smo
     assert negatives_per_positive == 2
 
 
-def test_train_pipeline_without_prepared_data_says_which_command_to_run(make_project_copy):
-    project = make_project_copy("unprepared")
+def kedro_cli(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the `kedro` command of this environment in `project`, as a user would."""
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "COLUMNS": "200"}
     kedro = Path(sys.executable).with_name("kedro")
-    result = subprocess.run(
-        [str(kedro), "run", "--pipeline=train"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    return subprocess.run(
+        [str(kedro), *args], cwd=project, env=env, capture_output=True, text=True, timeout=300
     )
+
+
+def test_train_pipeline_without_prepared_data_says_which_command_to_run(make_project_copy):
+    project = make_project_copy("unprepared")
+    result = kedro_cli(project, "run", "--pipeline=train")
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
     assert "kedro run --pipeline=data_processing" in last_line
@@ -108,16 +108,7 @@ def test_bad_input_ends_kedro_run_with_the_message_alone(make_project_copy):
     (project / "data" / "01_raw" / "events.csv").write_text(
         "user_id,item_id,when\nu1,i1,2024-01-01\nu1,i2,2024-01-02\n"
     )
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "COLUMNS": "200"}
-    kedro = Path(sys.executable).with_name("kedro")
-    result = subprocess.run(
-        [str(kedro), "run", "--env=user_csv"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = kedro_cli(project, "run", "--env=user_csv")
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("Error: data/01_raw/events.csv: missing column(s) 'timestamp'")
