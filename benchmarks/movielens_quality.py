@@ -138,9 +138,7 @@ def main() -> None:
     model.eval()
     seed = params["seed"]
     rows = {
-        "two-tower": evaluate(
-            lambda u: model.score_all_items(torch.from_numpy(u)), train, val, n_users, n_items, seed
-        ),
+        "two-tower": evaluate(model.catalogue_scorer(), train, val, n_users, n_items, seed),
         "popularity": evaluate(
             popularity_scorer(train, n_items), train, val, n_users, n_items, seed
         ),

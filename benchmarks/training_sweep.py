@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from movielens_quality import (  # noqa: E402
@@ -215,7 +214,7 @@ def main() -> None:
                 )
             model.eval()
             hr10 = ranking_metrics(
-                lambda u, m=model: m.score_all_items(torch.from_numpy(u)),
+                model.catalogue_scorer(),
                 train,
                 val,
                 n_users,

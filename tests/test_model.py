@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,6 +72,7 @@ def test_score_all_items_matches_pairwise_logits():
     assert scores.shape == (2, 7)
     pairwise = model(users.repeat_interleave(7), torch.arange(7).repeat(2)).reshape(2, 7)
     assert torch.allclose(scores, pairwise, atol=1e-5)
+    assert torch.allclose(model.catalogue_scorer()(np.array([0, 2])), pairwise, atol=1e-5)
 
 
 def test_scale_starts_at_logit_scale_and_is_clamped_at_its_maximum():

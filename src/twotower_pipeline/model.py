@@ -10,8 +10,10 @@ logits; the only sigmoid is the one inside the BCE-with-logits loss.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -119,6 +121,21 @@ class TwoTowerModel(nn.Module):
         else:
             cosine = (user_vectors * item_vectors).sum(-1)
         return self.log_scale.exp() * cosine
+
+    def catalogue_scorer(self) -> Callable[[np.ndarray], torch.Tensor]:
+        """Return a function of user indices -> logits against every item.
+
+        The item vectors are computed once, not once per chunk of users scored.
+        """
+        with torch.no_grad():
+            items = self.item_tower.all()
+            scale = self.log_scale.exp()
+
+        @torch.no_grad()
+        def score(users: np.ndarray) -> torch.Tensor:
+            return (scale * self.user_tower(torch.from_numpy(users))) @ items.T
+
+        return score
 
     @torch.no_grad()
     def score_all_items(self, users: torch.Tensor) -> torch.Tensor:

@@ -248,7 +248,7 @@ def evaluate_epoch(
     logits = model(sample.users, sample.items).numpy()
     labels = sample.labels.numpy()
     ranking = ranking_metrics(
-        lambda users: model.score_all_items(torch.from_numpy(users)),
+        model.catalogue_scorer(),
         train,
         val,
         model.config.n_users,

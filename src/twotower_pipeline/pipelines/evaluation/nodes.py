@@ -27,19 +27,6 @@ def load_model(state_dict: dict, model_config: dict) -> TwoTowerModel:
     return model.eval()
 
 
-def _model_scorer(model: TwoTowerModel):
-    """Return a scorer that computes the item vectors once, not once per chunk of users."""
-    with torch.no_grad():
-        items = model.item_tower.all()
-        scale = model.log_scale.exp()
-
-    @torch.no_grad()
-    def score(users: np.ndarray) -> torch.Tensor:
-        return (scale * model.user_tower(torch.from_numpy(users))) @ items.T
-
-    return score
-
-
 def evaluate_model(
     two_tower_model: dict,
     model_config: dict,
@@ -57,7 +44,7 @@ def evaluate_model(
     model = load_model(two_tower_model, model_config)
     n_users, n_items = model.config.n_users, model.config.n_items
     metrics = ranking_metrics(
-        _model_scorer(model),
+        model.catalogue_scorer(),
         train_interactions,
         val_interactions,
         n_users,
@@ -148,7 +135,7 @@ def recommend(
     model = load_model(two_tower_model, model_config)
     n_users, n_items = model.config.n_users, model.config.n_items
     recs = top_k_unseen(
-        _model_scorer(model),
+        model.catalogue_scorer(),
         train_interactions,
         np.arange(n_users),
         n_users,
