@@ -203,6 +203,21 @@ def _sample_chunk(
     return negatives
 
 
+def item_groups(
+    users: np.ndarray,
+    positive_items: np.ndarray,
+    positives: PositiveSet,
+    neg_ratio: int,
+    rng: np.random.Generator,
+    probabilities: np.ndarray | None = None,
+) -> np.ndarray:
+    """Return int64 items (len(users), 1 + neg_ratio): each positive, then its negatives."""
+    items = np.empty((users.size, 1 + neg_ratio), dtype=np.int64)
+    items[:, 0] = positive_items
+    items[:, 1:] = sample_negatives(users, positives, neg_ratio, rng, probabilities)
+    return items
+
+
 def build_training_examples(
     train: pd.DataFrame,
     n_items: int,
@@ -214,15 +229,13 @@ def build_training_examples(
     users = train["user"].to_numpy(np.int64)
     positives = PositiveSet(users, train["item"].to_numpy(np.int64), n_items)
     group = 1 + neg_ratio
-    items = np.empty((users.size, group), dtype=np.int32)
-    items[:, 0] = train["item"].to_numpy()
-    items[:, 1:] = sample_negatives(users, positives, neg_ratio, rng, probabilities)
+    items = item_groups(users, train["item"].to_numpy(), positives, neg_ratio, rng, probabilities)
     labels = np.zeros((users.size, group), dtype=np.float32)
     labels[:, 0] = 1.0
     return pd.DataFrame(
         {
             "user": np.repeat(train["user"].to_numpy(np.int32), group),
-            "item": items.ravel(),
+            "item": items.ravel().astype(np.int32),
             "label": labels.ravel(),
         }
     )

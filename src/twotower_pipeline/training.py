@@ -27,7 +27,7 @@ from tqdm import tqdm
 from twotower_pipeline.errors import PipelineInputError
 from twotower_pipeline.metrics import binary_log_loss, ranking_metrics, roc_auc
 from twotower_pipeline.model import TwoTowerModel
-from twotower_pipeline.sampling import PositiveSet, sample_negatives
+from twotower_pipeline.sampling import PositiveSet, item_groups
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +125,10 @@ def draw_groups(
 ) -> ExampleGroups:
     """Return every training positive with freshly drawn negatives, as arrays.
 
-    Draws exactly what sampling.build_training_examples draws with the same rng.
+    The same draw as sampling.build_training_examples with the same rng.
     """
     users = train["user"].to_numpy(np.int64)
-    negatives = sample_negatives(users, positives, neg_ratio, rng, probabilities)
-    items = np.column_stack([train["item"].to_numpy(np.int64), negatives])
+    items = item_groups(users, train["item"].to_numpy(), positives, neg_ratio, rng, probabilities)
     return ExampleGroups(torch.from_numpy(users), torch.from_numpy(items))
 
 
@@ -148,15 +147,13 @@ def validation_sample(
     )
     users = val["user"].to_numpy(np.int64)
     rng = np.random.default_rng([seed, 1_000_003])
-    negatives = sample_negatives(users, known, neg_ratio, rng)
+    items = item_groups(users, val["item"].to_numpy(), known, neg_ratio, rng)
     group = 1 + neg_ratio
     labels = np.zeros((users.size, group), dtype=np.float32)
     labels[:, 0] = 1
     return ValidationSample(
         users=torch.from_numpy(np.repeat(users, group)),
-        items=torch.from_numpy(
-            np.column_stack([val["item"].to_numpy(np.int64), negatives]).ravel()
-        ),
+        items=torch.from_numpy(items.ravel()),
         labels=torch.from_numpy(labels.ravel()),
     )
 
