@@ -27,19 +27,15 @@ def test_a_table_is_described_by_rows_users_and_items():
     assert describe("# Report\n\nAll good.") == "text, 3 lines"
 
 
-def test_raised_health_flags_are_found_in_the_usual_report_shapes():
-    assert raised_flags({"flags": ["loss collapse"]}) == ["loss collapse"]
+def test_raised_health_flags_are_read_from_the_health_report_and_nothing_else():
     assert raised_flags(
         {
             "flags": [
                 {"name": "no_lift", "raised": True, "message": "HR@10 below popularity"},
-                {"name": "nan_loss", "raised": False},
+                {"name": "nan_loss", "raised": False, "message": "all finite"},
             ]
         }
     ) == ["no_lift: HR@10 below popularity"]
-    assert raised_flags({"flags": {"scale_at_clamp": True, "overfitting": False}}) == [
-        "scale_at_clamp"
-    ]
     assert raised_flags({"recall@10": 0.2}) == []
     assert raised_flags(pd.DataFrame()) == []
 
@@ -52,13 +48,19 @@ def test_each_node_logs_one_line_with_its_outputs_and_a_warning_per_flag(caplog)
     examples = pd.DataFrame({"user": [0, 1], "item": [3, 4], "label": [1, 0]})
     with caplog.at_level(logging.INFO, logger="twotower_pipeline"):
         hooks.after_node_run(
-            node=node, outputs={"train_examples": examples, "health": {"flags": ["collapse"]}}
+            node=node,
+            outputs={
+                "train_examples": examples,
+                "health": {
+                    "flags": [{"name": "loss_collapse", "raised": True, "message": "0.001"}]
+                },
+            },
         )
     lines = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert lines[0][0] == "INFO"
     assert lines[0][1].startswith("[1/1] sample_negatives (")
     assert "train_examples (2 rows, 2 users, 2 items)" in lines[0][1]
-    assert lines[1] == ("WARNING", "health flag in health: collapse")
+    assert lines[1] == ("WARNING", "health flag in health: loss_collapse: 0.001")
 
 
 def test_kedro_node_lines_are_dropped_and_everything_else_kept():

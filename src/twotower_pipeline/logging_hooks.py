@@ -48,24 +48,10 @@ def describe(value: Any) -> str:
 
 
 def raised_flags(report: Any) -> list[str]:
-    """Return the messages of the raised flags in a health report (any dict with `flags`)."""
-    if not isinstance(report, dict) or "flags" not in report:
+    """Return "name: message" of each raised flag of a health report (see health.py)."""
+    if not isinstance(report, dict) or not isinstance(report.get("flags"), list):
         return []
-    flags = report["flags"]
-    if isinstance(flags, dict):
-        flags = [
-            {"name": name, **(flag if isinstance(flag, dict) else {"raised": bool(flag)})}
-            for name, flag in flags.items()
-        ]
-    messages = []
-    for flag in flags or []:
-        if isinstance(flag, str):
-            messages.append(flag)
-        elif isinstance(flag, dict) and flag.get("raised", True):
-            name = flag.get("name") or flag.get("flag") or "flag"
-            detail = flag.get("message") or flag.get("detail") or ""
-            messages.append(f"{name}: {detail}" if detail else str(name))
-    return messages
+    return [f"{flag['name']}: {flag['message']}" for flag in report["flags"] if flag["raised"]]
 
 
 class NodeSummaryHooks:
