@@ -80,16 +80,8 @@ class SyntheticInteractionsDataset(AbstractDataset[None, pd.DataFrame]):
         table = table.replace_schema_metadata(
             {**(table.schema.metadata or {}), _SPEC_KEY: self._spec_json()}
         )
-        self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        # Write beside the target, then rename: a reader never sees half a file.
-        handle, tmp_name = tempfile.mkstemp(dir=self._filepath.parent, suffix=".tmp")
-        os.close(handle)
-        try:
-            pq.write_table(table, tmp_name)
-            os.replace(tmp_name, self._filepath)
-        finally:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
+        # A reader never sees half a file.
+        _replace_atomically(self._filepath, lambda tmp: pq.write_table(table, tmp))
 
     def preview(self, nrows: int = 5) -> TablePreview:
         """Rows for kedro-viz's table preview (it picks the widget from the annotation)."""
