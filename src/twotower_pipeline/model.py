@@ -122,9 +122,18 @@ class TwoTowerModel(nn.Module):
             cosine = (user_vectors * item_vectors).sum(-1)
         return self.log_scale.exp() * cosine
 
-    def catalogue_scorer(self) -> Callable[[np.ndarray], torch.Tensor]:
+    @classmethod
+    def from_state(cls, model_config: dict, state_dict: dict) -> TwoTowerModel:
+        """Return the model rebuilt from its JSON config and state dict, in eval mode."""
+        model = cls(TwoTowerConfig.from_dict(model_config))
+        model.load_state_dict(state_dict)
+        return model.eval()
+
+    def catalogue_scorer(self, known=None) -> Callable[[np.ndarray], torch.Tensor]:
         """Return a function of user indices -> logits against every item.
 
+        `known` holds the interactions visible at prediction time (train for
+        validation, train + validation for test); a history tower reads it.
         The item vectors are computed once, not once per chunk of users scored.
         """
         with torch.no_grad():
