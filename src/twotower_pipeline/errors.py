@@ -1,9 +1,36 @@
-"""The one exception family a user is meant to read: bad input or an impossible run.
+"""The exceptions a user is meant to read: each message says what is wrong and where.
 
-Its message says what is wrong and where (file, column, count); `kedro run`
-prints that message alone, without a stack trace (see hooks.py).
+`kedro run` prints such a message alone, as one line, without a stack trace, and
+exits with the error's `exit_code` (see hooks.py and docs/failures.md):
+
+| family | exit code | meaning |
+|---|---|---|
+| SettingsError | 2 | a parameter is wrong (caught before any node runs) |
+| PipelineInputError | 1 | the input data cannot be used as it is (file, column, count) |
+| RunFailedError | 1 | the data and settings were fine, the run itself failed (e.g. diverged) |
+| RunInterruptedError | 130 (SIGINT) / 143 (SIGTERM) | the run was stopped by a signal |
 """
 
 
-class PipelineInputError(Exception):
-    """Bad input or an impossible run, explained in one message."""
+class RunFailedError(Exception):
+    """A run stopped for a reason explained in one message; outputs are left as they were."""
+
+    exit_code = 1
+
+
+class PipelineInputError(RunFailedError):
+    """Bad input data or prepared data that does not fit this run, explained in one message."""
+
+
+class SettingsError(RunFailedError):
+    """A parameter is missing, unknown, of the wrong type or out of range."""
+
+    exit_code = 2
+
+
+class RunInterruptedError(RunFailedError):
+    """The run received SIGINT (Ctrl-C) or SIGTERM."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,17 +1,19 @@
-"""Hooks: a clear stop when prepared data is missing; no half-replaced outputs after a failure."""
+"""Hooks: a clear stop when prepared data is missing; a failed run publishes nothing."""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import click
 from kedro.framework.hooks import hook_impl
 
 from twotower_pipeline.datasets import AtomicJSONDataset, AtomicParquetDataset
-from twotower_pipeline.errors import PipelineInputError
+from twotower_pipeline.errors import RunFailedError, RunInterruptedError
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +63,16 @@ def _describe_path(dataset) -> str:
     return str(filepath) if filepath is not None else type(dataset).__name__
 
 
+class ReadableError(click.ClickException):
+    """A one-line error for `kedro run` (no stack trace) with the exit code of its family."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class ReadableErrorHooks:
-    """`kedro run` ends a run stopped by bad input with its message, not a stack trace.
+    """`kedro run` ends a failed run with its message, not a stack trace.
 
     Registered first, so pluggy calls it after every other on_pipeline_error hook
     (the rollback among them) has run.
@@ -70,31 +80,55 @@ class ReadableErrorHooks:
 
     @hook_impl
     def on_pipeline_error(self, error: Exception) -> None:
-        if isinstance(error, PipelineInputError):
-            raise click.ClickException(str(error)) from error
+        if isinstance(error, RunFailedError):
+            raise ReadableError(str(error), error.exit_code) from error
+
+
+def _on_signal(signum: int, frame) -> None:
+    name = signal.Signals(signum).name
+    raise RunInterruptedError(
+        f"run interrupted by {name}: nothing of this run was published; every output "
+        "is the last successful run's (training can continue with training.resume=true)",
+        128 + signum,
+    )
 
 
 class OutputRollbackHooks:
-    """A failed run leaves the outputs of the previous good run as they were.
+    """A failed run publishes nothing: every output loads what the last good run wrote.
 
     Kedro saves each node's outputs as soon as the node ends, so a run that
     fails in its third node has already replaced the first two nodes' files.
     Before a run, every existing local, unversioned output file is kept aside
     (a hard link where the dataset replaces files atomically, a copy
-    otherwise). If the run fails, the kept files are put back and files the
-    run created are removed; if it succeeds, the kept files are deleted.
-    Versioned datasets need none of this: a run only adds a version.
+    otherwise). If the run fails, the kept files are put back, files the run
+    created are removed, and so are the version folders it added to versioned
+    datasets (the model, the metrics, the plots): Kedro names them all after
+    the run id, so they are known before the run starts. Rolling back, rather
+    than staging every save until the end, keeps Kedro's own datasets and
+    their loads within the run unchanged. If the run succeeds, the kept files
+    are deleted.
+
+    SIGINT (Ctrl-C) and SIGTERM are turned into RunInterruptedError while the
+    pipeline runs, so an interrupted run is rolled back like any other failure
+    (Kedro calls on_pipeline_error for exceptions, not for KeyboardInterrupt).
     """
 
     def __init__(self) -> None:
         self._kept: dict[Path, Path | None] = {}
+        self._new_versions: list[tuple[Path, bool]] = []
+        self._handlers: dict[int, object] = {}
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        self._kept = {}
-        suffix = f".{run_params.get('run_id') or os.getpid()}.keep"
+        self._kept, self._new_versions = {}, []
+        run_id = run_params.get("run_id") or str(os.getpid())
+        suffix = f".{run_id}.keep"
         for name in sorted(pipeline.all_outputs()):
             dataset = catalog.get(name) if name in catalog else None
+            folder = _new_version_folder(dataset, run_id)
+            if folder is not None:
+                self._new_versions.append((folder, folder.parent.exists()))
+                continue
             path = _local_unversioned_file(dataset)
             if path is None:
                 continue
@@ -110,9 +144,12 @@ class OutputRollbackHooks:
             else:
                 shutil.copy2(path, kept)
             self._kept[path] = kept
+        self._catch_signals()
 
     @hook_impl
     def on_pipeline_error(self) -> None:
+        # A second Ctrl-C must not stop the rollback half-way.
+        self._ignore_signals()
         restored = 0
         for path, kept in self._kept.items():
             if kept is None:
@@ -122,16 +159,57 @@ class OutputRollbackHooks:
             else:
                 os.replace(kept, path)
                 restored += 1
-        if restored:
-            logger.warning("run failed: %d output file(s) restored to the previous run's", restored)
-        self._kept = {}
+        removed = 0
+        for folder, parent_existed in self._new_versions:
+            if folder.exists():
+                shutil.rmtree(folder)
+                removed += 1
+            if not parent_existed and folder.parent.is_dir() and not any(folder.parent.iterdir()):
+                folder.parent.rmdir()
+        if restored or removed:
+            logger.warning(
+                "run failed: %d output file(s) restored to the last successful run's, "
+                "%d new version(s) removed",
+                restored,
+                removed,
+            )
+        self._kept, self._new_versions = {}, []
+        self._restore_signals()
 
     @hook_impl
     def after_pipeline_run(self) -> None:
+        self._restore_signals()
         for kept in self._kept.values():
             if kept is not None:
                 kept.unlink(missing_ok=True)
-        self._kept = {}
+        self._kept, self._new_versions = {}, []
+
+    def _catch_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python only lets the main thread set signal handlers
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._handlers.setdefault(signum, signal.getsignal(signum))
+            signal.signal(signum, _on_signal)
+
+    def _ignore_signals(self) -> None:
+        for signum in self._handlers:
+            signal.signal(signum, signal.SIG_IGN)
+
+    def _restore_signals(self) -> None:
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
+        self._handlers = {}
+
+
+def _new_version_folder(dataset, run_id: str) -> Path | None:
+    """Return the folder a versioned local dataset will save this run's version in, or None."""
+    version = getattr(dataset, "_version", None)
+    filepath = getattr(dataset, "_filepath", None)
+    if version is None or filepath is None:
+        return None
+    if getattr(dataset, "_protocol", "file") not in ("file", None):
+        return None
+    return Path(str(filepath)) / (version.save or run_id)
 
 
 def _unchanged(kept: Path, path: Path) -> bool:

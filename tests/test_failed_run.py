@@ -1,0 +1,120 @@
+"""A failed run publishes nothing: every output, versioned or not, stays the last good run's.
+
+One project copy is smoke-run once; then runs that fail in different ways
+(bad settings, divergence, Ctrl-C, a crash in the last node, an unreadable
+raw file) are made in it. After each, every file under data/ must be byte
+for byte what the good run left (the model, the metrics and the plots are
+versioned: no new version folder may remain), and the error must be one
+message with its exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from kedro.framework.hooks import hook_impl
+
+import twotower_pipeline.settings as project_settings
+from twotower_pipeline.hooks import ReadableError
+
+CHECKPOINTS = "06_models/checkpoints_smoke"
+
+
+def snapshot(project: Path, skip: str | None = None) -> dict[str, bytes]:
+    """Return every file under the project's data/ folder (relative path -> bytes)."""
+    data = project / "data"
+    return {
+        str(path.relative_to(data)): path.read_bytes()
+        for path in sorted(data.rglob("*"))
+        if path.is_file() and not (skip and str(path.relative_to(data)).startswith(skip))
+    }
+
+
+@pytest.fixture(scope="module")
+def good_run(make_project_copy, kedro_run) -> tuple[Path, dict[str, bytes]]:
+    """A project copy after one successful smoke run, and its data/ as bytes."""
+    project = make_project_copy("failed_run")
+    kedro_run(project)
+    before = snapshot(project)
+    assert any(name.startswith("06_models/two_tower_model.pt/") for name in before)
+    assert any(name.startswith("08_reporting/evaluation_metrics.json/") for name in before)
+    return project, before
+
+
+def assert_nothing_published(project: Path, before: dict[str, bytes], skip: str | None = None):
+    after = snapshot(project, skip)
+    expected = {k: v for k, v in before.items() if not (skip and k.startswith(skip))}
+    assert sorted(after) == sorted(expected), "files added or removed"
+    changed = [name for name in expected if after[name] != expected[name]]
+    assert changed == [], f"changed: {changed}"
+
+
+class _FailBefore:
+    """A hook that makes the run fail as a node starts (after earlier nodes saved)."""
+
+    def __init__(self, node_name: str, action) -> None:
+        self.node_name, self.action = node_name, action
+
+    @hook_impl
+    def before_node_run(self, node) -> None:
+        if node.name == self.node_name:
+            self.action()
+
+
+@pytest.fixture
+def extra_hook(monkeypatch):
+    """Return a function that adds a hook to the project's settings for the next run."""
+
+    def add(hook) -> None:
+        monkeypatch.setattr(project_settings, "HOOKS", (*project_settings.HOOKS, hook))
+
+    return add
+
+
+def test_bad_settings_publish_nothing(good_run, kedro_run):
+    project, before = good_run
+    with pytest.raises(Exception, match="headline_k"):
+        kedro_run(project, pipeline="train", params={"evaluation": {"headline_k": 7}})
+    assert_nothing_published(project, before)
+
+
+def test_a_diverged_run_publishes_nothing_and_keeps_the_checkpoint(good_run, kedro_run):
+    project, before = good_run
+    with pytest.raises(ReadableError) as failed:
+        kedro_run(project, pipeline="train", params={"training": {"learning_rate": 1e30}})
+    message = failed.value.format_message()
+    assert message.startswith("training diverged in epoch 1")
+    assert "bad input" not in message
+    assert failed.value.exit_code == 1
+    assert_nothing_published(project, before)  # the checkpoint included
+
+
+def test_ctrl_c_after_the_model_was_saved_publishes_nothing(good_run, kedro_run, extra_hook):
+    project, before = good_run
+    extra_hook(_FailBefore("write_report", lambda: os.kill(os.getpid(), signal.SIGINT)))
+    with pytest.raises(ReadableError) as failed:
+        kedro_run(project, pipeline="train")
+    assert failed.value.format_message().startswith("run interrupted by SIGINT")
+    assert failed.value.exit_code == 130
+    # The training finished, so its checkpoint is a newer complete one: allowed to differ.
+    assert_nothing_published(project, before, skip=CHECKPOINTS)
+    state = torch.load(project / "data" / CHECKPOINTS / "last.pt", weights_only=True)
+    assert len(state["history"]) == 6
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_crash_in_the_last_node_publishes_nothing(good_run, kedro_run, extra_hook):
+    project, before = good_run
+
+    def crash() -> None:
+        raise RuntimeError("disk full")
+
+    extra_hook(_FailBefore("write_report", crash))
+    with pytest.raises(RuntimeError, match="disk full"):
+        kedro_run(project, pipeline="train")
+    assert_nothing_published(project, before, skip=CHECKPOINTS)
+    assert [p.name for p in (project / "data").rglob(".*.keep")] == []
