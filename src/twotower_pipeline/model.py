@@ -1,10 +1,28 @@
 """The two-tower model: a user tower and an item tower scored by scaled cosine.
 
-logit(u, i) = exp(log_scale) * cos(user_tower(u), item_tower(i)). The scale is
+logit(u, i) = exp(log_scale) * cos(user_vector, item_vector). The scale is
 learned as a log-parameter initialised at log(logit_scale) and clamped at
 max_logit_scale after every step, as CLIP does: cosines live in [-1, 1], so
 without a scale the sigmoid can never leave (0.27, 0.73). The model returns raw
 logits; the only sigmoid is the one inside the BCE-with-logits loss.
+
+Towers (every part optional by configuration, summed, then an optional MLP,
+then L2-normalised):
+
+- user: a pooled history of the user's most recent items before the moment
+  predicted (its own item-side table, mean or learned recency weights over
+  the positions), a user-id embedding, the mean of the user's feature tokens;
+- item: an item-id embedding and the mean of the item's feature tokens.
+
+With history_length 0 and a user id, the model is matrix factorisation (the
+id-only towers). Item ids are dropped at random in training (item_id_dropout)
+so the item tower also learns to stand on its features; items with no
+training interaction (cold) are always scored through their features only,
+and users with no training interaction through their history and features.
+
+Every table is read through a `rows(table, ids)` function: the full tables in
+evaluation, or only the rows a training step touches (training.SparseRows),
+so the cost of a step follows its batch, not the catalogue.
 """
 
 from __future__ import annotations
@@ -14,9 +32,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from twotower_pipeline.history import HistoryTable
+
+Rows = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def full_rows(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Return table[ids], differentiable through the whole table."""
+    return F.embedding(ids, table)
 
 
 @dataclass
@@ -31,6 +59,14 @@ class TwoTowerConfig:
     init_std: float
     logit_scale: float
     max_logit_scale: float
+    user_id: bool  # a user-id embedding in the user tower
+    history_length: int  # items pooled into the user vector; 0: no history
+    history_pooling: str  # mean | recency (a learned weight per position)
+    item_id_dropout: float  # probability that an item's id is left out in a training step
+    item_feature_vocab: int  # size of the item feature token space (1: no features)
+    item_feature_width: int  # tokens per item (padded with 0)
+    user_feature_vocab: int
+    user_feature_width: int
 
     def __post_init__(self) -> None:
         if self.n_users < 1 or self.n_items < 1 or self.embedding_dim < 1:
@@ -43,6 +79,17 @@ class TwoTowerConfig:
                 f"logit_scale must be in (0, max_logit_scale={self.max_logit_scale}], "
                 f"got {self.logit_scale}"
             )
+        if not self.user_id and self.history_length < 1 and self.user_feature_vocab <= 1:
+            raise ValueError(
+                "the user tower has nothing to read: set model.user_id true, "
+                "model.history_length >= 1, or give user features"
+            )
+        if self.history_pooling not in ("mean", "recency"):
+            raise ValueError(
+                f"model.history_pooling must be mean or recency, not {self.history_pooling!r}"
+            )
+        if not 0.0 <= self.item_id_dropout < 1.0:
+            raise ValueError(f"model.item_id_dropout must be in [0, 1), not {self.item_id_dropout}")
         self.hidden_dims = [int(width) for width in self.hidden_dims]
 
     def to_dict(self) -> dict:
@@ -52,51 +99,97 @@ class TwoTowerConfig:
     def from_dict(cls, values: dict) -> TwoTowerConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
-        if unknown:
+        missing = sorted(known - set(values))
+        if unknown or missing:
             raise ValueError(
-                f"unknown model config key(s) {unknown}; expected some of {sorted(known)}"
+                f"model config keys do not match this version: unknown {unknown}, "
+                f"missing {missing}; retrain the model"
             )
         return cls(**values)
 
 
-class Tower(nn.Module):
-    """An id embedding, optionally followed by an MLP; outputs are L2-normalised."""
+def _mlp(config: TwoTowerConfig) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = config.embedding_dim
+    for hidden in config.hidden_dims:
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    if config.hidden_dims:
+        layers.append(nn.Linear(width, config.embedding_dim))
+    return nn.Sequential(*layers)
 
-    def __init__(self, n_ids: int, config: TwoTowerConfig) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding(n_ids, config.embedding_dim)
-        nn.init.normal_(self.embedding.weight, std=config.init_std)
-        layers: list[nn.Module] = []
-        width = config.embedding_dim
-        for hidden in config.hidden_dims:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
-            width = hidden
-        if config.hidden_dims:
-            layers.append(nn.Linear(width, config.embedding_dim))
-        self.mlp = nn.Sequential(*layers)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Return the normalised vectors of ids, shape ids.shape + (embedding_dim,)."""
-        if ids.numel() >= self.embedding.num_embeddings:
-            # A batch that looks up more rows than the table has: transform every row
-            # once and gather, instead of running the tower on each repeated lookup.
-            return self.all()[ids]
-        return F.normalize(self.mlp(self.embedding(ids)), dim=-1)
+def _table(rows: int, config: TwoTowerConfig, padded: bool = False) -> nn.Parameter:
+    weight = torch.randn(rows, config.embedding_dim) * config.init_std
+    if padded:
+        weight[0] = 0.0  # token 0 is padding / unknown: it adds nothing
+    return nn.Parameter(weight)
 
-    def all(self) -> torch.Tensor:
-        """Return the normalised vectors of every id, shape (n_ids, embedding_dim)."""
-        return F.normalize(self.mlp(self.embedding.weight), dim=-1)
+
+def _token_mean(rows: Rows, table: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Return the mean embedding of the non-zero tokens, shape tokens.shape[:-1] + (d,)."""
+    weights = (tokens > 0).to(table.dtype)
+    count = weights.sum(-1, keepdim=True).clamp(min=1.0)
+    return (rows(table, tokens) * (weights / count).unsqueeze(-1)).sum(-2)
 
 
 class TwoTowerModel(nn.Module):
-    """User tower x item tower; forward returns raw logits (no sigmoid)."""
+    """User tower x item tower; forward returns raw logits (no sigmoid).
+
+    Embedding tables are plain Parameters (`sparse_tables()` lists them); the
+    feature tokens of every user and item, and which ids were seen in training,
+    are buffers, so the state dict alone rebuilds a model that scores anyone.
+    """
 
     def __init__(self, config: TwoTowerConfig) -> None:
         super().__init__()
         self.config = config
-        self.user_tower = Tower(config.n_users, config)
-        self.item_tower = Tower(config.n_items, config)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(config.logit_scale)))
+        c = config
+        self.item_id = _table(c.n_items, c)
+        self.user_id_table = _table(c.n_users, c) if c.user_id else None
+        self.history_table = _table(c.n_items, c) if c.history_length > 0 else None
+        self.item_feature_table = (
+            _table(c.item_feature_vocab, c, padded=True) if c.item_feature_vocab > 1 else None
+        )
+        self.user_feature_table = (
+            _table(c.user_feature_vocab, c, padded=True) if c.user_feature_vocab > 1 else None
+        )
+        self.recency = (
+            nn.Parameter(torch.ones(c.history_length))
+            if c.history_length > 0 and c.history_pooling == "recency"
+            else None
+        )
+        self.user_mlp = _mlp(c)
+        self.item_mlp = _mlp(c)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(c.logit_scale)))
+        self.register_buffer(
+            "item_tokens", torch.zeros(c.n_items, c.item_feature_width, dtype=torch.int64)
+        )
+        self.register_buffer(
+            "user_tokens", torch.zeros(c.n_users, c.user_feature_width, dtype=torch.int64)
+        )
+        # Ids seen in training: an unseen id's embedding was never trained, so it is left out.
+        self.register_buffer("item_warm", torch.ones(c.n_items, dtype=torch.bool))
+        self.register_buffer("user_warm", torch.ones(c.n_users, dtype=torch.bool))
+
+    # --- parameters ---------------------------------------------------------------------------
+    def sparse_tables(self) -> list[nn.Parameter]:
+        """Return the embedding tables, updated row-wise in training."""
+        tables = [
+            self.item_id,
+            self.user_id_table,
+            self.history_table,
+            self.item_feature_table,
+            self.user_feature_table,
+        ]
+        return [t for t in tables if t is not None]
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """Return the small parameters updated every step (MLPs, recency weights), not the scale."""
+        sparse = {id(t) for t in self.sparse_tables()}
+        return [
+            p for name, p in self.named_parameters() if id(p) not in sparse and name != "log_scale"
+        ]
 
     @property
     def logit_scale(self) -> float:
@@ -107,21 +200,84 @@ class TwoTowerModel(nn.Module):
         with torch.no_grad():
             self.log_scale.clamp_(max=math.log(self.config.max_logit_scale))
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def set_side_information(
+        self,
+        item_tokens: torch.Tensor | None = None,
+        user_tokens: torch.Tensor | None = None,
+        train_users: np.ndarray | None = None,
+        train_items: np.ndarray | None = None,
+    ) -> None:
+        """Store feature tokens and which users and items occur in training."""
+        if item_tokens is not None:
+            self.item_tokens.copy_(item_tokens)
+        if user_tokens is not None:
+            self.user_tokens.copy_(user_tokens)
+        if train_items is not None:
+            warm = np.bincount(train_items, minlength=self.config.n_items) > 0
+            self.item_warm.copy_(torch.from_numpy(warm))
+        if train_users is not None:
+            warm = np.bincount(train_users, minlength=self.config.n_users) > 0
+            self.user_warm.copy_(torch.from_numpy(warm))
+
+    # --- towers -------------------------------------------------------------------------------
+    def item_vectors(
+        self, items: torch.Tensor, rows: Rows = full_rows, drop_ids: bool = False
+    ) -> torch.Tensor:
+        """Return normalised item vectors, shape items.shape + (d,)."""
+        keep = self.item_warm[items].unsqueeze(-1)
+        if drop_ids and self.config.item_id_dropout > 0:
+            kept = torch.rand(items.shape, device=items.device) >= self.config.item_id_dropout
+            keep = keep & kept.unsqueeze(-1)
+        vector = rows(self.item_id, items) * keep
+        if self.item_feature_table is not None:
+            vector = vector + _token_mean(rows, self.item_feature_table, self.item_tokens[items])
+        return F.normalize(self.item_mlp(vector), dim=-1)
+
+    def user_vectors(
+        self,
+        users: torch.Tensor,
+        history: tuple[torch.Tensor, torch.Tensor] | None,
+        rows: Rows = full_rows,
+    ) -> torch.Tensor:
+        """Return normalised user vectors (B, d) from ids, (history items, mask) and features."""
+        vector = torch.zeros(users.numel(), self.config.embedding_dim, device=users.device)
+        if self.user_id_table is not None:
+            vector = vector + rows(self.user_id_table, users) * self.user_warm[users].unsqueeze(-1)
+        if self.history_table is not None and history is not None:
+            items, mask = history
+            weights = mask.to(vector.dtype)
+            count = weights.sum(-1, keepdim=True).clamp(min=1.0)
+            weights = weights / count
+            if self.recency is not None:
+                weights = weights * self.recency
+            vector = vector + (rows(self.history_table, items) * weights.unsqueeze(-1)).sum(-2)
+        if self.user_feature_table is not None:
+            vector = vector + _token_mean(rows, self.user_feature_table, self.user_tokens[users])
+        return F.normalize(self.user_mlp(vector), dim=-1)
+
+    def forward(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        history: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rows: Rows = full_rows,
+    ) -> torch.Tensor:
         """Return logits for (user, item) pairs.
 
         users has shape (B,); items (B,) for one item per user, or (B, k) for a
         group of k items per user (a positive and its negatives), in which case
         each user vector is computed once and the result has shape (B, k).
+        history is (items, mask), each (B, history_length), or None.
         """
-        user_vectors = self.user_tower(users)
-        item_vectors = self.item_tower(items)
+        user = self.user_vectors(users, history, rows)
+        item = self.item_vectors(items, rows, drop_ids=self.training)
         if items.dim() == users.dim() + 1:
-            cosine = torch.bmm(item_vectors, user_vectors.unsqueeze(-1)).squeeze(-1)
+            cosine = torch.bmm(item, user.unsqueeze(-1)).squeeze(-1)
         else:
-            cosine = (user_vectors * item_vectors).sum(-1)
+            cosine = (user * item).sum(-1)
         return self.log_scale.exp() * cosine
 
+    # --- scoring ------------------------------------------------------------------------------
     @classmethod
     def from_state(cls, model_config: dict, state_dict: dict) -> TwoTowerModel:
         """Return the model rebuilt from its JSON config and state dict, in eval mode."""
@@ -129,24 +285,59 @@ class TwoTowerModel(nn.Module):
         model.load_state_dict(state_dict)
         return model.eval()
 
-    def catalogue_scorer(self, known=None) -> Callable[[np.ndarray], torch.Tensor]:
+    @torch.no_grad()
+    def all_item_vectors(self, chunk: int = 65_536) -> torch.Tensor:
+        """Return the normalised vectors of every item, (n_items, d)."""
+        ids = torch.arange(self.config.n_items, device=self.item_id.device)
+        return torch.cat([self.item_vectors(part) for part in ids.split(chunk)])
+
+    @torch.no_grad()
+    def user_vectors_from(
+        self, users: np.ndarray, histories: HistoryTable | None, ends: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Return user vectors for indices `users`, with histories ending at `ends`."""
+        ids = torch.as_tensor(np.asarray(users, dtype=np.int64), device=self.item_id.device)
+        window = None
+        if self.config.history_length > 0 and histories is not None:
+            window = histories.window(ids, ends.to(ids.device), self.config.history_length)
+        return self.user_vectors(ids, window)
+
+    def catalogue_scorer(
+        self, known: pd.DataFrame | None = None, predict_at: pd.DataFrame | None = None
+    ) -> Callable[[np.ndarray], torch.Tensor]:
         """Return a function of user indices -> logits against every item.
 
         `known` holds the interactions visible at prediction time (train for
-        validation, train + validation for test); a history tower reads it.
-        The item vectors are computed once, not once per chunk of users scored.
+        validation, train + validation for test); the history tower reads each
+        user's latest items from it. With `predict_at` (held-out rows: user,
+        timestamp), a user's history stops before the earliest of its held-out
+        timestamps, so an item of the same second is never in it. The item
+        vectors are computed once, not once per chunk of users scored.
         """
-        with torch.no_grad():
-            items = self.item_tower.all()
-            scale = self.log_scale.exp()
+        items = self.all_item_vectors()
+        scale = self.log_scale.detach().exp()
+        histories = None
+        moments = None
+        if self.config.history_length > 0:
+            if known is None:
+                raise ValueError("a history tower needs the known interactions to score users")
+            histories = HistoryTable.from_interactions(known, self.config.n_users).to(
+                self.item_id.device
+            )
+            if predict_at is not None:
+                moments = np.full(self.config.n_users, np.iinfo(np.int64).max // 4)
+                np.minimum.at(
+                    moments,
+                    predict_at["user"].to_numpy(np.int64),
+                    predict_at["timestamp"].to_numpy(np.int64),
+                )
 
         @torch.no_grad()
         def score(users: np.ndarray) -> torch.Tensor:
-            return (scale * self.user_tower(torch.from_numpy(users))) @ items.T
+            ends = None
+            if histories is not None:
+                at = None if moments is None else moments[np.asarray(users, dtype=np.int64)]
+                ends = histories.ends_before(users, at)
+            return ((scale * self.user_vectors_from(users, histories, ends)) @ items.T).cpu()
 
         return score
-
-    @torch.no_grad()
-    def score_all_items(self, users: torch.Tensor) -> torch.Tensor:
-        """Return logits of the given users against every item, shape (len(users), n_items)."""
-        return self.log_scale.exp() * self.user_tower(users) @ self.item_tower.all().T

@@ -2,10 +2,20 @@
 
 Examples are kept as groups: one positive and its neg_ratio negatives, so a
 step takes B users and a (B, 1 + neg_ratio) block of items and computes each
-user vector once. Batches are slices of a shuffled permutation of the groups
-(no per-sample Dataset). Every random choice of epoch e (negatives, order) is
-seeded by (seed, e), so a run resumed from the checkpoint of epoch e ends with
-the same weights as a run that was never interrupted.
+user vector once. An epoch is a seeded permutation of the training positives,
+walked a chunk at a time: each chunk's negatives are drawn when it is reached
+(seeded by seed, epoch and chunk), so memory holds one chunk of examples, not
+the epoch's. Every random choice of epoch e is seeded by (seed, e), so a run
+resumed from the checkpoint of epoch e ends with the same weights as a run
+that was never interrupted.
+
+Embedding tables are updated row-wise: a step gathers the rows it touches as
+small leaf tensors (SparseRows), and RowwiseAdamW updates those rows and their
+moments only, so a step costs the same with 10^3 or 10^6 items. Weight decay
+is applied lazily, to the rows a step touches. The small dense parameters
+(MLP, recency weights) and the logit scale use torch's AdamW. The persisted
+model is the epoch with the best validation ranking metric; the history keeps
+every epoch and marks that one `chosen`.
 """
 
 from __future__ import annotations
@@ -24,10 +34,11 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from twotower_pipeline.errors import PipelineInputError
+from twotower_pipeline.errors import PipelineInputError, RunFailedError
+from twotower_pipeline.history import HistoryTable, training_history_ends
 from twotower_pipeline.metrics import binary_log_loss, ranking_metrics, roc_auc
-from twotower_pipeline.model import TwoTowerModel
-from twotower_pipeline.sampling import PositiveSet, item_groups
+from twotower_pipeline.model import TwoTowerModel, full_rows
+from twotower_pipeline.sampling import PositiveSet, item_groups, sample_negatives
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +53,11 @@ HISTORY_COLUMNS = [
     "learning_rate",
     "examples_per_second",
     "seconds",
+    "chosen",
 ]
 
 
-class TrainingDivergedError(PipelineInputError, RuntimeError):
+class TrainingDivergedError(RunFailedError, RuntimeError):
     """The loss became NaN or infinite."""
 
 
@@ -63,6 +75,10 @@ class TrainingSpec:
     lr_schedule: str  # constant | cosine
     resample_each_epoch: bool
     eval_k: int
+    eval_chunk_size: int  # users scored at once by the per-epoch ranking metric
+    chunk_positives: int  # positives whose negatives are drawn at once
+    optimizer: str  # rowwise (sparse rows) | dense (AdamW over whole tables, the reference)
+    device: str  # auto | cpu | cuda
     checkpoint_dir: str
     resume: bool
     progress_bar: bool
@@ -78,6 +94,22 @@ class ExampleGroups:
     @property
     def n_examples(self) -> int:
         return self.items.numel()
+
+
+@dataclass
+class Positives:
+    """The training positives in a fixed order, each with where its user's history ends."""
+
+    users: torch.Tensor  # (P,) int64
+    items: torch.Tensor  # (P,) int64
+    history_ends: torch.Tensor  # (P,) int64 positions in `histories`
+    histories: HistoryTable | None
+
+    def window(self, rows: torch.Tensor, length: int):
+        """Return the (items, mask) history window of the given positives, or None."""
+        if self.histories is None or length == 0:
+            return None
+        return self.histories.window(self.users[rows], self.history_ends[rows], length)
 
 
 @dataclass
@@ -152,9 +184,9 @@ def validation_sample(
     labels = np.zeros((users.size, group), dtype=np.float32)
     labels[:, 0] = 1
     return ValidationSample(
-        users=torch.from_numpy(np.repeat(users, group)),
-        items=torch.from_numpy(items.ravel()),
-        labels=torch.from_numpy(labels.ravel()),
+        users=torch.from_numpy(users),
+        items=torch.from_numpy(items),
+        labels=torch.from_numpy(labels),
     )
 
 
@@ -167,16 +199,141 @@ def learning_rate_at(spec: TrainingSpec, epoch: int) -> float:
     raise ValueError(f"training.lr_schedule must be constant or cosine, not {spec.lr_schedule!r}")
 
 
-def make_optimizer(model: TwoTowerModel, spec: TrainingSpec) -> torch.optim.Optimizer:
-    """Return AdamW: the towers with weight decay; the logit scale undecayed, at its own rate."""
-    towers = [p for name, p in model.named_parameters() if name != "log_scale"]
-    return torch.optim.AdamW(
-        [
-            {"params": towers, "weight_decay": spec.weight_decay, "lr_ratio": 1.0},
-            {"params": [model.log_scale], "weight_decay": 0.0, "lr_ratio": spec.scale_lr_ratio},
-        ],
-        lr=spec.learning_rate,
-    )
+# --- row-wise updates -------------------------------------------------------------------------
+class SparseRows:
+    """A `rows` function for the model that gathers only the rows a step touches.
+
+    Each call takes the distinct ids of one table, copies their rows into a small
+    leaf tensor and records it; after backward, the leaf's gradient is the
+    gradient of exactly those rows. Each table is read once per step.
+    """
+
+    def __init__(self) -> None:
+        self.touched: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        distinct, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+        leaf = table.detach().index_select(0, distinct).requires_grad_()
+        self.touched.append((table, distinct, leaf))
+        return F.embedding(inverse.view(ids.shape), leaf)
+
+
+class RowwiseAdamW:
+    """AdamW on the rows a step touched: moments, decay and update of those rows only.
+
+    Bias correction uses the global step count (as torch's SparseAdam does);
+    weight decay is lazy: a row decays in the steps that touch it.
+    """
+
+    def __init__(
+        self,
+        tables: list[torch.Tensor],
+        lr: float,
+        weight_decay: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        self.tables = tables
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.betas = betas
+        self.eps = eps
+        self.step_count = 0
+        self.moments = [(torch.zeros_like(t), torch.zeros_like(t)) for t in tables]
+        self._index = {id(t): i for i, t in enumerate(tables)}
+
+    @torch.no_grad()
+    def step(self, touched: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        beta1, beta2 = self.betas
+        self.step_count += 1
+        correction1 = 1 - beta1**self.step_count
+        root_correction2 = math.sqrt(1 - beta2**self.step_count)
+        for table, ids, leaf in touched:
+            if leaf.grad is None:
+                continue
+            mean_all, square_all = self.moments[self._index[id(table)]]
+            grad = leaf.grad
+            mean = mean_all.index_select(0, ids).mul_(beta1).add_(grad, alpha=1 - beta1)
+            square = square_all.index_select(0, ids).mul_(beta2)
+            square.addcmul_(grad, grad, value=1 - beta2)
+            mean_all.index_copy_(0, ids, mean)
+            square_all.index_copy_(0, ids, square)
+            weights = leaf.detach().mul_(1 - self.lr * self.weight_decay)
+            denominator = square.sqrt_().div_(root_correction2).add_(self.eps)
+            weights.addcdiv_(mean, denominator, value=-self.lr / correction1)
+            table.index_copy_(0, ids, weights)
+
+    def state_dict(self) -> dict:
+        return {
+            "step_count": self.step_count,
+            "moments": [tensor for pair in self.moments for tensor in pair],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step_count"])
+        flat = state["moments"]
+        for i, (mean, square) in enumerate(self.moments):
+            mean.copy_(flat[2 * i])
+            square.copy_(flat[2 * i + 1])
+
+
+class Optimizers:
+    """The dense AdamW (small parameters, the scale) and, when row-wise, the row optimizer."""
+
+    def __init__(self, model: TwoTowerModel, spec: TrainingSpec) -> None:
+        self.rowwise = spec.optimizer == "rowwise"
+        if spec.optimizer not in ("rowwise", "dense"):
+            raise ValueError(f"training.optimizer must be rowwise or dense, not {spec.optimizer!r}")
+        decayed = model.dense_parameters()
+        if not self.rowwise:
+            decayed = decayed + model.sparse_tables()
+        groups = [
+            {"params": [model.log_scale], "weight_decay": 0.0, "lr_ratio": spec.scale_lr_ratio}
+        ]
+        if decayed:
+            groups.append({"params": decayed, "weight_decay": spec.weight_decay, "lr_ratio": 1.0})
+        self.dense = torch.optim.AdamW(groups, lr=spec.learning_rate)
+        self.rows = (
+            RowwiseAdamW(model.sparse_tables(), spec.learning_rate, spec.weight_decay)
+            if self.rowwise
+            else None
+        )
+        if self.rowwise:
+            for table in model.sparse_tables():
+                table.requires_grad_(False)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.dense.param_groups:
+            group["lr"] = lr * group["lr_ratio"]
+        if self.rows is not None:
+            self.rows.lr = lr
+
+    def state_dict(self) -> dict:
+        state = {"dense": self.dense.state_dict()}
+        if self.rows is not None:
+            state["rows"] = self.rows.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dense.load_state_dict(state["dense"])
+        if self.rows is not None:
+            self.rows.load_state_dict(state["rows"])
+
+
+def make_optimizer(model: TwoTowerModel, spec: TrainingSpec) -> Optimizers:
+    """Return the optimizers: tables row-wise (or dense AdamW), the scale undecayed at its rate."""
+    return Optimizers(model, spec)
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the torch device for training.device (auto: CUDA when present)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("training.device is cuda but no CUDA device is available: use auto or cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"training.device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
 
 
 def _show_progress(spec: TrainingSpec) -> bool:
@@ -197,17 +354,21 @@ def _save_checkpoint(spec: TrainingSpec, state: dict) -> None:
 
 def _resumable_settings(spec: TrainingSpec) -> dict:
     """Return the settings a resumed run must share with the run it continues."""
-    skip = {"resume", "progress_bar", "checkpoint_dir"}
+    skip = {"resume", "progress_bar", "checkpoint_dir", "device", "eval_chunk_size"}
     return {key: value for key, value in vars(spec).items() if key not in skip}
 
 
-def _load_checkpoint(spec: TrainingSpec, model: TwoTowerModel, optimizer) -> list[dict]:
-    """Restore model and optimizer from the last checkpoint; return the history so far."""
+def _load_checkpoint(
+    spec: TrainingSpec, model: TwoTowerModel, optimizers: Optimizers
+) -> tuple[list[dict], dict | None]:
+    """Restore model and optimizers from the last checkpoint; return (history, best state)."""
     path = checkpoint_path(spec)
     if not path.exists():
-        logger.warning("training.resume is set but %s does not exist: starting from epoch 1", path)
-        return []
-    state = torch.load(path, weights_only=True)
+        raise PipelineInputError(
+            f"training.resume is true but there is no checkpoint at {path}: "
+            "set training.resume=false to start from epoch 1"
+        )
+    state = torch.load(path, weights_only=True, map_location="cpu")
     if state["model_config"] != model.config.to_dict() or state["seed"] != spec.seed:
         raise ValueError(
             f"{path} was written for another model or seed ({state['model_config']}, seed "
@@ -226,9 +387,27 @@ def _load_checkpoint(spec: TrainingSpec, model: TwoTowerModel, optimizer) -> lis
             "resume with the same parameters, or set training.resume=false"
         )
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    optimizers.load_state_dict(state["optimizer"])
     logger.info("resuming from %s after epoch %d", path, len(state["history"]))
-    return list(state["history"])
+    return list(state["history"]), state.get("best")
+
+
+@torch.no_grad()
+def sample_logits(
+    model: TwoTowerModel, sample: ValidationSample, known: pd.DataFrame, held_out: pd.DataFrame
+) -> np.ndarray:
+    """Return the model's logits (V, 1 + neg_ratio) on a validation sample of `held_out` rows.
+
+    Each user's history is its `known` interactions before the held-out row's moment.
+    """
+    device = model.item_id.device
+    window = None
+    if model.config.history_length > 0:
+        histories = HistoryTable.from_interactions(known, model.config.n_users).to(device)
+        moments = held_out["timestamp"].to_numpy(np.int64)
+        ends = histories.ends_before(held_out["user"].to_numpy(np.int64), moments).to(device)
+        window = histories.window(sample.users.to(device), ends, model.config.history_length)
+    return model(sample.users.to(device), sample.items.to(device), window).cpu().numpy()
 
 
 @torch.no_grad()
@@ -239,24 +418,26 @@ def evaluate_epoch(
     sample: ValidationSample,
     k: int,
     seed: int,
+    chunk_size: int,
 ) -> dict[str, float]:
     """Return validation loss/AUC on the fixed sample and Recall/NDCG@k on the full catalogue."""
     model.eval()
-    logits = model(sample.users, sample.items).numpy()
+    logits = sample_logits(model, sample, train, val)
     labels = sample.labels.numpy()
     ranking = ranking_metrics(
-        model.catalogue_scorer(),
+        model.catalogue_scorer(train, val),
         train,
         val,
         model.config.n_users,
         model.config.n_items,
         [k],
-        seed=seed,
+        chunk_size,
+        seed,
     )
     model.train()
     return {
-        "val_loss": binary_log_loss(logits, labels),
-        "val_auc": roc_auc(logits, labels),
+        "val_loss": binary_log_loss(logits.ravel(), labels.ravel()),
+        "val_auc": roc_auc(logits.ravel(), labels.ravel()),
         f"recall@{k}": ranking[f"recall@{k}"],
         f"ndcg@{k}": ranking[f"ndcg@{k}"],
     }
@@ -264,38 +445,88 @@ def evaluate_epoch(
 
 def train_epoch(
     model: TwoTowerModel,
-    optimizer: torch.optim.Optimizer,
-    groups: ExampleGroups,
+    optimizers: Optimizers,
+    positives: Positives,
+    negatives_of,
     batch_size: int,
+    chunk_positives: int,
     generator: torch.Generator,
     description: str = "",
     progress: bool = False,
-) -> float:
-    """Run one pass over the groups in a seeded random order; return the mean loss per example.
+) -> tuple[float, int]:
+    """Run one pass over the positives in a seeded random order; return (mean loss, examples).
 
-    Raises TrainingDivergedError at the first step whose loss is NaN or infinite,
-    before that step changes any weight.
+    `negatives_of(chunk_index, rows)` returns the (len(rows), neg_ratio) negatives
+    of the positives at `rows` (a CPU int64 tensor), so only one chunk of
+    examples exists at a time. Raises TrainingDivergedError at the first step
+    whose loss is NaN or infinite, before that step changes any weight.
     """
-    n_groups = groups.users.numel()
-    order = torch.randperm(n_groups, generator=generator)
-    labels = torch.zeros(min(batch_size, n_groups), groups.items.shape[1])
-    labels[:, 0] = 1.0
-    total = torch.zeros((), dtype=torch.float64)
-    steps = range(0, n_groups, batch_size)
-    for start in tqdm(steps, desc=description, leave=False, disable=not progress):
-        batch = order[start : start + batch_size]
-        logits = model(groups.users[batch], groups.items[batch])
-        loss = F.binary_cross_entropy_with_logits(logits, labels[: batch.numel()])
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(
-                f"loss is {loss.item()} at the step starting at group {start}"
+    device = positives.users.device
+    n_positives = positives.users.numel()
+    order = torch.randperm(n_positives, generator=generator)
+    length = model.config.history_length
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    n_examples = 0
+    labels = None
+    steps = tqdm(
+        total=-(-n_positives // batch_size), desc=description, leave=False, disable=not progress
+    )
+    for chunk_index, chunk_start in enumerate(range(0, n_positives, chunk_positives)):
+        rows_cpu = order[chunk_start : chunk_start + chunk_positives]
+        negatives = negatives_of(chunk_index, rows_cpu).to(device)
+        rows = rows_cpu.to(device)
+        for start in range(0, rows.numel(), batch_size):
+            batch = rows[start : start + batch_size]
+            items = torch.cat(
+                [positives.items[batch].unsqueeze(1), negatives[start : start + batch_size]], 1
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        model.clamp_scale()
-        total += loss.detach() * logits.numel()
-    return float(total) / groups.n_examples
+            if labels is None or labels.shape != items.shape:
+                labels = torch.zeros(items.shape, device=device)
+                labels[:, 0] = 1.0
+            sparse = SparseRows() if optimizers.rowwise else None
+            logits = model(
+                positives.users[batch],
+                items,
+                positives.window(batch, length),
+                sparse if sparse is not None else full_rows,
+            )
+            loss = F.binary_cross_entropy_with_logits(logits, labels)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"loss is {loss.item()} at the step starting at positive {chunk_start + start}"
+                )
+            optimizers.dense.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers.dense.step()
+            if sparse is not None:
+                optimizers.rows.step(sparse.touched)
+            model.clamp_scale()
+            total += loss.detach() * logits.numel()
+            n_examples += logits.numel()
+            steps.update()
+    steps.close()
+    return float(total) / max(n_examples, 1), n_examples
+
+
+def _copy_state(model: TwoTowerModel) -> dict:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def training_positives(
+    train: pd.DataFrame, n_users: int, history_length: int, device: torch.device
+) -> Positives:
+    """Return the training positives in train's order, with their history ends."""
+    histories = None
+    ends = torch.zeros(len(train), dtype=torch.int64)
+    if history_length > 0:
+        histories = HistoryTable.from_interactions(train, n_users).to(device)
+        ends = torch.from_numpy(training_history_ends(train))
+    return Positives(
+        users=torch.from_numpy(train["user"].to_numpy(np.int64)).to(device),
+        items=torch.from_numpy(train["item"].to_numpy(np.int64)).to(device),
+        history_ends=ends.to(device),
+        histories=histories,
+    )
 
 
 def fit(
@@ -306,36 +537,58 @@ def fit(
     spec: TrainingSpec,
     probabilities: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Train the model in place; return one history row per epoch (columns HISTORY_COLUMNS)."""
+    """Train the model in place; return one history row per epoch (columns HISTORY_COLUMNS).
+
+    The model ends with the weights of the epoch whose validation Recall@k was
+    best (the row marked `chosen`); later epochs stay in the history.
+    """
+    device = resolve_device(spec.device)
+    model.to(device)
     n_items = model.config.n_items
-    optimizer = make_optimizer(model, spec)
+    optimizers = make_optimizer(model, spec)
+    best = None
     if spec.resume:
-        history = _load_checkpoint(spec, model, optimizer)
+        history, best = _load_checkpoint(spec, model, optimizers)
     else:
+        # A fresh run: an earlier checkpoint stays until this run writes a newer one.
         history = []
-        checkpoint_path(spec).unlink(missing_ok=True)  # never resume into another run's state
     sample = validation_sample(train, val, n_items, spec.neg_ratio, spec.seed)
-    positives = PositiveSet(train["user"].to_numpy(), train["item"].to_numpy(), n_items)
+    known = PositiveSet(train["user"].to_numpy(), train["item"].to_numpy(), n_items)
     first_groups = groups_from_examples(first_examples, spec.neg_ratio)
+    if first_groups.users.numel() != len(train) or not torch.equal(
+        first_groups.items[:, 0], torch.from_numpy(train["item"].to_numpy(np.int64))
+    ):
+        raise ValueError(
+            "train_examples do not match train_interactions (other positives or another order): "
+            "re-run the negative_sampling pipeline"
+        )
+    positives = training_positives(train, model.config.n_users, model.config.history_length, device)
+    train_users = train["user"].to_numpy(np.int64)
     k = spec.eval_k
 
     for epoch in range(len(history), spec.num_epochs):
         started = time.perf_counter()
         lr = learning_rate_at(spec, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_ratio"]
-        if epoch == 0 or not spec.resample_each_epoch:
-            groups = first_groups
-        else:
-            rng = np.random.default_rng([spec.seed, epoch])
-            groups = draw_groups(train, positives, spec.neg_ratio, rng, probabilities)
+        optimizers.set_lr(lr)
+        fresh = epoch > 0 and spec.resample_each_epoch
+
+        def negatives_of(chunk: int, rows: torch.Tensor, epoch: int = epoch, fresh: bool = fresh):
+            if not fresh:
+                return first_groups.items[rows, 1:]
+            rng = np.random.default_rng([spec.seed, epoch, chunk])
+            picked = rows.numpy()
+            drawn = sample_negatives(train_users[picked], known, spec.neg_ratio, rng, probabilities)
+            return torch.from_numpy(drawn)
+
         step_started = time.perf_counter()
         try:
-            train_loss = train_epoch(
+            train_loss, n_examples = train_epoch(
                 model,
-                optimizer,
-                groups,
+                optimizers,
+                positives,
+                negatives_of,
                 spec.batch_size,
+                spec.chunk_positives,
                 torch.Generator().manual_seed(spec.seed * 100_003 + epoch),
                 f"epoch {epoch + 1}/{spec.num_epochs}",
                 _show_progress(spec),
@@ -356,38 +609,60 @@ def fit(
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
-            **evaluate_epoch(model, train, val, sample, k, spec.seed),
+            **evaluate_epoch(model, train, val, sample, k, spec.seed, spec.eval_chunk_size),
             "logit_scale": model.logit_scale,
             "learning_rate": lr,
-            "examples_per_second": groups.n_examples / step_seconds,
+            "examples_per_second": n_examples / step_seconds,
             "seconds": time.perf_counter() - started,
         }
         history.append(row)
-        logger.info(
-            "epoch %2d/%d  train_loss %.4f  val_loss %.4f  val_auc %.3f  recall@%d %.4f  "
-            "ndcg@%d %.4f  scale %.2f  lr %.2g  %.2fM ex/s",
-            row["epoch"],
-            spec.num_epochs,
-            row["train_loss"],
-            row["val_loss"],
-            row["val_auc"],
-            k,
-            row[f"recall@{k}"],
-            k,
-            row[f"ndcg@{k}"],
-            row["logit_scale"],
-            lr,
-            row["examples_per_second"] / 1e6,
-        )
+        if best is None or row[f"recall@{k}"] > best["recall"]:
+            best = {
+                "epoch": row["epoch"],
+                "recall": row[f"recall@{k}"],
+                "model": _copy_state(model),
+            }
+        _log_epoch(row, spec.num_epochs, k, lr)
         _save_checkpoint(
             spec,
             {
                 "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizers.state_dict(),
                 "model_config": model.config.to_dict(),
                 "seed": spec.seed,
                 "training": _resumable_settings(spec),
                 "history": history,
+                "best": best,
             },
         )
-    return pd.DataFrame(history, columns=[c.format(k=k) for c in HISTORY_COLUMNS])
+    if best is not None:
+        model.load_state_dict(best["model"])
+        logger.info(
+            "keeping epoch %d, the best validation recall@%d (%.4f)",
+            best["epoch"],
+            k,
+            best["recall"],
+        )
+    model.to("cpu")
+    frame = pd.DataFrame(history, columns=[c.format(k=k) for c in HISTORY_COLUMNS[:-1]])
+    frame["chosen"] = frame["epoch"] == (best["epoch"] if best is not None else -1)
+    return frame
+
+
+def _log_epoch(row: dict, num_epochs: int, k: int, lr: float) -> None:
+    logger.info(
+        "epoch %2d/%d  train_loss %.4f  val_loss %.4f  val_auc %.3f  recall@%d %.4f  "
+        "ndcg@%d %.4f  scale %.2f  lr %.2g  %.2fM ex/s",
+        row["epoch"],
+        num_epochs,
+        row["train_loss"],
+        row["val_loss"],
+        row["val_auc"],
+        k,
+        row[f"recall@{k}"],
+        k,
+        row[f"ndcg@{k}"],
+        row["logit_scale"],
+        lr,
+        row["examples_per_second"] / 1e6,
+    )

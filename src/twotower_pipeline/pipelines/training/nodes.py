@@ -15,6 +15,46 @@ from twotower_pipeline.training import TrainingSpec, fit
 logger = logging.getLogger(__name__)
 
 
+def token_matrix(tokens: pd.DataFrame | None, key: str, n_rows: int) -> torch.Tensor:
+    """Return an (n_rows, width) int64 matrix of feature tokens, 0-padded, from a token table."""
+    if tokens is None or len(tokens) == 0:
+        return torch.zeros(n_rows, 0, dtype=torch.int64)
+    lists = tokens["tokens"].to_numpy()
+    lengths = np.fromiter((len(t) for t in lists), dtype=np.int64, count=len(lists))
+    matrix = np.zeros((n_rows, int(lengths.max(initial=0))), dtype=np.int64)
+    if lengths.sum():
+        rows = np.repeat(tokens[key].to_numpy(np.int64), lengths)
+        slots = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        matrix[rows, slots] = np.concatenate([np.asarray(t) for t in lists if len(t)])
+    return torch.from_numpy(matrix)
+
+
+def build_model(
+    model: dict,
+    n_users: int,
+    n_items: int,
+    logit_scale: float,
+    item_tokens: torch.Tensor,
+    user_tokens: torch.Tensor,
+    feature_encoders: dict | None,
+) -> TwoTowerModel:
+    """Return an untrained model whose config covers the data's ids and feature vocabularies."""
+    encoders = feature_encoders or {}
+    config = TwoTowerConfig(
+        n_users=n_users,
+        n_items=n_items,
+        logit_scale=logit_scale,
+        item_feature_vocab=int((encoders.get("item") or {}).get("vocab_size", 1)),
+        item_feature_width=int(item_tokens.shape[1]),
+        user_feature_vocab=int((encoders.get("user") or {}).get("vocab_size", 1)),
+        user_feature_width=int(user_tokens.shape[1]),
+        **model,
+    )
+    two_tower = TwoTowerModel(config)
+    two_tower.set_side_information(item_tokens=item_tokens, user_tokens=user_tokens)
+    return two_tower
+
+
 def train_two_tower(
     train_examples: pd.DataFrame,
     train_interactions: pd.DataFrame,
@@ -28,27 +68,42 @@ def train_two_tower(
     model: dict,
     training: dict,
     negative_sampling: dict,
-    headline_k: int,
-) -> tuple[TwoTowerModel, dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Return the trained model, its config, the per-epoch history and both embedding tables.
+    evaluation: dict,
+    item_feature_tokens: pd.DataFrame | None = None,
+    user_feature_tokens: pd.DataFrame | None = None,
+    feature_encoders: dict | None = None,
+) -> tuple[dict, dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Return the trained model's state, its config, the per-epoch history and both embeddings.
 
     Recall/NDCG are tracked per epoch at evaluation.headline_k, the K the health
-    report and the ranking curve read.
+    report and the ranking curve read; the model kept is the best epoch's.
     """
     torch.manual_seed(seed)
-    config = TwoTowerConfig(
-        n_users=len(user_index),
-        n_items=len(item_index),
-        logit_scale=logit_scale,
-        **model,
+    n_users, n_items = len(user_index), len(item_index)
+    two_tower = build_model(
+        model,
+        n_users,
+        n_items,
+        logit_scale,
+        token_matrix(item_feature_tokens, "item", n_items),
+        token_matrix(user_feature_tokens, "user", n_users),
+        feature_encoders,
     )
-    two_tower = TwoTowerModel(config)
+    two_tower.set_side_information(
+        train_users=train_interactions["user"].to_numpy(np.int64),
+        train_items=train_interactions["item"].to_numpy(np.int64),
+    )
     spec = TrainingSpec(
-        seed=seed, num_epochs=num_epochs, neg_ratio=neg_ratio, eval_k=headline_k, **training
+        seed=seed,
+        num_epochs=num_epochs,
+        neg_ratio=neg_ratio,
+        eval_k=evaluation["headline_k"],
+        eval_chunk_size=evaluation["chunk_size"],
+        **training,
     )
     probabilities = item_distribution(
         train_interactions["item"].to_numpy(),
-        config.n_items,
+        n_items,
         negative_sampling["distribution"],
         negative_sampling["popularity_alpha"],
     )
@@ -57,16 +112,30 @@ def train_two_tower(
             two_tower, train_interactions, val_interactions, train_examples, spec, probabilities
         )
     two_tower.eval()
+    scorer_users = np.arange(n_users)
     with torch.no_grad():
-        user_vectors = two_tower.user_tower.all().numpy()
-        item_vectors = two_tower.item_tower.all().numpy()
+        user_vectors = two_tower.user_vectors_from(
+            scorer_users, *_whole_histories(two_tower, train_interactions, val_interactions)
+        ).numpy()
+        item_vectors = two_tower.all_item_vectors().numpy()
     return (
         two_tower,
-        config.to_dict(),
+        two_tower.config.to_dict(),
         history,
         _embedding_table(user_index, "user_id", user_vectors),
         _embedding_table(item_index, "item_id", item_vectors),
     )
+
+
+def _whole_histories(model: TwoTowerModel, train: pd.DataFrame, val: pd.DataFrame):
+    """Return (histories, ends) over everything known after training: train + validation."""
+    if model.config.history_length == 0:
+        return None, None
+    from twotower_pipeline.history import HistoryTable
+
+    known = pd.concat([train, val], ignore_index=True)
+    histories = HistoryTable.from_interactions(known, model.config.n_users)
+    return histories, histories.ends_before(np.arange(model.config.n_users), None)
 
 
 def _embedding_table(index: pd.DataFrame, id_column: str, vectors: np.ndarray) -> pd.DataFrame:

@@ -21,7 +21,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:model",
                     "params:training",
                     "params:negative_sampling",
-                    "params:evaluation.headline_k",
+                    "params:evaluation",
                 ],
                 outputs=[
                     "two_tower_model",
