@@ -26,18 +26,28 @@ from kedro_datasets._typing import TablePreview
 from kedro_datasets.json import JSONDataset
 from kedro_datasets.pandas import ParquetDataset
 
-from twotower_pipeline.synthetic import SyntheticLogSpec, generate_interactions
+from twotower_pipeline.synthetic import SyntheticLogSpec, generate_world
 
 _SPEC_KEY = b"twotower_pipeline.synthetic_spec"
+# Files written beside the log, named <log stem>_<suffix>.parquet (SyntheticWorld's tables).
+SYNTHETIC_COMPANIONS = ("item_features", "user_features", "item_taste", "user_taste")
+
+
+def synthetic_companion_path(log_filepath: str | Path, name: str) -> Path:
+    """Return where the synthetic log at `log_filepath` keeps its companion table `name`."""
+    log = Path(log_filepath)
+    return log.with_name(f"{log.stem}_{name}.parquet")
 
 
 class SyntheticInteractionsDataset(AbstractDataset[None, pd.DataFrame]):
     """The embedded default interaction log: generated from a seed, kept as Parquet.
 
-    On first load the log is generated and written to ``filepath``; later
-    loads read the file, unless the spec stored in it differs from the one in
-    the catalog, in which case the file is generated anew. The dataset is
-    read-only: it is raw data.
+    On first load the log is generated and written to ``filepath``, with its
+    companion tables beside it (item and user features, and the generator's
+    taste model for the oracle; see SYNTHETIC_COMPANIONS). Later loads read the
+    file, unless the spec stored in it or in a companion differs from the one
+    in the catalog, in which case all of them are generated anew. The dataset
+    is read-only: it is raw data.
     """
 
     def __init__(
@@ -57,15 +67,23 @@ class SyntheticInteractionsDataset(AbstractDataset[None, pd.DataFrame]):
     def _spec_json(self) -> bytes:
         return json.dumps(asdict(self._spec), sort_keys=True).encode()
 
-    def _stored_spec(self) -> bytes | None:
-        if not self._filepath.exists():
+    def _paths(self) -> dict[str, Path]:
+        companions = {n: synthetic_companion_path(self._filepath, n) for n in SYNTHETIC_COMPANIONS}
+        return {**companions, "interactions": self._filepath}  # the log last: written last
+
+    @staticmethod
+    def _stored_spec(path: Path) -> bytes | None:
+        if not path.exists():
             return None
-        schema_metadata = pq.read_schema(self._filepath).metadata or {}
+        schema_metadata = pq.read_schema(path).metadata or {}
         return schema_metadata.get(_SPEC_KEY)
 
     def load(self) -> pd.DataFrame:
-        if self._stored_spec() != self._spec_json():
-            self._write(generate_interactions(self._spec))
+        wanted = self._spec_json()
+        if any(self._stored_spec(path) != wanted for path in self._paths().values()):
+            world = generate_world(self._spec)
+            for name, path in self._paths().items():
+                self._write(getattr(world, name), path)
         return pd.read_parquet(self._filepath)
 
     def save(self, data: None) -> None:
@@ -75,13 +93,13 @@ class SyntheticInteractionsDataset(AbstractDataset[None, pd.DataFrame]):
         # Generated on demand, so it can always be loaded.
         return True
 
-    def _write(self, frame: pd.DataFrame) -> None:
+    def _write(self, frame: pd.DataFrame, path: Path) -> None:
         table = pa.Table.from_pandas(frame, preserve_index=False)
         table = table.replace_schema_metadata(
             {**(table.schema.metadata or {}), _SPEC_KEY: self._spec_json()}
         )
         # A reader never sees half a file.
-        _replace_atomically(self._filepath, lambda tmp: pq.write_table(table, tmp))
+        _replace_atomically(path, lambda tmp: pq.write_table(table, tmp))
 
     def preview(self, nrows: int = 5) -> TablePreview:
         """Rows for kedro-viz's table preview (it picks the widget from the annotation)."""
@@ -124,3 +142,35 @@ class AtomicJSONDataset(JSONDataset):
         target = Path(get_filepath_str(self._get_save_path(), self._protocol))
         _replace_atomically(target, lambda tmp: Path(tmp).write_text(text))
         self._invalidate_cache()
+
+
+class OptionalDataset(AbstractDataset[None, Any]):
+    """A raw dataset that may be absent: loads None when its file does not exist.
+
+    Wraps any dataset config (``dataset:``) and always "exists", so a run does
+    not stop for an optional input it will not use; the node that reads it
+    decides, from its parameters, whether None is fine (``features.item: null``)
+    or an error naming the file. Read-only, like all raw data.
+    """
+
+    def __init__(self, *, dataset: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
+        self._dataset = AbstractDataset.from_config("dataset", dict(dataset))
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"dataset": self._dataset._describe()}
+
+    def load(self) -> Any:
+        return self._dataset.load() if self._dataset.exists() else None
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{self._dataset} is optional raw data and is read-only")
+
+    def _exists(self) -> bool:
+        return True
+
+    def preview(self, nrows: int = 5) -> TablePreview:
+        """Rows for kedro-viz's table preview (none when the file is absent)."""
+        data = self.load()
+        rows = data.head(nrows) if isinstance(data, pd.DataFrame) else pd.DataFrame()
+        return TablePreview(rows.to_dict(orient="split"))
