@@ -18,6 +18,7 @@ import pytest
 from kedro.io import DatasetError
 
 from twotower_pipeline.datasets import AtomicJSONDataset, AtomicParquetDataset
+from twotower_pipeline.hooks import ReadableError
 from twotower_pipeline.synthetic import SyntheticLogSpec, generate_interactions
 
 OUTPUTS = [
@@ -142,7 +143,7 @@ def test_a_run_that_fails_after_ingestion_restores_the_outputs_it_had_replaced(
         {
             "user_id": ["a", "a", "b", "b"],
             "item_id": ["x", "y", "x", "z"],
-            "timestamp": [1, 2, 3, 4],
+            "timestamp": [1_700_000_001, 1_700_000_002, 1_700_000_003, 1_700_000_004],
         }
     ).to_csv(raw, index=False)
     with pytest.raises(Exception, match="leaves validation empty"):
@@ -152,3 +153,56 @@ def test_a_run_that_fails_after_ingestion_restores_the_outputs_it_had_replaced(
         assert (project / path).read_bytes() == content, f"{path} was left replaced"
     leftovers = [p.name for p in (project / "data").rglob(".*.keep")]
     assert leftovers == []
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "data/01_raw/events.csv: the file is empty (0 bytes)"),
+        (
+            "user_id,item_id,timestamp\nu1,i1,1700000000\nJosé,i2,1700000001\n".encode("latin-1"),
+            "data/01_raw/events.csv: line 3 is not valid utf-8 (byte 0xe9 at column 4); "
+            "set ingestion.encoding to the file's encoding (e.g. latin-1)",
+        ),
+        (
+            b"user_id,item_id,timestamp\n1,7,1700000000\n2,bob,1700000001\n3,8,1700000002\n",
+            "data/01_raw/events.csv: column 'item_id' (item) has 2 numeric and 1 text id(s) "
+            "(first number '7' at line 2, first text 'bob' at line 3); "
+            "set ingestion.id_type: text if the ids are names",
+        ),
+        (
+            b"user_id,item_id,timestamp\n1,7,1700000000\n2,8,1700000001\n3,8,0\n",
+            "data/01_raw/events.csv: column 'timestamp' (timestamp) has 1 timestamp(s) outside",
+        ),
+    ],
+    ids=["zero_bytes", "not_utf8", "mixed_ids", "timestamp_1970"],
+)
+def test_an_unreadable_raw_file_is_one_line_and_the_outputs_stay(
+    content, message, make_project_copy, kedro_run
+):
+    project = make_project_copy("unreadable")
+    raw, _ = prepare_from_a_user_csv(project, kedro_run)
+    before = {path: (project / path).read_bytes() for path in OUTPUTS}
+    raw.write_bytes(content)
+    with pytest.raises(ReadableError) as failed:
+        kedro_run(project, pipeline="data_processing", env="user_csv")
+    assert failed.value.format_message().startswith(message)
+    assert "\n" not in failed.value.format_message()
+    assert failed.value.exit_code == 1
+    for path, saved in before.items():
+        assert (project / path).read_bytes() == saved, f"{path} changed"
+
+
+def test_the_encoding_parameter_reads_a_latin1_log(make_project_copy, kedro_run):
+    project = make_project_copy("latin1")
+    raw, log = prepare_from_a_user_csv(project, kedro_run)
+    log["user_id"] = "José-" + log["user_id"].astype(str)
+    raw.write_bytes(log.to_csv(index=False).encode("latin-1"))
+    kedro_run(
+        project,
+        pipeline="data_processing",
+        env="user_csv",
+        params={"ingestion": {"encoding": "latin-1"}},
+    )
+    users = pd.read_parquet(project / "data/03_primary/user_index.parquet")
+    assert users["user_id"].str.startswith("José-").all()

@@ -7,6 +7,8 @@ are read with the catalog entries the project ships in conf/movielens*.
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import yaml
 from kedro.io import DatasetError
 from kedro_datasets.pandas import CSVDataset, ParquetDataset
 
+from twotower_pipeline.hooks import _configure_raw_reader, describe_load_failure
 from twotower_pipeline.interactions import (
     IngestionSpec,
     InvalidInteractionsError,
@@ -242,13 +245,6 @@ def test_a_file_with_a_header_and_no_rows_is_an_error(tmp_path):
     assert message == f"{path}: the file holds no rows"
 
 
-def test_a_zero_byte_file_fails_to_load_naming_the_file(tmp_path):
-    path = tmp_path / "zero.csv"
-    path.write_text("")
-    with pytest.raises(DatasetError, match="zero.csv"):
-        CSVDataset(filepath=str(path)).load()
-
-
 def test_ratings_outside_the_declared_range_are_an_error():
     raw = pd.DataFrame(
         {"user_id": [1, 2, 3], "item_id": [1, 2, 3], "timestamp": [1, 2, 3], "rating": [5, 6, 0]}
@@ -324,3 +320,132 @@ def test_iso_timestamps_in_a_csv_file_are_stored_as_epoch_seconds(tmp_path):
     _, report, interactions, _, _ = ingest(CSVDataset(filepath=str(path)).load(), spec(str(path)))
     assert report["timestamp_unit"] == "iso"
     assert interactions["timestamp"].tolist() == [1_704_067_200, 1_704_067_200]
+
+
+# --- no silent change of meaning: timestamps -------------------------------------
+
+WINDOW = {"earliest": "1990-01-01", "latest": "2030-01-01"}
+
+
+def log(timestamps, users=(1, 2, 3), items=(1, 2, 3)) -> pd.DataFrame:
+    return pd.DataFrame({"user_id": list(users), "item_id": list(items), "timestamp": timestamps})
+
+
+def test_one_far_future_value_does_not_turn_a_log_in_seconds_into_milliseconds():
+    seconds = [1_700_000_000, 1_700_000_100, 1_700_000_200, 1_700_000_300]
+    timestamps, _, unit = parse_timestamps(pd.Series([*seconds, 32_503_680_000_000]))
+    assert unit == "s"
+    assert timestamps[:4].tolist() == seconds
+
+
+def test_a_log_in_milliseconds_is_recognised_and_the_report_says_how():
+    raw = log([1_700_000_000_000, 1_700_000_100_000, 1_700_000_200_000])
+    _, report = validate_interactions(raw, spec(timestamp_window=WINDOW))
+    assert report["timestamp_unit"] == "ms"
+    assert "inferred from the median" in report["timestamp_unit_from"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "shown"),
+    [(0, "0"), (-5, "-5"), (32_503_680_000, "32503680000")],  # 1970, before 1970, year 3000
+)
+def test_timestamps_outside_the_plausible_window_are_an_error_with_count_and_line(bad, shown):
+    raw = log([1_700_000_000, bad, bad], users=(1, 2, 3))
+    ingestion = replace(spec("mine.csv", timestamp_window=WINDOW), first_line=2)
+    message = error_of(raw, ingestion)
+    assert message.startswith(
+        "mine.csv: column 'timestamp' (timestamp) has 2 timestamp(s) outside "
+        "[1990-01-01 00:00, 2030-01-01 00:00] UTC"
+    )
+    assert f"(first: {shown} at line 3," in message
+
+
+def test_the_default_window_ends_a_day_after_the_run_clock():
+    tomorrow_and_a_bit = int(time.time()) + 2 * 86_400
+    raw = log([1_700_000_000, 1_700_000_001, tomorrow_and_a_bit])
+    message = error_of(raw, spec(timestamp_window={"earliest": "1990-01-01", "latest": None}))
+    assert "has 1 timestamp(s) outside" in message and "row 3" in message
+
+
+# --- no silent change of meaning: ids -------------------------------------------
+
+
+def csv_log(tmp_path, text: str) -> tuple[pd.DataFrame, IngestionSpec]:
+    """Read `text` as the raw CSV the way a run does (lines counted from the header)."""
+    path = tmp_path / "events.csv"
+    path.write_text(text)
+    return CSVDataset(filepath=str(path)).load(), replace(spec(str(path)), first_line=2)
+
+
+def test_ids_mixing_numbers_and_text_are_an_error_naming_the_lines(tmp_path):
+    raw, ingestion = csv_log(tmp_path, "user_id,item_id,timestamp\n1,a,1\nbob,a,2\n3,b,3\n")
+    message = error_of(raw, ingestion)
+    assert "column 'user_id' (user) has 2 numeric and 1 text id(s)" in message
+    assert "first text 'bob' at line 3)" in message and "id_type: text" in message
+
+
+def test_one_fractional_id_is_an_error_not_a_float_column(tmp_path):
+    raw, ingestion = csv_log(tmp_path, "user_id,item_id,timestamp\n1,7,1\n2,1.5,2\n")
+    message = error_of(raw, ingestion)
+    assert "column 'item_id' (item) has 1 fractional id(s) (first 1.5 at line 3)" in message
+
+
+def test_whole_numbers_stored_as_floats_stay_integers():
+    clean, _ = validate_interactions(log([1, 2, 3], items=(2.0, 3.0, 4.0)), spec())
+    assert clean["item_id"].tolist() == [2, 3, 4]
+    assert clean["item_id"].dtype == np.int64
+
+
+def test_id_type_text_keeps_every_id_as_text_and_int_refuses_names():
+    raw = log([1, 2, 3], users=(1, "bob", 3))
+    clean, _ = validate_interactions(raw, spec(id_type="text"))
+    assert clean["user_id"].tolist() == ["1", "bob", "3"]
+    message = error_of(log([1, 2, 3], users=("1", "bob", "3")), spec(id_type="int"))
+    assert "has 1 id(s) that are not numbers (first text 'bob' at row 2)" in message
+
+
+def test_ids_stored_as_text_stay_text_even_when_they_look_like_numbers():
+    clean, _ = validate_interactions(log([1, 2, 3], users=("007", "10", "9")), spec())
+    assert sorted(clean["user_id"].tolist()) == ["007", "10", "9"]
+
+
+# --- load failures: one line naming the file and the line --------------------------
+
+
+def load_failure(dataset) -> str:
+    with pytest.raises(DatasetError) as caught:
+        dataset.load()
+    return describe_load_failure(dataset, caught.value)
+
+
+def test_a_zero_byte_raw_file_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "zero.csv"
+    path.write_text("")
+    assert load_failure(CSVDataset(filepath=str(path))) == f"{path}: the file is empty (0 bytes)"
+
+
+def test_bytes_that_are_not_utf8_are_named_by_line(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("user_id,item_id,timestamp\nu1,i1,1\nJosé,i2,2\n".encode("latin-1"))
+    message = load_failure(CSVDataset(filepath=str(path), load_args={"encoding": "utf-8"}))
+    assert message == (
+        f"{path}: line 3 is not valid utf-8 (byte 0xe9 at column 4); set ingestion.encoding "
+        "to the file's encoding (e.g. latin-1)"
+    )
+
+
+def test_the_encoding_parameter_reaches_the_csv_reader(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("user_id,item_id,timestamp\nJosé,i2,2\n".encode("latin-1"))
+    dataset = CSVDataset(filepath=str(path))
+    _configure_raw_reader(dataset, {"encoding": "latin-1"})
+    assert dataset.load()["user_id"].tolist() == ["José"]
+
+
+def test_a_truncated_parquet_file_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "log.parquet"
+    log([1, 2, 3]).to_parquet(path)
+    path.write_bytes(path.read_bytes()[:-20])
+    message = load_failure(ParquetDataset(filepath=str(path)))
+    assert message.startswith(f"{path}: not a readable Parquet file (")
+    assert message.endswith("it may be truncated: write it again") and "\n" not in message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import shutil
@@ -10,10 +11,13 @@ import threading
 from pathlib import Path
 
 import click
+import pandas as pd
 from kedro.framework.hooks import hook_impl
+from kedro.io import DatasetError
+from kedro_datasets.pandas import CSVDataset
 
 from twotower_pipeline.datasets import AtomicJSONDataset, AtomicParquetDataset
-from twotower_pipeline.errors import RunFailedError, RunInterruptedError
+from twotower_pipeline.errors import RunFailedError, RunInterruptedError, SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -72,16 +76,128 @@ class ReadableError(click.ClickException):
 
 
 class ReadableErrorHooks:
-    """`kedro run` ends a failed run with its message, not a stack trace.
+    """`kedro run` ends a failed run with one line, not a stack trace; raw files read right.
 
     Registered first, so pluggy calls it after every other on_pipeline_error hook
-    (the rollback among them) has run.
+    (the rollback among them) has run. Besides the project's own errors it
+    explains a dataset that cannot be loaded (an empty file, bytes that are not
+    in the declared encoding, a truncated Parquet file): one line naming the
+    file and, where it can be known, the line.
+
+    It also hands the raw CSV reader what parameters say about the file
+    (ingestion.encoding, ingestion.id_type: text), so the encoding is set in
+    one place, and tells the ingestion node where the file's data rows start,
+    so its messages name the file's own line numbers.
     """
+
+    def __init__(self) -> None:
+        self._loading: str | None = None
+        self._catalog = None
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline, catalog) -> None:
+        self._catalog, self._loading = catalog, None
+        if "raw_interactions" in pipeline.inputs() and "params:ingestion" in catalog:
+            _configure_raw_reader(catalog.get("raw_interactions"), catalog.load("params:ingestion"))
+
+    @hook_impl
+    def before_dataset_loaded(self, dataset_name: str) -> None:
+        self._loading = dataset_name
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, data) -> None:
+        self._loading = None
+        if dataset_name == "raw_interactions" and isinstance(data, pd.DataFrame):
+            data.attrs["first_line"] = _first_data_line(self._catalog.get(dataset_name))
 
     @hook_impl
     def on_pipeline_error(self, error: Exception) -> None:
         if isinstance(error, RunFailedError):
             raise ReadableError(str(error), error.exit_code) from error
+        if isinstance(error, DatasetError) and self._loading and self._catalog is not None:
+            dataset = self._catalog.get(self._loading)
+            raise ReadableError(describe_load_failure(dataset, error)) from error
+
+
+def _configure_raw_reader(dataset, ingestion: dict) -> None:
+    """Give a CSV raw reader the parameters' encoding (and text ids when asked)."""
+    if not isinstance(dataset, CSVDataset):
+        return
+    load_args = dataset._load_args
+    encoding = ingestion.get("encoding")
+    declared = load_args.get("encoding")
+    if encoding and declared and codecs.lookup(declared) != codecs.lookup(encoding):
+        raise SettingsError(
+            f"raw_interactions: the catalog reads it as {declared} but ingestion.encoding is "
+            f"{encoding}; set the encoding in parameters only"
+        )
+    if encoding:
+        load_args["encoding"] = encoding
+    if ingestion.get("id_type") == "text":
+        columns = ingestion.get("columns") or {}
+        dtype = dict(load_args.get("dtype") or {})
+        for role, default in (("user", "user_id"), ("item", "item_id")):
+            dtype[columns.get(role) or default] = str
+        load_args["dtype"] = dtype
+
+
+def _first_data_line(dataset) -> int | None:
+    """Return the file line of a CSV reader's first data row, or None when rows are not lines."""
+    if not isinstance(dataset, CSVDataset):
+        return None
+    load_args = dataset._load_args
+    header = load_args.get("header", "infer")
+    if header == "infer":
+        header = None if load_args.get("names") is not None else 0
+    header_lines = (
+        0 if header is None else (max(header) if isinstance(header, list) else header) + 1
+    )
+    skiprows = load_args.get("skiprows")
+    skipped = skiprows if isinstance(skiprows, int) else 0
+    return 1 + header_lines + skipped
+
+
+def describe_load_failure(dataset, error: Exception) -> str:
+    """Return one line saying why a dataset's file cannot be read, naming the file (and line)."""
+    filepath = getattr(dataset, "_filepath", None)
+    cause: BaseException = error
+    while isinstance(cause, DatasetError) and (cause.__cause__ or cause.__context__):
+        cause = cause.__cause__ or cause.__context__  # Kedro wraps the reader's error, twice
+    if filepath is None:
+        return f"{type(dataset).__name__} cannot be loaded: {_first_line(cause)}"
+    path = Path(str(filepath))
+    if path.is_absolute() and path.is_relative_to(Path.cwd()):
+        path = path.relative_to(Path.cwd())  # as the catalog names it
+    if path.is_file() and path.stat().st_size == 0:
+        return f"{path}: the file is empty (0 bytes)"
+    if isinstance(cause, UnicodeDecodeError):
+        return _describe_decode_error(path, cause.encoding)
+    if type(cause).__module__.startswith("pyarrow") or path.suffix == ".parquet":
+        return (
+            f"{path}: not a readable Parquet file ({_first_line(cause)}); "
+            "it may be truncated: write it again"
+        )
+    return f"{path}: cannot be read ({type(cause).__name__}: {_first_line(cause)})"
+
+
+def _describe_decode_error(path: Path, encoding: str) -> str:
+    data = path.read_bytes()
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as error:
+        start = error.start
+        line = data.count(b"\n", 0, start) + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        return (
+            f"{path}: line {line} is not valid {encoding} (byte 0x{data[start]:02x} at "
+            f"column {column}); set ingestion.encoding to the file's encoding (e.g. latin-1)"
+        )
+    return f"{path}: is not valid {encoding}; set ingestion.encoding to the file's encoding"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _on_signal(signum: int, frame) -> None:

@@ -8,6 +8,7 @@ vectorised (pandas hashing, numpy sorts): no Python loop runs per row, so a
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,20 @@ from twotower_pipeline.errors import PipelineInputError
 ROLES = ("user", "item", "timestamp", "rating", "weight")
 _DEFAULT_COLUMNS = {"user": "user_id", "item": "item_id", "timestamp": "timestamp"}
 TIMESTAMP_UNITS = ("auto", "s", "ms", "iso")
+ID_TYPES = ("auto", "int", "text")
+# `auto` reads epoch numbers as milliseconds when their median exceeds this: epoch ms
+# pass it in 1973, epoch seconds not before the year 5138.
+_MS_THRESHOLD = 1e11
+_PARAMETERS = (
+    "source",
+    "columns",
+    "encoding",
+    "id_type",
+    "timestamp_unit",
+    "timestamp_window",
+    "rating_threshold",
+    "rating_range",
+)
 
 
 class InvalidInteractionsError(PipelineInputError, ValueError):
@@ -33,16 +48,17 @@ class IngestionSpec:
     timestamp_unit: str = "auto"  # auto | s | ms | iso
     rating_threshold: float | None = None
     rating_range: tuple[float, float] | None = None
+    encoding: str = "utf-8"  # of a text file; the catalog's reader is given it (hooks.py)
+    id_type: str = "auto"  # auto | int | text
+    # Plausible time span, epoch seconds; None: unchecked. From parameters:
+    # timestamp_window.earliest (a date) and .latest (a date, or null: the run's clock + 1 day).
+    earliest: int | None = None
+    latest: int | None = None
+    first_line: int | None = None  # file line of the first data row (CSV); None: rows
 
     @classmethod
     def from_params(cls, params: dict) -> IngestionSpec:
-        unknown = set(params) - {
-            "source",
-            "columns",
-            "timestamp_unit",
-            "rating_threshold",
-            "rating_range",
-        }
+        unknown = set(params) - set(_PARAMETERS)
         if unknown:
             raise ValueError(f"unknown ingestion parameter(s): {sorted(unknown)}")
         columns = dict(params.get("columns") or {})
@@ -56,18 +72,55 @@ class IngestionSpec:
             raise ValueError(
                 f"ingestion.timestamp_unit must be one of {TIMESTAMP_UNITS}, not {unit!r}"
             )
+        id_type = params.get("id_type", "auto")
+        if id_type not in ID_TYPES:
+            raise ValueError(f"ingestion.id_type must be one of {ID_TYPES}, not {id_type!r}")
         rating_range = params.get("rating_range")
+        earliest, latest = _window(params.get("timestamp_window"))
         return cls(
             source=params["source"],
             columns=columns,
             timestamp_unit=unit,
             rating_threshold=params.get("rating_threshold"),
             rating_range=tuple(rating_range) if rating_range else None,
+            encoding=params.get("encoding", "utf-8"),
+            id_type=id_type,
+            earliest=earliest,
+            latest=latest,
         )
+
+    def where(self, row: int) -> str:
+        """Return how a message names data row `row` (0-based): the file's line, or the row."""
+        if self.first_line is None:
+            return f"row {row + 1}"
+        return f"line {self.first_line + row}"
 
     def column(self, role: str) -> str | None:
         """Return the raw column that plays `role`, or None when the log has none."""
         return self.columns.get(role, _DEFAULT_COLUMNS.get(role))
+
+
+def _window(window: dict | None) -> tuple[int | None, int | None]:
+    """Return (earliest, latest) epoch seconds of timestamp_window; latest null -> now + 1 day."""
+    if window is None:
+        return None, None
+    earliest = window.get("earliest")
+    latest = window.get("latest")
+    low = None if earliest is None else int(pd.Timestamp(earliest, tz="UTC").timestamp())
+    if latest is None:
+        high = int(time.time()) + 86_400
+    else:
+        high = int(pd.Timestamp(latest, tz="UTC").timestamp())
+    return low, high
+
+
+def _shown(value) -> str:
+    """Return a raw cell as a message shows it: 1.5, 'bob' (numpy scalars as plain numbers)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _date(seconds: int) -> str:
+    return pd.Timestamp(seconds, unit="s", tz="UTC").strftime("%Y-%m-%d %H:%M")
 
 
 def _fail(spec: IngestionSpec, message: str) -> None:
@@ -77,9 +130,11 @@ def _fail(spec: IngestionSpec, message: str) -> None:
 def parse_timestamps(values: pd.Series, unit: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
     """Return (epoch seconds as int64, mask of unparsable values, the unit used).
 
-    `auto` reads numbers as epoch seconds, or milliseconds when the largest
-    exceeds 10^11 (epoch ms pass it in 1973, epoch s not before year 5138);
-    anything else is read as ISO 8601 (naive times are taken as UTC).
+    `auto` reads numbers as epoch seconds, or milliseconds when their median
+    exceeds 10^11 (epoch ms pass it in 1973, epoch s not before year 5138): the
+    bulk of the data decides, so one far-future value cannot turn the whole log
+    into 1970 (it is left for the plausibility window to report); anything else
+    is read as ISO 8601 (naive times are taken as UTC).
     """
     if unit == "auto":
         if pd.api.types.is_numeric_dtype(values):
@@ -99,12 +154,81 @@ def parse_timestamps(values: pd.Series, unit: str = "auto") -> tuple[np.ndarray,
     bad = ~np.isfinite(numeric)
     if unit == "s_or_ms":
         finite = numeric[~bad]
-        unit = "ms" if finite.size and finite.max() > 1e11 else "s"
+        unit = "ms" if finite.size and np.median(finite) > _MS_THRESHOLD else "s"
     if unit == "ms":
         numeric = numeric / 1000.0
     elif unit != "s":
         raise ValueError(f"timestamp_unit must be one of {TIMESTAMP_UNITS}, not {unit!r}")
     return np.floor(np.where(bad, 0.0, numeric)).astype(np.int64), bad, unit
+
+
+def _check_window(values: pd.Series, seconds: np.ndarray, unit: str, spec: IngestionSpec) -> None:
+    """Raise when timestamps fall outside the plausible window (count, first value, its line)."""
+    if spec.earliest is None and spec.latest is None:
+        return
+    low = np.iinfo(np.int64).min if spec.earliest is None else spec.earliest
+    high = np.iinfo(np.int64).max if spec.latest is None else spec.latest
+    outside = (seconds < low) | (seconds > high)
+    if not outside.any():
+        return
+    first = int(np.flatnonzero(outside)[0])
+    bounds = (
+        f"[{'-' if spec.earliest is None else _date(low)}, "
+        f"{'-' if spec.latest is None else _date(high)}]"
+    )
+    _fail(
+        spec,
+        f"column {values.name!r} (timestamp) has {int(outside.sum())} timestamp(s) outside "
+        f"{bounds} UTC (first: {_shown(values.iloc[first])} at {spec.where(first)}, read as "
+        f"{_date(int(seconds[first]))} with unit {unit}); fix those rows, set "
+        "ingestion.timestamp_unit, or widen ingestion.timestamp_window",
+    )
+
+
+def typed_ids(values: pd.Series, role: str, spec: IngestionSpec) -> np.ndarray:
+    """Return one id column as integers or as text, never a silent mix of the two.
+
+    `auto`: integer columns stay integers (floats that are all whole numbers
+    become integers); text columns stay text; a column that mixes numbers and
+    text, or holds fractional numbers, is an error, because sorting or
+    printing it would change what an id means (2 -> 2.0, "10" < "9").
+    `int`: every id must be a whole number. `text`: every id becomes a string.
+    """
+    column = f"column {values.name!r} ({role})"
+    if spec.id_type == "text":
+        return values.astype(str).to_numpy(dtype=object)
+    if pd.api.types.is_integer_dtype(values.dtype):
+        return values.to_numpy()
+    numeric = pd.to_numeric(values, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    is_number = np.isfinite(numeric)
+    is_text = ~is_number
+    if pd.api.types.is_bool_dtype(values.dtype):
+        is_text[:] = True
+    stored_as_text = pd.api.types.infer_dtype(values, skipna=True) == "string"
+    if spec.id_type == "auto" and (is_text.all() or (stored_as_text and is_number.all())):
+        return values.astype(str).to_numpy(dtype=object)  # text in the file: kept as text
+    if is_text.any():
+        first = int(np.flatnonzero(is_text)[0])
+        text = f"first text {_shown(values.iloc[first])} at {spec.where(first)}"
+        if spec.id_type == "int":
+            detail = f"{int(is_text.sum())} id(s) that are not numbers ({text})"
+        else:
+            number = int(np.flatnonzero(is_number)[0])
+            detail = (
+                f"{int(is_number.sum())} numeric and {int(is_text.sum())} text id(s) (first "
+                f"number {_shown(values.iloc[number])} at {spec.where(number)}, {text})"
+            )
+        _fail(spec, f"{column} has {detail}; set ingestion.id_type: text if the ids are names")
+    fractional = numeric != np.floor(numeric)
+    if fractional.any():
+        first = int(np.flatnonzero(fractional)[0])
+        _fail(
+            spec,
+            f"{column} has {int(fractional.sum())} fractional id(s) (first "
+            f"{_shown(values.iloc[first])} at {spec.where(first)}); ids must be whole numbers, "
+            "or set ingestion.id_type: text",
+        )
+    return numeric.astype(np.int64)
 
 
 def _numeric_column(raw: pd.DataFrame, column: str) -> np.ndarray:
@@ -176,7 +300,7 @@ def validate_interactions(raw: pd.DataFrame, spec: IngestionSpec) -> tuple[pd.Da
             _fail(
                 spec,
                 f"column {column!r} ({role}) has {nulls} null value(s) of {rows_read} rows "
-                f"(first at data row {first})",
+                f"(first at {spec.where(first)})",
             )
 
     timestamps, unparsed, unit = parse_timestamps(raw[wanted["timestamp"]], spec.timestamp_unit)
@@ -187,8 +311,9 @@ def validate_interactions(raw: pd.DataFrame, spec: IngestionSpec) -> tuple[pd.Da
             spec,
             f"column {wanted['timestamp']!r} (timestamp) has {unparsable} unparsable "
             f"timestamp(s) of {rows_read} rows (first: {raw[wanted['timestamp']].iloc[first]!r} "
-            f"at data row {first}); expected epoch seconds, milliseconds or ISO 8601",
+            f"at {spec.where(first)}); expected epoch seconds, milliseconds or ISO 8601",
         )
+    _check_window(raw[wanted["timestamp"]], timestamps, unit, spec)
 
     keep = np.ones(rows_read, dtype=bool)
     dropped: dict[str, int] = {}
@@ -223,8 +348,8 @@ def validate_interactions(raw: pd.DataFrame, spec: IngestionSpec) -> tuple[pd.Da
 
     if not keep.any():
         _fail(spec, f"no interaction is left after dropping {dropped}")
-    user_ids = raw[wanted["user"]].to_numpy()
-    item_ids = raw[wanted["item"]].to_numpy()
+    user_ids = typed_ids(raw[wanted["user"]], "user", spec)
+    item_ids = typed_ids(raw[wanted["item"]], "item", spec)
     if not keep.all():
         user_ids, item_ids, timestamps = user_ids[keep], item_ids[keep], timestamps[keep]
         weight = None if weight is None else weight[keep]
@@ -258,6 +383,13 @@ def validate_interactions(raw: pd.DataFrame, spec: IngestionSpec) -> tuple[pd.Da
         "items": n_items,
         "density": len(clean) / (n_users * n_items),
         "timestamp_unit": unit,
+        "timestamp_unit_from": (
+            "ingestion.timestamp_unit"
+            if spec.timestamp_unit != "auto"
+            else "inferred from the median value (ms above 1e11)"
+            if unit in ("s", "ms")
+            else "inferred: text timestamps"
+        ),
         "time_span": [
             pd.Timestamp(int(timestamps.min()), unit="s", tz="UTC").isoformat(),
             pd.Timestamp(int(timestamps.max()), unit="s", tz="UTC").isoformat(),

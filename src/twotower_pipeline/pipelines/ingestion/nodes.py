@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pandas as pd
 
@@ -13,9 +14,15 @@ logger = logging.getLogger(__name__)
 
 def validate(raw_interactions: pd.DataFrame, ingestion: dict) -> tuple[pd.DataFrame, dict]:
     """Return the checked, de-duplicated log and the ingestion report."""
-    clean, report = validate_interactions(raw_interactions, IngestionSpec.from_params(ingestion))
+    # Where the reader's rows start in the file (set by ReadableErrorHooks), so errors name lines.
+    spec = replace(
+        IngestionSpec.from_params(ingestion),
+        first_line=raw_interactions.attrs.get("first_line"),
+    )
+    clean, report = validate_interactions(raw_interactions, spec)
     logger.info(
-        "read %d rows from %s: %d interactions, %d users, %d items, density %.4g (dropped %s)",
+        "read %d rows from %s: %d interactions, %d users, %d items, density %.4g (dropped %s); "
+        "timestamps in %s (%s)",
         report["rows_read"],
         report["source"],
         report["interactions"],
@@ -23,6 +30,8 @@ def validate(raw_interactions: pd.DataFrame, ingestion: dict) -> tuple[pd.DataFr
         report["items"],
         report["density"],
         report["rows_dropped"],
+        report["timestamp_unit"],
+        report["timestamp_unit_from"],
     )
     return clean, report
 
