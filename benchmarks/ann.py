@@ -41,12 +41,11 @@ PARAMETERS = ROOT / "conf" / "base" / "parameters_index.yml"
 EMBEDDINGS = ROOT / "data" / "07_model_output"
 
 
-def default_catalogue(rng: np.random.Generator, dim: int) -> tuple[str, np.ndarray, np.ndarray]:
+def default_catalogue(
+    folder: Path, rng: np.random.Generator, dim: int
+) -> tuple[str, np.ndarray, np.ndarray]:
     """Return (label, item vectors, user vectors) of the default data, or a stand-in."""
-    items_path, users_path = (
-        EMBEDDINGS / "item_embeddings.parquet",
-        EMBEDDINGS / "user_embeddings.parquet",
-    )
+    items_path, users_path = folder / "item_embeddings.parquet", folder / "user_embeddings.parquet"
     if items_path.exists() and users_path.exists():
         items = np.stack(pd.read_parquet(items_path)["embedding"].to_numpy())
         users = np.stack(pd.read_parquet(users_path)["embedding"].to_numpy())
@@ -143,6 +142,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000, help="users per batch / for recall")
     parser.add_argument("--single", type=int, default=300, help="one-user queries timed")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--embeddings", type=Path, default=EMBEDDINGS, help="folder of the trained embeddings"
+    )
     args = parser.parse_args()
     from twotower_pipeline import ann
 
@@ -151,7 +153,7 @@ def main() -> None:
     params = yaml.safe_load(PARAMETERS.read_text())["index"]
     sizes = [20_000] if args.quick else args.sizes
     rng = np.random.default_rng(0)
-    runs = [measure(*default_catalogue(rng, args.dim), params, args)]
+    runs = [measure(*default_catalogue(args.embeddings, rng, args.dim), params, args)]
     for size in sizes:
         items = rng.standard_normal((size, args.dim)).astype(np.float32)
         users = rng.standard_normal((max(args.queries, args.single), args.dim))

@@ -82,12 +82,12 @@ def test_index_recommendations_skip_seen_items_and_match_exact_search():
     rng = np.random.default_rng(5)
     seen = pd.DataFrame({"user": np.repeat(np.arange(40), 6), "item": rng.integers(0, 300, 240)})
     index = ann.build_index(items, config())
-    got = ann.top_k_unseen(index, users, np.arange(40), seen, k=5, score_scale=2.0)
+    got = ann.top_k_unseen(index, users, np.arange(40), seen, 5, 2.0, chunk_size=16)
 
     item_t = torch.from_numpy(ann.normalise(items))
     user_t = torch.from_numpy(ann.normalise(users))
     expected = top_k_unseen(
-        lambda u: 2.0 * user_t[torch.from_numpy(u)] @ item_t.T, seen, np.arange(40), 40, 300, 5
+        lambda u: 2.0 * user_t[torch.from_numpy(u)] @ item_t.T, seen, np.arange(40), 40, 300, 5, 16
     )
     pairs = set(zip(seen["user"], seen["item"], strict=True))
     assert not pairs & set(zip(got["user"], got["item"], strict=True))
@@ -102,7 +102,7 @@ def test_a_user_who_has_seen_almost_everything_gets_what_is_left():
     items = clustered_vectors(20, 4, seed=6)
     seen = pd.DataFrame({"user": np.zeros(18, dtype=int), "item": np.arange(18)})
     index = ann.build_index(items, config())
-    got = ann.top_k_unseen(index, clustered_vectors(1, 4, seed=7), np.array([0]), seen, k=5)
+    got = ann.top_k_unseen(index, clustered_vectors(1, 4, seed=7), np.array([0]), seen, 5, 1.0, 8)
     assert sorted(got["item"]) == [18, 19]
     assert got["rank"].tolist() == [1, 2]
 
@@ -167,3 +167,14 @@ def test_nodes_report_recall_for_the_test_users():
     metrics = evaluate_item_index(index, item_embeddings, user_embeddings, test, INDEX_PARAMS)
     assert metrics["queries"] == 3
     assert metrics["recall@10"] >= 0.99
+
+
+@needs_faiss
+def test_an_index_and_a_config_from_different_runs_are_refused(tmp_path):
+    dataset = ItemIndexDataset(filepath=str(tmp_path / "idx.faiss"))
+    dataset.save(ann.build_index(clustered_vectors(50, 4, seed=14), config()))
+    older_index = (tmp_path / "idx.faiss").read_bytes()
+    dataset.save(ann.build_index(clustered_vectors(50, 4, seed=15), config()))
+    (tmp_path / "idx.faiss").write_bytes(older_index)  # as a rollback of one file would
+    with pytest.raises(DatasetError, match="SHA-256"):
+        dataset.load()

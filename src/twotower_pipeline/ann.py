@@ -197,8 +197,8 @@ def top_k_unseen(
     users: np.ndarray,
     seen: pd.DataFrame,
     k: int,
-    score_scale: float = 1.0,
-    chunk_size: int = 1024,
+    score_scale: float,
+    chunk_size: int,
 ) -> pd.DataFrame:
     """Return each user's k best unseen items from the index: columns user, rank, item, score.
 

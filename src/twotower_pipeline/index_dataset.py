@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,20 @@ from twotower_pipeline.ann import MISSING_FAISS, IndexConfig, ItemIndex, faiss_m
 from twotower_pipeline.datasets import _replace_atomically
 
 
+def _sha256(path: Path) -> str:
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 class ItemIndexDataset(AbstractDataset[ItemIndex, ItemIndex]):
     """An `ItemIndex` stored as `filepath` (faiss.write_index) and `filepath`.json (its config).
 
     Each file is written to a temporary name and renamed over the target, the
     index first, so a failed save leaves the previous index and config intact.
-    An index skipped for want of faiss is stored as its config alone.
+    The config records the index file's SHA-256: an index and a config from two
+    different runs (one restored by a rollback, the other not) are refused on
+    load rather than searched with the wrong settings. An index skipped for
+    want of faiss is stored as its config alone.
     """
 
     def __init__(self, *, filepath: str, metadata: dict[str, Any] | None = None) -> None:
@@ -29,14 +38,20 @@ class ItemIndexDataset(AbstractDataset[ItemIndex, ItemIndex]):
         return {"filepath": str(self._filepath), "config": str(self._config_path)}
 
     def save(self, data: ItemIndex) -> None:
-        description = json.dumps(data.describe(), indent=2)
+        description = data.describe()
         if data.index is not None:
             faiss = faiss_module()
-            _replace_atomically(self._filepath, lambda tmp: faiss.write_index(data.index, str(tmp)))
+
+            def write(tmp: str) -> None:
+                faiss.write_index(data.index, str(tmp))
+                description["sha256"] = _sha256(tmp)
+
+            _replace_atomically(self._filepath, write)
         elif self._filepath.exists():
             # A config saying "skipped" must not sit beside an older run's index.
             self._filepath.unlink()
-        _replace_atomically(self._config_path, lambda tmp: Path(tmp).write_text(description))
+        text = json.dumps(description, indent=2)
+        _replace_atomically(self._config_path, lambda tmp: Path(tmp).write_text(text))
 
     def load(self) -> ItemIndex:
         if not self._config_path.exists():
@@ -51,16 +66,16 @@ class ItemIndexDataset(AbstractDataset[ItemIndex, ItemIndex]):
             return ItemIndex(None, config, n_items, dim, skipped=MISSING_FAISS)
         if not self._filepath.exists():
             raise DatasetError(
-                f"{self._config_path} describes an index but {self._filepath} "
-                "is missing: build the index again"
+                f"{self._config_path} describes an index but {self._filepath} is missing: "
+                "build the index again"
+            )
+        if _sha256(self._filepath) != described.get("sha256"):
+            raise DatasetError(
+                f"{self._filepath} is not the index {self._config_path} describes (its SHA-256 "
+                "differs: one of the two was restored or replaced): build the index again"
             )
         index = faiss.read_index(str(self._filepath))
-        if index.ntotal != n_items or index.d != dim:
-            raise DatasetError(
-                f"{self._filepath} holds {index.ntotal} vectors of dim {index.d}, its config "
-                f"{self._config_path} says {n_items} of dim {dim}: build the index again"
-            )
-        # efSearch / nprobe are search-time settings a saved HNSW file may not carry.
+        # efSearch / nprobe are search-time settings: set them from the config.
         if config.kind == "hnsw":
             faiss.downcast_index(index).hnsw.efSearch = config.hnsw_ef_search
         else:

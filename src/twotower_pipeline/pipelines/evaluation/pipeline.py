@@ -1,7 +1,8 @@
-"""Evaluation: metrics of the model and baselines, health, plots, report (in that order)."""
+"""Evaluation on test (validation and the cold sets beside it): metrics, health, plots, report."""
 
 from kedro.pipeline import Node, Pipeline
 
+from .index_nodes import build_item_index, evaluate_item_index
 from .nodes import (
     compare_with_baselines,
     diagnose_training,
@@ -25,6 +26,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "model_config",
                     "train_interactions",
                     "val_interactions",
+                    "test_interactions",
+                    "test_cold_interactions",
                     "params:seed",
                     "params:neg_ratio",
                     "params:evaluation",
@@ -37,6 +40,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=[
                     "train_interactions",
                     "val_interactions",
+                    "test_interactions",
+                    "test_cold_interactions",
                     "user_index",
                     "item_index",
                     "params:seed",
@@ -46,8 +51,26 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="evaluate_baselines",
             ),
             Node(
+                build_item_index,
+                inputs=["item_embeddings", "params:index", "params:seed"],
+                outputs="item_ann_index",
+                name="build_item_index",
+            ),
+            Node(
+                evaluate_item_index,
+                inputs=[
+                    "item_ann_index",
+                    "item_embeddings",
+                    "user_embeddings",
+                    "test_interactions",
+                    "params:index",
+                ],
+                outputs="ann_metrics",
+                name="evaluate_item_index",
+            ),
+            Node(
                 compare_with_baselines,
-                inputs=["model_metrics", "baseline_metrics"],
+                inputs=["model_metrics", "baseline_metrics", "ann_metrics"],
                 outputs="evaluation_metrics",
                 name="compare_with_baselines",
             ),
@@ -56,10 +79,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=[
                     "two_tower_model",
                     "model_config",
-                    "train_interactions",
+                    "interactions",
                     "user_index",
                     "item_index",
                     "params:evaluation",
+                    "item_ann_index",
+                    "user_embeddings",
+                    "params:index",
                 ],
                 outputs="recommendations",
                 name="recommend",
