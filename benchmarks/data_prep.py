@@ -155,8 +155,9 @@ def main() -> None:
     }
     split_params = {
         "strategy": "leave_last_out",
-        "holdout_per_user": 1,
         "min_train_interactions": 2,
+        "temporal_quantiles": [0.8, 0.9],
+        "cold_item_fraction": 0.0,
     }
     rows: list[dict] = []
     with PeakMemory() as memory:
@@ -170,7 +171,7 @@ def main() -> None:
             interactions, user_index, item_index = encode(clean)
         del clean
         with stage("split", rows, memory):
-            train, val, split_report = split(interactions, split_params)
+            train, _, _, _, split_report = split(interactions, split_params, 42)
         del interactions
         with stage("negative sampling", rows, memory):
             examples = sample_training_examples(
@@ -214,6 +215,7 @@ def main() -> None:
             "items": ingestion_report["items"],
             "train_interactions": split_report["train_interactions"],
             "val_interactions": split_report["val_interactions"],
+            "test_interactions": split_report["test_interactions"],
             "train_examples": n_examples,
         },
         "stages": rows,

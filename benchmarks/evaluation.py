@@ -77,6 +77,7 @@ def measure(n_users: int, n_items: int, dim: int, chunk_size: int) -> dict:
         n_items,
         [10, 50, 100],
         chunk_size=chunk_size,
+        seed=0,
     )
     seconds = time.perf_counter() - started
     return {

@@ -62,8 +62,10 @@ def prepare(
     )
     clean, _ = validate_interactions(raw, spec)
     interactions, user_index, item_index = encode_ids(clean)
-    train, val, _ = split_interactions(interactions, SplitSpec.from_params(params["split"]), source)
-    return train, val, len(user_index), len(item_index)
+    split = split_interactions(
+        interactions, SplitSpec.from_params(params["split"]), params["seed"], source
+    )
+    return split.train, split.val, len(user_index), len(item_index)
 
 
 def load_movielens(path: Path) -> pd.DataFrame:
@@ -109,7 +111,7 @@ def train_model(
 
 
 def evaluate(model_scorer, train, val, n_users, n_items, seed) -> dict[str, float]:
-    return ranking_metrics(model_scorer, train, val, n_users, n_items, KS, seed=seed)
+    return ranking_metrics(model_scorer, train, val, n_users, n_items, KS, 1024, seed)
 
 
 def main() -> None:

@@ -11,8 +11,13 @@ import pytest
 from twotower_pipeline.baselines import als_scorer, popularity_scorer, random_scorer
 from twotower_pipeline.pipelines.evaluation.nodes import evaluate_baselines
 
-TRAIN = pd.DataFrame({"user": [0, 0, 1, 1, 2], "item": [0, 1, 0, 2, 0]})
+# Five items; item 4 has no training row, so user 1's test row on it is a cold row.
+TRAIN = pd.DataFrame({"user": [0, 0, 1, 1, 2, 2], "item": [0, 1, 0, 2, 0, 3]})
 VAL = pd.DataFrame({"user": [0, 1, 2], "item": [2, 1, 1]})
+TEST = pd.DataFrame({"user": [0, 2], "item": [3, 2]})
+TEST_COLD = pd.DataFrame({"user": [1], "item": [4]})
+HELD_OUT = (TRAIN, VAL, TEST, TEST_COLD)
+INDEX = pd.DataFrame({"user_id": ["a", "b", "c"]}), pd.DataFrame({"item_id": list("vwxyz")})
 EVALUATION = {
     "ks": [1, 2],
     "chunk_size": 2,
@@ -21,8 +26,8 @@ EVALUATION = {
 
 
 def test_popularity_scores_every_user_by_training_counts():
-    scores = popularity_scorer(TRAIN, 4)(np.array([0, 2]))
-    assert scores.tolist() == [[3.0, 1.0, 1.0, 0.0], [3.0, 1.0, 1.0, 0.0]]
+    scores = popularity_scorer(TRAIN, 5)(np.array([0, 2]))
+    assert scores.tolist() == [[3.0, 1.0, 1.0, 1.0, 0.0], [3.0, 1.0, 1.0, 1.0, 0.0]]
 
 
 def test_random_scorer_is_reproducible_with_its_seed():
@@ -32,14 +37,33 @@ def test_random_scorer_is_reproducible_with_its_seed():
     assert np.array_equal(first.numpy(), again.numpy())
 
 
-def test_baselines_are_scored_on_the_same_validation_users():
-    index = pd.DataFrame({"user_id": ["a", "b", "c"]}), pd.DataFrame({"item_id": list("wxyz")})
-    results = evaluate_baselines(TRAIN, VAL, *index, 0, EVALUATION)
-    assert results["popularity"]["users"] == results["random"]["users"] == 3
-    # Masking item 0 (everyone's), user 0's best unseen item is 2 (tied with 1 at count 1):
-    # popularity's top-1 hits for user 0 half the time; its HR@2 is 1 for all three users.
-    assert results["popularity"]["hit_rate@2"] == 1.0
-    assert results["als"] == {"skipped": "disabled in parameters (evaluation.als.enabled)"}
+def test_baselines_are_scored_on_validation_test_and_the_cold_rows():
+    results = evaluate_baselines(*HELD_OUT, *INDEX, 0, EVALUATION)
+    validation, test = results["validation"], results["test"]
+    assert validation["popularity"]["users"] == validation["random"]["users"] == 3
+    # Validation masks train only. User 0's best unseen items are 2 and 3 (count 1 each,
+    # tied), so popularity's top-2 holds the validation item of every user.
+    assert validation["popularity"]["hit_rate@2"] == 1.0
+    # Test masks train + validation: user 0 is left with items 3 and 4, and 3 (count 1)
+    # beats 4 (count 0); user 2 with 2 and 4. Popularity's top-1 hits for both.
+    assert test["popularity"]["users"] == 2 and test["popularity"]["hit_rate@1"] == 1.0
+    assert test["als"] == {"skipped": "disabled in parameters (evaluation.als.enabled)"}
+    # Among the cold items (item 4 alone) every scorer ranks user 1's item first; on the
+    # full catalogue popularity puts item 3 ahead of it.
+    assert set(results["cold_items"]) == {"popularity", "random"}
+    assert results["cold_items"]["popularity"]["hit_rate@1"] == 1.0
+    assert results["cold_items"]["random"]["hit_rate@1"] == 1.0
+    assert results["cold_items"]["popularity"]["coverage@1"] == 1.0  # of the cold items
+    assert results["cold_items_full"]["popularity"]["hit_rate@1"] == 0.0
+    assert results["cold_items_full"]["popularity"]["hit_rate@2"] == 1.0
+
+
+def test_without_cold_rows_the_cold_sets_say_so():
+    results = evaluate_baselines(TRAIN, VAL, TEST, TEST_COLD.iloc[:0], *INDEX, 0, EVALUATION)
+    for section in ("cold_items", "cold_items_full"):
+        assert results[section]["popularity"] == {
+            "skipped": "no test row has an item without training interactions"
+        }
 
 
 def test_absent_implicit_is_reported_not_fatal(monkeypatch):
@@ -51,17 +75,19 @@ def test_absent_implicit_is_reported_not_fatal(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_implicit)
-    assert als_scorer(TRAIN, 3, 4, EVALUATION["als"], seed=0) is None
-    index = pd.DataFrame({"user_id": ["a", "b", "c"]}), pd.DataFrame({"item_id": list("wxyz")})
+    assert als_scorer(TRAIN, 3, 5, EVALUATION["als"], seed=0) is None
     enabled = {**EVALUATION, "als": {**EVALUATION["als"], "enabled": True}}
-    results = evaluate_baselines(TRAIN, VAL, *index, 0, enabled)
-    assert results["als"] == {"skipped": "the optional library implicit is not installed"}
+    results = evaluate_baselines(*HELD_OUT, *INDEX, 0, enabled)
+    for section in ("test", "validation"):
+        assert results[section]["als"] == {
+            "skipped": "the optional library implicit is not installed"
+        }
 
 
 def test_als_scores_every_item_for_each_user_when_installed():
     pytest.importorskip("implicit")
-    scores = als_scorer(TRAIN, 3, 4, EVALUATION["als"], seed=0)(np.array([0, 1, 2]))
-    assert tuple(scores.shape) == (3, 4)
+    scores = als_scorer(TRAIN, 3, 5, EVALUATION["als"], seed=0)(np.array([0, 1, 2]))
+    assert tuple(scores.shape) == (3, 5)
 
 
 def test_als_ranks_the_item_a_users_taste_group_shares_above_the_other_groups_items():

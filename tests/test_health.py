@@ -247,3 +247,22 @@ def test_a_model_scoring_zero_is_flagged_even_when_popularity_scores_zero():
     zero = {"hit_rate@10": 0.0, "ndcg@10": 0.0}
     comparison = {**COMPARISON, "model": zero, "popularity": zero}
     assert "no_lift" in raised(report(comparison=comparison))
+
+
+def test_only_the_test_figures_of_the_baselines_count_not_validation_or_cold_sets():
+    # A baseline ahead of the model on validation or on the cold items does not flag:
+    # the verdict is on test, the figures every headline reports.
+    ahead = {"model": {"hit_rate@10": 0.1}, "als": {"hit_rate@10": 0.9}}
+    comparison = {**COMPARISON, "validation": ahead, "cold_items": ahead}
+    result = report(comparison=comparison)
+    assert "behind_baseline" not in raised(result)
+    assert set(numbers(result, "behind_baseline")["baselines"]) == {"als", "random"}
+
+
+def test_overfitting_names_the_epoch_whose_model_was_persisted():
+    history = with_column("val_loss", [0.65, 0.47, 0.40, 0.42, 0.45, 0.50])
+    history["chosen"] = [False, False, True, False, False, False]
+    result = report(history)
+    assert numbers(result, "overfitting")["chosen_epoch"] == 3
+    flag = next(f for f in result["flags"] if f["name"] == "overfitting")
+    assert "persisted model is epoch 3's" in flag["message"]

@@ -22,6 +22,9 @@ PUBLIC_DATASETS = {
     "item_index": "data/03_primary/item_index.parquet",
     "train_interactions": "data/05_model_input/train_interactions.parquet",
     "val_interactions": "data/05_model_input/val_interactions.parquet",
+    "test_interactions": "data/05_model_input/test_interactions.parquet",
+    "test_cold_interactions": "data/05_model_input/test_cold_interactions.parquet",
+    "split_report": "data/08_reporting/split_report.json",
     "train_examples": "data/05_model_input/train_examples.parquet",
     "two_tower_model": "data/06_models/two_tower_model.pt",
     "training_history": "data/08_reporting/training_history.parquet",
@@ -49,25 +52,86 @@ def test_full_run_writes_a_file_for_every_public_dataset(smoke_run):
         assert (smoke_run / relative).exists(), f"{name} was not written to {relative}"
 
 
-def test_full_run_scores_model_and_baselines_on_the_same_users(smoke_run):
-    versions = sorted((smoke_run / PUBLIC_DATASETS["evaluation_metrics"]).iterdir())
-    metrics = json.loads((versions[-1] / "evaluation_metrics.json").read_text())
-    val_users = pd.read_parquet(smoke_run / PUBLIC_DATASETS["val_interactions"])["user"].nunique()
-    assert metrics["model"]["users"] == metrics["popularity"]["users"] == val_users
+def latest_metrics(project: Path) -> dict:
+    versions = sorted((project / PUBLIC_DATASETS["evaluation_metrics"]).iterdir())
+    return json.loads((versions[-1] / "evaluation_metrics.json").read_text())
+
+
+def read(project: Path, name: str) -> pd.DataFrame:
+    return pd.read_parquet(project / PUBLIC_DATASETS[name])
+
+
+def pairs(frame: pd.DataFrame) -> set[tuple[int, int]]:
+    return set(zip(frame["user"].tolist(), frame["item"].tolist(), strict=True))
+
+
+def test_split_holds_out_validation_and_test_positives_never_seen_in_train(smoke_run):
+    train, val, test, cold = (
+        read(smoke_run, name)
+        for name in (
+            "train_interactions",
+            "val_interactions",
+            "test_interactions",
+            "test_cold_interactions",
+        )
+    )
+    assert len(val) and len(test)
+    assert not pairs(train) & (pairs(val) | pairs(test) | pairs(cold))
+    assert not pairs(val) & pairs(test)
+    # leave_last_out: one test row (warm or cold) and one validation row per held-out user,
+    # the test row no earlier than the validation one.
+    held = pd.concat([test, cold]).set_index("user")["timestamp"]
+    assert held.index.is_unique and val["user"].is_unique
+    common = val.set_index("user")["timestamp"].align(held, join="inner")
+    assert (common[0] <= common[1]).all()
+    assert set(cold["item"]).isdisjoint(set(train["item"]))
+    report = json.loads((smoke_run / PUBLIC_DATASETS["split_report"]).read_text())
+    assert report["test_interactions"] == len(test)
+    assert report["test_cold_interactions"] == len(cold)
+
+
+def test_evaluation_metrics_report_test_at_the_top_and_validation_and_cold_sets_beside(
+    smoke_run,
+):
+    metrics = latest_metrics(smoke_run)
+    test = read(smoke_run, "test_interactions")
+    val = read(smoke_run, "val_interactions")
+    # Test figures at the top level, every scorer on the same test users.
+    assert metrics["model"]["users"] == metrics["popularity"]["users"] == test["user"].nunique()
+    assert metrics["random"]["users"] == test["user"].nunique()
     assert 0.0 <= metrics["model"]["recall@10"] <= 1.0
+    assert 0.0 < metrics["model"]["hit_rate_se@10"] < 0.5
+    assert "test_log_loss" in metrics["model"]
+    validation = metrics["validation"]
+    assert validation["model"]["users"] == validation["popularity"]["users"]
+    assert validation["model"]["users"] == val["user"].nunique()
+    assert "val_log_loss" in validation["model"]
+    for section in ("cold_items", "cold_items_full"):
+        assert set(metrics[section]) >= {"model", "popularity", "random"}
+    cold = read(smoke_run, "test_cold_interactions")
+    if len(cold):
+        assert metrics["cold_items"]["model"]["users"] == cold["user"].nunique()
+        assert metrics["cold_items_full"]["model"]["users"] == cold["user"].nunique()
+
+
+def test_report_and_summary_are_on_test(smoke_run):
+    report = (smoke_run / PUBLIC_DATASETS["run_report"]).read_text()
+    assert report.splitlines()[2].startswith("**test (")
+    assert "## Model vs baselines (test)" in report
+    assert "## Validation (what chose the epoch)" in report
 
 
 def test_training_history_has_one_row_per_epoch_of_the_smoke_env(smoke_run):
     history = pd.read_parquet(smoke_run / PUBLIC_DATASETS["training_history"])
     assert history["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
     assert history[["train_loss", "val_loss"]].gt(0.05).all().all()
+    assert history["chosen"].sum() == 1  # the persisted model is one epoch's, chosen on validation
 
 
 def test_smoke_run_beats_popularity_and_its_health_report_is_clean(smoke_run):
     health = json.loads((smoke_run / PUBLIC_DATASETS["training_health"]).read_text())
     assert health["verdict"] == "healthy", health["raised"]
-    versions = sorted((smoke_run / PUBLIC_DATASETS["evaluation_metrics"]).iterdir())
-    metrics = json.loads((versions[-1] / "evaluation_metrics.json").read_text())
+    metrics = latest_metrics(smoke_run)
     assert metrics["model"]["hit_rate@10"] > metrics["popularity"]["hit_rate@10"]
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from twotower_pipeline.metrics import (
     binary_log_loss,
+    pair_scores,
     rank_positives,
     ranking_metrics,
     roc_auc,
@@ -22,6 +23,10 @@ from twotower_pipeline.metrics import (
 
 def pairs(rows: list[tuple[int, int]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user", "item"], dtype="int64")
+
+
+ONE_CHUNK = {"chunk_size": 1024, "seed": 0}
+SEED_5 = {"chunk_size": 8, "seed": 5}
 
 
 def table_scorer(scores: np.ndarray):
@@ -36,7 +41,9 @@ def test_rank_counts_only_unmasked_items_scored_higher():
     # Items 0..4 scored 5,4,3,2,1. Item 0 is a training item, so the positive
     # item 2 has one unmasked item above it (item 1): rank 1.
     scores = [[5.0, 4.0, 3.0, 2.0, 1.0]]
-    rankings = rank_positives(table_scorer(scores), pairs([(0, 0)]), pairs([(0, 2)]), 1, 5, [2])
+    rankings = rank_positives(
+        table_scorer(scores), pairs([(0, 0)]), pairs([(0, 2)]), 1, 5, [2], **ONE_CHUNK
+    )
     assert rankings.ranks["rank"].tolist() == [1]
 
 
@@ -44,7 +51,7 @@ def test_metrics_of_one_user_match_the_hand_computation():
     # Unmasked order: 1, 2, 3, 4 (item 0 is training). Positives 2 (rank 1) and 4 (rank 3).
     scores = [[5.0, 4.0, 3.0, 2.0, 1.0]]
     result = ranking_metrics(
-        table_scorer(scores), pairs([(0, 0)]), pairs([(0, 2), (0, 4)]), 1, 5, [2, 4]
+        table_scorer(scores), pairs([(0, 0)]), pairs([(0, 2), (0, 4)]), 1, 5, [2, 4], **ONE_CHUNK
     )
     assert result["users"] == 1
     assert result["recall@2"] == 0.5
@@ -63,7 +70,7 @@ def test_metrics_average_over_users_not_over_positives():
     scores = [[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]]
     # User 0: positives 0 and 1 both in top-2 (recall 1). User 1: positive 2 at rank 2 (recall 0).
     result = ranking_metrics(
-        table_scorer(scores), pairs([]), pairs([(0, 0), (0, 1), (1, 2)]), 2, 3, [2]
+        table_scorer(scores), pairs([]), pairs([(0, 0), (0, 1), (1, 2)]), 2, 3, [2], **ONE_CHUNK
     )
     assert result["recall@2"] == 0.5
     assert result["hit_rate@2"] == 0.5
@@ -76,21 +83,90 @@ def test_users_without_validation_positives_are_not_scored():
         scored.extend(users.tolist())
         return torch.zeros(len(users), 4)
 
-    ranking_metrics(scorer, pairs([(0, 1)]), pairs([(2, 3)]), 3, 4, [1])
+    ranking_metrics(scorer, pairs([(0, 1)]), pairs([(2, 3)]), 3, 4, [1], **ONE_CHUNK)
     assert scored == [2]
 
 
 def test_nan_scores_raise_instead_of_ranking_first():
     scores = [[float("nan"), 1.0, 0.0]]
     with pytest.raises(ValueError, match="NaN"):
-        ranking_metrics(table_scorer(scores), pairs([]), pairs([(0, 2)]), 1, 3, [1])
+        ranking_metrics(table_scorer(scores), pairs([]), pairs([(0, 2)]), 1, 3, [1], **ONE_CHUNK)
 
 
 def test_a_scorer_of_the_wrong_shape_is_an_error():
     with pytest.raises(ValueError, match="shape"):
         ranking_metrics(
-            lambda users: torch.zeros(len(users), 2), pairs([]), pairs([(0, 1)]), 1, 3, [1]
+            lambda users: torch.zeros(len(users), 2),
+            pairs([]),
+            pairs([(0, 1)]),
+            1,
+            3,
+            [1],
+            **ONE_CHUNK,
         )
+
+
+def test_with_candidates_only_those_items_compete_and_coverage_is_of_them():
+    # Items 3 and 4 are the candidates (say, the cold items): item 4 is ranked behind
+    # item 3 only, however high the other items score.
+    scores = [[9.0, 8.0, 7.0, 2.0, 1.0]]
+    candidates = np.array([False, False, False, True, True])
+    result = ranking_metrics(
+        table_scorer(scores),
+        pairs([]),
+        pairs([(0, 4)]),
+        1,
+        5,
+        [1, 2],
+        **ONE_CHUNK,
+        candidates=candidates,
+    )
+    assert result["hit_rate@1"] == 0.0 and result["hit_rate@2"] == 1.0
+    assert result["mrr"] == 0.5
+    assert result["coverage@1"] == 0.5 and result["coverage@2"] == 1.0
+
+
+def test_a_held_out_item_outside_the_candidates_is_an_error():
+    with pytest.raises(ValueError, match="not among the candidates"):
+        ranking_metrics(
+            table_scorer([[1.0, 2.0]]),
+            pairs([]),
+            pairs([(0, 0)]),
+            1,
+            2,
+            [1],
+            **ONE_CHUNK,
+            candidates=np.array([False, True]),
+        )
+
+
+def test_hit_rate_comes_with_its_standard_error_over_users():
+    # Four users, one hit at K=1 (user 0): p = 1/4, se = sqrt(p (1 - p) / 4).
+    scores = [[2.0, 1.0]] * 4
+    result = ranking_metrics(
+        table_scorer(scores),
+        pairs([]),
+        pairs([(0, 0), (1, 1), (2, 1), (3, 1)]),
+        4,
+        2,
+        [1],
+        **ONE_CHUNK,
+    )
+    assert result["hit_rate@1"] == 0.25
+    assert result["hit_rate_se@1"] == pytest.approx(math.sqrt(0.25 * 0.75 / 4))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3)), min_size=1, max_size=20),
+    st.integers(1, 4),
+)
+def test_pair_scores_gathers_each_pairs_score_whatever_the_chunk(rows, chunk):
+    table = np.arange(24, dtype=np.float32).reshape(6, 4)
+    users = np.array([u for u, _ in rows])
+    items = np.array([i for _, i in rows])
+    got = pair_scores(table_scorer(table), users, items, chunk_size=chunk)
+    assert got.tolist() == table[users, items].tolist()
 
 
 # --- ties ----------------------------------------------------------------------
@@ -113,6 +189,7 @@ def test_a_constant_scorer_gets_exactly_random_in_expectation():
         n_users,
         n_items,
         [5],
+        chunk_size=512,
         seed=3,
     )
     standard_error = math.sqrt(5 / 16 * 11 / 16 / n_users)
@@ -125,21 +202,35 @@ def test_tied_positives_of_one_user_get_distinct_ranks_and_ndcg_at_most_one():
     val = pairs([(0, i) for i in range(4)])
     for seed in range(20):
         rankings = rank_positives(
-            lambda users: torch.zeros(len(users), 6), pairs([]), val, 1, 6, [2], seed=seed
+            lambda users: torch.zeros(len(users), 6),
+            pairs([]),
+            val,
+            1,
+            6,
+            [2],
+            chunk_size=1,
+            seed=seed,
         )
         ranks = rankings.ranks["rank"].tolist()
         assert len(set(ranks)) == 4
         assert all(0 <= r < 6 for r in ranks)
         result = ranking_metrics(
-            lambda users: torch.zeros(len(users), 6), pairs([]), val, 1, 6, [2], seed=seed
+            lambda users: torch.zeros(len(users), 6),
+            pairs([]),
+            val,
+            1,
+            6,
+            [2],
+            chunk_size=1,
+            seed=seed,
         )
         assert result["ndcg@2"] <= 1.0
 
 
 def test_the_same_seed_gives_the_same_tie_breaks():
     val = pairs([(u, u % 7) for u in range(50)])
-    first = ranking_metrics(lambda u: torch.zeros(len(u), 7), pairs([]), val, 50, 7, [3], seed=5)
-    again = ranking_metrics(lambda u: torch.zeros(len(u), 7), pairs([]), val, 50, 7, [3], seed=5)
+    first = ranking_metrics(lambda u: torch.zeros(len(u), 7), pairs([]), val, 50, 7, [3], **SEED_5)
+    again = ranking_metrics(lambda u: torch.zeros(len(u), 7), pairs([]), val, 50, 7, [3], **SEED_5)
     assert first == again
 
 
@@ -218,6 +309,7 @@ def test_metrics_match_a_brute_force_reference_without_ties(problem):
         scores.shape[1],
         ks,
         chunk_size=chunk,
+        seed=0,
     )
     for name, value in expected.items():
         assert result[name] == pytest.approx(value), name
@@ -260,7 +352,9 @@ def test_ranks_with_ties_lie_between_the_optimistic_and_pessimistic_rank(problem
 
 def test_top_k_unseen_skips_training_items_and_orders_by_score():
     scores = [[5.0, 4.0, 3.0, 2.0], [1.0, 2.0, 3.0, 4.0]]
-    recs = top_k_unseen(table_scorer(scores), pairs([(0, 0), (1, 3)]), np.array([0, 1]), 2, 4, 2)
+    recs = top_k_unseen(
+        table_scorer(scores), pairs([(0, 0), (1, 3)]), np.array([0, 1]), 2, 4, 2, chunk_size=1
+    )
     assert recs[["user", "rank", "item"]].values.tolist() == [
         [0, 1, 1],
         [0, 2, 2],
@@ -272,7 +366,13 @@ def test_top_k_unseen_skips_training_items_and_orders_by_score():
 
 def test_top_k_unseen_returns_fewer_rows_when_few_items_are_unseen():
     recs = top_k_unseen(
-        table_scorer([[1.0, 2.0, 3.0]]), pairs([(0, 0), (0, 1)]), np.array([0]), 1, 3, 3
+        table_scorer([[1.0, 2.0, 3.0]]),
+        pairs([(0, 0), (0, 1)]),
+        np.array([0]),
+        1,
+        3,
+        3,
+        chunk_size=2,
     )
     assert recs["item"].tolist() == [2]
 
@@ -296,35 +396,42 @@ def test_auc_is_one_for_perfect_order_and_half_for_ties():
     assert roc_auc(np.array([0.5, 0.5, 0.5]), np.array([1, 0, 0])) == 0.5
 
 
-def test_recommend_node_returns_unseen_items_in_original_ids():
-    from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
-    from twotower_pipeline.pipelines.evaluation.nodes import recommend
+def test_recommend_node_masks_every_known_interaction_and_answers_in_original_ids(monkeypatch):
+    from types import SimpleNamespace
 
-    config = TwoTowerConfig(
-        n_users=2,
-        n_items=3,
-        embedding_dim=2,
-        hidden_dims=[],
-        init_std=0.1,
-        logit_scale=1.0,
-        max_logit_scale=100.0,
+    from twotower_pipeline.pipelines.evaluation import nodes
+
+    # Item 0 suits user 0, item 1 user 1, item 2 both a little; user 0 already has item 0
+    # and user 1 item 2, so neither may be recommended to them again.
+    scores = [[3.0, 1.0, 2.0], [1.0, 3.0, 2.0]]
+    seen = {}
+
+    def scorer(known):
+        seen["known"] = known
+        return table_scorer(scores)
+
+    fake = SimpleNamespace(
+        config=SimpleNamespace(n_users=2, n_items=3), catalogue_scorer=scorer, logit_scale=1.0
     )
-    model = TwoTowerModel(config)
-    with torch.no_grad():
-        model.user_tower.embedding.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
-        # Item 0 points along user 0, item 1 along user 1, item 2 in between.
-        model.item_tower.embedding.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1, 1.0]]))
-    recs = recommend(
-        model.state_dict(),
-        config.to_dict(),
-        pairs([(0, 0)]),
+    monkeypatch.setattr(
+        nodes, "TwoTowerModel", SimpleNamespace(from_state=lambda config, state: fake)
+    )
+    interactions = pairs([(0, 0), (1, 2)])
+    recs = nodes.recommend(
+        {},
+        {},
+        interactions,
         pd.DataFrame({"user_id": ["ann", "bob"]}),
         pd.DataFrame({"item_id": ["x", "y", "z"]}),
         {"recommendations_k": 2, "chunk_size": 1},
+        None,
+        None,
+        {"recommend_above_n_items": 1000},
     )
+    assert seen["known"] is interactions
     assert recs[["user_id", "rank", "item_id"]].values.tolist() == [
         ["ann", 1, "z"],
         ["ann", 2, "y"],
         ["bob", 1, "y"],
-        ["bob", 2, "z"],
+        ["bob", 2, "x"],
     ]

@@ -25,20 +25,31 @@ HISTORY = pd.DataFrame(
         "recall@10": [0.05, 0.09, 0.11],
         "ndcg@10": [0.02, 0.04, 0.05],
         "logit_scale": [1.2, 1.8, 2.5],
+        "chosen": [False, True, False],
     }
 )
 MODEL = {
     "users": 100,
     "mrr": 0.06,
     "hit_rate@10": 0.12,
+    "hit_rate_se@10": 0.0325,
     "recall@10": 0.12,
     "ndcg@10": 0.06,
     "coverage@10": 0.5,
-    "val_log_loss": 0.41,
-    "val_auc": 0.8,
+    "test_log_loss": 0.41,
+    "test_auc": 0.8,
+    "test_sample_positives": 100,
+    "test_sample_negatives": 500,
+}
+VAL_MODEL = {
+    **{k: v for k, v in MODEL.items() if not k.startswith("test_")},
+    "hit_rate@10": 0.15,
+    "val_log_loss": 0.39,
+    "val_auc": 0.82,
     "val_sample_positives": 100,
     "val_sample_negatives": 500,
 }
+COLD = {"users": 20, "mrr": 0.2, "hit_rate@10": 0.5, "ndcg@10": 0.25}
 POPULARITY = {
     "users": 100,
     "mrr": 0.03,
@@ -55,13 +66,21 @@ RANDOM = {
     "ndcg@10": 0.004,
     "coverage@10": 1.0,
 }
+SKIPPED_ALS = {"skipped": "the optional library implicit is not installed"}
 COMPARISON = compare_with_baselines(
-    MODEL,
     {
-        "popularity": POPULARITY,
-        "random": RANDOM,
-        "als": {"skipped": "the optional library implicit is not installed"},
+        "test": MODEL,
+        "validation": VAL_MODEL,
+        "cold_items": COLD,
+        "cold_items_full": {**COLD, "hit_rate@10": 0.0, "ndcg@10": 0.0},
     },
+    {
+        "test": {"popularity": POPULARITY, "random": RANDOM, "als": SKIPPED_ALS},
+        "validation": {"popularity": POPULARITY, "random": RANDOM, "als": SKIPPED_ALS},
+        "cold_items": {"popularity": {**COLD, "hit_rate@10": 0.2}, "random": RANDOM},
+        "cold_items_full": {"popularity": COLD, "random": RANDOM},
+    },
+    {"skipped": "faiss is not installed"},
 )
 HEALTH = {
     "verdict": "1 flag(s) raised: overfitting",
@@ -90,6 +109,9 @@ SPLIT = {
     "train_interactions": 890,
     "val_interactions": 100,
     "val_users": 100,
+    "test_interactions": 100,
+    "test_users": 100,
+    "test_cold_interactions": 20,
     "users_without_validation": 0,
 }
 
@@ -98,14 +120,47 @@ def test_lift_is_model_over_popularity_for_ranking_metrics_only():
     lift = COMPARISON["lift_over_popularity"]
     assert lift["hit_rate@10"] == pytest.approx(2.0)
     assert lift["mrr"] == pytest.approx(2.0)
-    assert "coverage@10" not in lift
-    assert "val_log_loss" not in lift
+    assert "coverage@10" not in lift and "hit_rate_se@10" not in lift
+    assert "test_log_loss" not in lift
 
 
-def test_headline_has_model_and_popularity_hr_ndcg_and_the_verdict():
+def test_evaluation_metrics_hold_test_at_the_top_and_the_other_sets_under_their_keys():
+    assert COMPARISON["model"] == MODEL and COMPARISON["popularity"] == POPULARITY
+    assert COMPARISON["validation"]["model"] == VAL_MODEL
+    assert COMPARISON["validation"]["lift_over_popularity"]["hit_rate@10"] == pytest.approx(2.5)
+    # Among the cold items the reference is random: popularity has no signal there.
+    assert COMPARISON["cold_items"]["lift_over_random"]["hit_rate@10"] == pytest.approx(50.0)
+    assert set(COMPARISON["cold_items_full"]) == {
+        "model",
+        "popularity",
+        "random",
+        "lift_over_random",
+    }
+
+
+def test_a_skipped_cold_set_carries_no_lift():
+    skipped = {"skipped": "no test row has an item without training interactions"}
+    comparison = compare_with_baselines(
+        {"test": MODEL, "validation": VAL_MODEL, "cold_items": skipped, "cold_items_full": skipped},
+        {
+            "test": {"popularity": POPULARITY, "random": RANDOM},
+            "validation": {"popularity": POPULARITY, "random": RANDOM},
+            "cold_items": {"popularity": skipped, "random": skipped},
+            "cold_items_full": {"popularity": skipped, "random": skipped},
+        },
+        {},
+    )
+    assert comparison["cold_items"] == {"model": skipped, "popularity": skipped, "random": skipped}
+    assert "No cold-start figures: no test row has an item" in build_report(
+        INGESTION, SPLIT, HISTORY, comparison, HEALTH, 5, [10], 10
+    )
+
+
+def test_headline_is_on_test_with_the_standard_error_popularity_and_the_verdict():
     line = headline(COMPARISON, HEALTH, 10)
-    assert "model HR@10 0.1200 NDCG@10 0.0600" in line
+    assert line.startswith("test (100 users): model HR@10 0.1200 ±0.0325 NDCG@10 0.0600")
     assert "popularity HR@10 0.0600 NDCG@10 0.0300" in line
+    assert "als" not in line  # skipped
     assert "lift x2.00" in line
     assert line.endswith("health: 1 flag(s) raised: overfitting")
 
@@ -116,22 +171,30 @@ def test_report_has_data_split_curve_metrics_and_health_with_advice():
         "## Data",
         "## Split",
         "## Training curve",
-        "## Model vs baselines",
+        "## Model vs baselines (test)",
+        "## Validation (what chose the epoch)",
+        "## Cold items (test)",
         "## Health",
     ):
         assert section in report
     assert "| hit_rate@10 | 0.1200 | 0.0600 | 0.0100 | 2.0000 |" in report
+    assert "| hit_rate@10 | 0.1500 | 0.0600 | 0.0100 | 2.5000 |" in report
+    assert "| hit_rate_se@10 | 0.0325 |" in report
+    assert "| hit_rate@10 | 0.5000 | 0.2000 | 0.0100 | 50.0000 |" in report
     assert "als: skipped (the optional library implicit is not installed)" in report
     assert "what to do: use the model of the best epoch" in report
-    assert "log loss 0.4100, AUC 0.8000" in report
-    assert "| 3 | 0.3800 | 0.4100 |" in report
+    assert "on 100 test positives + 500 sampled negatives: log loss 0.4100, AUC 0.8000" in report
+    assert "log loss 0.3900, AUC 0.8200" in report
+    assert "| test positives | 100 |" in report
+    assert "The persisted model is epoch 2's" in report
+    assert "| 2 | 0.4500 | 0.4700 |" in report and "| 0.0400 | 1.8000 | ✓ |" in report
 
 
 @pytest.mark.parametrize(
     "make",
     [
         lambda: learning_curve(HISTORY, 5, initial_scale=1.0),
-        lambda: ranking_curve(HISTORY, COMPARISON, 10),
+        lambda: ranking_curve(HISTORY, COMPARISON["validation"], 10),
         lambda: model_vs_baselines(COMPARISON, [10]),
     ],
     ids=["learning_curve", "ranking_curve", "model_vs_baselines"],
@@ -172,9 +235,8 @@ def test_smoke_run_writes_health_plots_report_and_recommendations(smoke_project)
             versions = list((reporting / f"{plot}.{suffix}").iterdir())
             assert versions and (versions[0] / f"{plot}.{suffix}").exists()
     recs = pd.read_parquet(smoke_project / "data" / "07_model_output" / "recommendations.parquet")
-    train = pd.read_parquet(
-        smoke_project / "data" / "05_model_input" / "train_interactions.parquet"
-    )
+    # Every interaction of the log is masked, held-out ones included: served, they are known.
+    train = pd.read_parquet(smoke_project / "data" / "03_primary" / "interactions.parquet")
     users = pd.read_parquet(smoke_project / "data" / "03_primary" / "user_index.parquet")
     items = pd.read_parquet(smoke_project / "data" / "03_primary" / "item_index.parquet")
     seen = set(

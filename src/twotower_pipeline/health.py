@@ -62,9 +62,10 @@ ADVICE = {
     "saturates the sigmoid from the first step).",
     "behind_baseline": "A baseline ranks better than the model: the model is not worth serving "
     "yet; see the other flags for why (too few epochs, too few negatives, a bad scale).",
-    "overfitting": "Validation loss rises while training loss falls: use the model of the best "
-    "epoch (fewer num_epochs), add training.weight_decay, lower model.max_logit_scale, or use "
-    "lr_schedule: cosine.",
+    "overfitting": "Validation loss rises while training loss falls. The persisted model is the "
+    "best validation epoch's, so the test figures do not pay for the later epochs, but they "
+    "were wasted: add training.weight_decay, lower model.max_logit_scale, use lr_schedule: "
+    "cosine, or fewer num_epochs.",
 }
 
 
@@ -292,10 +293,13 @@ def check_overfitting(history: pd.DataFrame, k: int, t: HealthThresholds) -> dic
         drop = float(1 - recall[-1] / top) if top > 0 else 0.0
     pattern = start is not None
     raised = pattern and (rise > t.overfit_min_rise or drop > t.overfit_ranking_drop)
+    chosen = _chosen_epoch(history)
     summary = (
         f"best val loss {val[best]:.4f} at epoch {int(epochs[best])}, final {val[-1]:.4f} "
         f"(+{rise:.1%}); {ranking} final {drop:.1%} below its best"
     )
+    if chosen is not None:
+        summary += f"; the persisted model is epoch {chosen}'s (best on validation)"
     if pattern:
         message = (
             f"validation loss rose {t.overfit_epochs}+ epochs in a row from epoch {start} "
@@ -316,7 +320,15 @@ def check_overfitting(history: pd.DataFrame, k: int, t: HealthThresholds) -> dic
         val_loss_rise=rise,
         ranking_drop=drop,
         final_train_loss=float(train[-1]),
+        chosen_epoch=chosen,
     )
+
+
+def _chosen_epoch(history: pd.DataFrame) -> int | None:
+    """Return the epoch whose model was persisted (history column `chosen`), if recorded."""
+    if "chosen" not in history or not history["chosen"].astype(bool).any():
+        return None
+    return int(history.loc[history["chosen"].astype(bool), "epoch"].iloc[0])
 
 
 def check_still_improving(history: pd.DataFrame, k: int, t: HealthThresholds) -> dict:
@@ -363,16 +375,18 @@ def check_scale_start(
     )
 
 
+# Baselines the model must beat on test besides popularity (which no_lift checks).
+OTHER_BASELINES = ("random", "als")
+
+
 def check_behind_baseline(comparison: dict, k: int) -> dict:
-    """Flag a model whose HR@k is below that of a baseline other than popularity (e.g. ALS)."""
+    """Flag a model whose test HR@k is below that of a baseline other than popularity (ALS)."""
     metric = f"hit_rate@{k}"
     model = comparison["model"][metric]
     others = {
-        name: values[metric]
-        for name, values in comparison.items()
-        if name not in ("model", "popularity", "lift_over_popularity")
-        and isinstance(values, dict)
-        and metric in values
+        name: comparison[name][metric]
+        for name in OTHER_BASELINES
+        if isinstance(comparison.get(name), dict) and metric in comparison[name]
     }
     better = {name: value for name, value in others.items() if value > model}
     message = f"HR@{k} {model:.4f} vs " + (

@@ -1,7 +1,10 @@
 """Ranking metrics over the full catalogue, and pointwise metrics where they mean something.
 
-Protocol: for every validation user, score all items, mask the user's
-training items, rank the held-out positives among what is left. A positive's
+Protocol: for every user with held-out positives (validation or test), score
+all items, mask the items the user is known to have (train for validation;
+train + validation for test), rank the held-out positives among what is left.
+With `candidates`, only those items compete (the cold-start protocol: a cold
+item ranked among the cold items only). A positive's
 0-based rank is the number of unmasked items scored strictly higher, plus the
 number of items scored equal that a random order puts before it. The random
 order is one seeded permutation per user, so a user's tied positives get
@@ -16,6 +19,7 @@ comparison stays in cache; no row is ever sorted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,18 +60,21 @@ def _score_chunk(
     score_users: Scorer,
     chunk: np.ndarray,
     n_items: int,
-    train_ptr: np.ndarray,
-    train_cols: np.ndarray,
+    known_ptr: np.ndarray,
+    known_cols: np.ndarray,
+    outside: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Return the chunk's (len, n_items) float32 scores with training items set to -inf."""
+    """Return the chunk's (len, n_items) float32 scores, known and outside items set to -inf."""
     scores = score_users(chunk).to(torch.float32)
     if tuple(scores.shape) != (chunk.size, n_items):
         raise ValueError(
             f"the scorer returned shape {tuple(scores.shape)} for {chunk.size} users; "
             f"expected ({chunk.size}, {n_items})"
         )
-    rows, cols, _ = _pairs_of(chunk, train_ptr, train_cols)
+    rows, cols, _ = _pairs_of(chunk, known_ptr, known_cols)
     scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
+    if outside is not None:
+        scores[:, outside] = -torch.inf
     return scores
 
 
@@ -153,40 +160,59 @@ def _tied_before(
 
 @dataclass
 class Rankings:
-    """Every validation positive's 0-based rank, and which items each top-K reached."""
+    """Every held-out positive's 0-based rank, and which items each top-K reached."""
 
     ranks: pd.DataFrame  # columns user, item, rank
     recommended: dict[int, np.ndarray]  # K -> bool (n_items,): in some user's top-K
-    n_items: int
+    n_items: int  # items that could be ranked: the catalogue, or the candidates
+
+
+def _candidate_mask(candidates: np.ndarray | None, n_items: int) -> torch.Tensor | None:
+    """Return the bool mask of items outside the candidates, or None when every item competes."""
+    if candidates is None:
+        return None
+    candidates = np.asarray(candidates)
+    if candidates.dtype != bool or candidates.shape != (n_items,):
+        raise ValueError(f"candidates must be a bool mask of shape ({n_items},)")
+    return torch.from_numpy(~candidates)
 
 
 def rank_positives(
     score_users: Scorer,
-    train: pd.DataFrame,
-    val: pd.DataFrame,
+    known: pd.DataFrame,
+    held_out: pd.DataFrame,
     n_users: int,
     n_items: int,
     ks: Sequence[int],
-    chunk_size: int = 1024,
-    seed: int = 0,
+    chunk_size: int,
+    seed: int,
+    *,
+    candidates: np.ndarray | None = None,
 ) -> Rankings:
-    """Return the rank of each validation positive among the user's unmasked items.
+    """Return the rank of each held-out positive among the user's unmasked items.
 
     score_users maps an array of user indices to a (len, n_items) float tensor;
-    it is called once per chunk of validation users. Raises ValueError when a
-    score that matters is NaN.
+    it is called once per chunk of chunk_size users that have held-out
+    positives. known: the (user, item) pairs masked out (what the user is known
+    to have). candidates: a bool mask of the items allowed to compete (None:
+    all); a held-out item outside it is an error. seed drives the tie-breaks.
+    Raises ValueError when a score that matters is NaN.
     """
     generator = torch.Generator().manual_seed(seed)
-    train_ptr, train_cols = _csr(train["user"].to_numpy(), train["item"].to_numpy(), n_users)
-    val_ptr, val_cols = _csr(val["user"].to_numpy(), val["item"].to_numpy(), n_users)
-    val_users = np.flatnonzero(np.diff(val_ptr))
+    outside = _candidate_mask(candidates, n_items)
+    if outside is not None and outside.numpy()[held_out["item"].to_numpy()].any():
+        raise ValueError("a held-out item is not among the candidates it is ranked against")
+    known_ptr, known_cols = _csr(known["user"].to_numpy(), known["item"].to_numpy(), n_users)
+    held_ptr, held_cols = _csr(held_out["user"].to_numpy(), held_out["item"].to_numpy(), n_users)
+    held_users = np.flatnonzero(np.diff(held_ptr))
+    n_ranked = n_items if outside is None else int(n_items - outside.sum())
     k_max = min(max(ks), n_items)
     recommended = {k: np.zeros(n_items, dtype=bool) for k in ks}
 
     user_parts, item_parts, rank_parts = [], [], []
-    for start in range(0, val_users.size, chunk_size):
-        chunk = val_users[start : start + chunk_size]
-        scores = _score_chunk(score_users, chunk, n_items, train_ptr, train_cols)
+    for start in range(0, held_users.size, chunk_size):
+        chunk = held_users[start : start + chunk_size]
+        scores = _score_chunk(score_users, chunk, n_items, known_ptr, known_cols, outside)
 
         top_scores, top_items = torch.topk(scores, k_max, dim=1)
         if torch.isnan(top_scores).any():  # topk puts NaN first, so this sees any NaN
@@ -195,7 +221,7 @@ def rank_positives(
             top = top_items[:, :k][torch.isfinite(top_scores[:, :k])]
             recommended[k][top.numpy()] = True
 
-        pos_rows, pos_items, slot = _pairs_of(chunk, val_ptr, val_cols)
+        pos_rows, pos_items, slot = _pairs_of(chunk, held_ptr, held_cols)
         rows_t, items_t = torch.from_numpy(pos_rows), torch.from_numpy(pos_items)
         targets = scores[rows_t, items_t]
         ranks = torch.empty(pos_rows.size, dtype=torch.int64)
@@ -223,22 +249,23 @@ def rank_positives(
             "rank": np.concatenate(rank_parts) if rank_parts else empty,
         }
     )
-    return Rankings(ranks, recommended, n_items)
+    return Rankings(ranks, recommended, n_ranked)
 
 
 def metrics_from_ranks(rankings: Rankings, ks: Sequence[int]) -> dict[str, float]:
-    """Return Recall/NDCG/HitRate/coverage at each K and MRR, averaged over validation users.
+    """Return Recall/NDCG/HitRate/coverage at each K and MRR, averaged over held-out users.
 
     recall@K: share of the user's positives in the top K. ndcg@K: DCG of the
     positives in the top K over the best DCG possible with that many positives.
-    hit_rate@K: 1 when any positive is in the top K. mrr: 1 / (1 + rank of the
-    best-ranked positive), over the full catalogue. coverage@K: share of the
-    catalogue that appears in at least one user's top K.
+    hit_rate@K: 1 when any positive is in the top K; hit_rate_se@K its standard
+    error over users, sqrt(p(1-p)/n). mrr: 1 / (1 + rank of the best-ranked
+    positive), over everything ranked. coverage@K: share of the ranked items
+    (the catalogue, or the candidates) in at least one user's top K.
     """
     users, inverse = np.unique(rankings.ranks["user"].to_numpy(), return_inverse=True)
     n_users = users.size
     if n_users == 0:
-        raise ValueError("no validation users to evaluate")
+        raise ValueError("no held-out users to evaluate")
     rank = rankings.ranks["rank"].to_numpy()
     n_pos = np.bincount(inverse, minlength=n_users)
     best = np.full(n_users, np.iinfo(np.int64).max)
@@ -254,47 +281,84 @@ def metrics_from_ranks(rankings: Rankings, ks: Sequence[int]) -> dict[str, float
         ideal = ideal_dcg[np.minimum(n_pos, k) - 1]
         result[f"recall@{k}"] = float(np.mean(hits / n_pos))
         result[f"ndcg@{k}"] = float(np.mean(dcg / ideal))
-        result[f"hit_rate@{k}"] = float(np.mean(hits > 0))
+        hit_rate = float(np.mean(hits > 0))
+        result[f"hit_rate@{k}"] = hit_rate
+        result[f"hit_rate_se@{k}"] = math.sqrt(hit_rate * (1 - hit_rate) / n_users)
         result[f"coverage@{k}"] = float(rankings.recommended[k].sum() / rankings.n_items)
     return result
 
 
 def ranking_metrics(
     score_users: Scorer,
-    train: pd.DataFrame,
-    val: pd.DataFrame,
+    known: pd.DataFrame,
+    held_out: pd.DataFrame,
     n_users: int,
     n_items: int,
     ks: Sequence[int],
-    chunk_size: int = 1024,
-    seed: int = 0,
+    chunk_size: int,
+    seed: int,
+    *,
+    candidates: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Return full-catalogue ranking metrics for a scoring function (see metrics_from_ranks)."""
+    """Return ranking metrics of held-out positives for a scoring function.
+
+    known is masked (train when ranking validation, train + validation when
+    ranking test); chunk_size users are scored at once (evaluation.chunk_size);
+    seed drives the tie-breaks; candidates limits the items that compete (see
+    rank_positives). The metrics are metrics_from_ranks'.
+    """
     ks = sorted({int(k) for k in ks})
-    rankings = rank_positives(score_users, train, val, n_users, n_items, ks, chunk_size, seed)
+    rankings = rank_positives(
+        score_users,
+        known,
+        held_out,
+        n_users,
+        n_items,
+        ks,
+        chunk_size=chunk_size,
+        seed=seed,
+        candidates=candidates,
+    )
     return metrics_from_ranks(rankings, ks)
+
+
+def pair_scores(
+    score_users: Scorer, users: np.ndarray, items: np.ndarray, *, chunk_size: int
+) -> np.ndarray:
+    """Return the scorer's float32 score of each (user, item) pair, scoring each user once."""
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    unique, inverse = np.unique(users, return_inverse=True)
+    out = np.empty(users.size, dtype=np.float32)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(0, unique.size + chunk_size, chunk_size))
+    for c, start in enumerate(range(0, unique.size, chunk_size)):
+        rows = order[bounds[c] : bounds[c + 1]]
+        scores = score_users(unique[start : start + chunk_size]).to(torch.float32).numpy()
+        out[rows] = scores[inverse[rows] - start, items[rows]]
+    return out
 
 
 def top_k_unseen(
     score_users: Scorer,
-    train: pd.DataFrame,
+    known: pd.DataFrame,
     users: np.ndarray,
     n_users: int,
     n_items: int,
     k: int,
-    chunk_size: int = 1024,
+    chunk_size: int,
 ) -> pd.DataFrame:
-    """Return each user's k best unseen items: columns user, rank (1-based), item, score.
+    """Return each user's k best items not in known: columns user, rank (1-based), item, score.
 
     Users with fewer than k unseen items get fewer rows.
     """
-    train_ptr, train_cols = _csr(train["user"].to_numpy(), train["item"].to_numpy(), n_users)
+    known_ptr, known_cols = _csr(known["user"].to_numpy(), known["item"].to_numpy(), n_users)
     users = np.asarray(users, dtype=np.int64)
     k = min(k, n_items)
     parts = []
     for start in range(0, users.size, chunk_size):
         chunk = users[start : start + chunk_size]
-        scores = _score_chunk(score_users, chunk, n_items, train_ptr, train_cols)
+        scores = _score_chunk(score_users, chunk, n_items, known_ptr, known_cols)
         top = torch.topk(scores, k, dim=1)
         parts.append(
             pd.DataFrame(

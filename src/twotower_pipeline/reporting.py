@@ -80,10 +80,22 @@ def learning_curve(
     return fig, plot
 
 
-def ranking_curve(history: pd.DataFrame, comparison: dict, k: int) -> tuple[Figure, go.Figure]:
-    """Return Recall@k and NDCG@k per epoch, with popularity's values as reference lines."""
+def chosen_epoch(history: pd.DataFrame) -> int | None:
+    """Return the epoch whose model was persisted (the best on validation), if recorded."""
+    if "chosen" not in history or not history["chosen"].astype(bool).any():
+        return None
+    return int(history.loc[history["chosen"].astype(bool), "epoch"].iloc[0])
+
+
+def ranking_curve(history: pd.DataFrame, validation: dict, k: int) -> tuple[Figure, go.Figure]:
+    """Return validation Recall@k and NDCG@k per epoch, popularity's as reference lines.
+
+    validation is evaluation_metrics["validation"]: the per-epoch figures are
+    on validation users, so popularity's reference is too. The persisted
+    (chosen) epoch is marked.
+    """
     metrics = [m for m in (f"recall@{k}", f"ndcg@{k}") if m in history]
-    popularity = comparison.get("popularity", {})
+    popularity = validation.get("popularity", {})
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
     plot = go.Figure()
@@ -100,17 +112,23 @@ def ranking_curve(history: pd.DataFrame, comparison: dict, k: int) -> tuple[Figu
                 name=f"popularity {metric}",
                 line={"dash": "dash"},
             )
+    chosen = chosen_epoch(history)
+    if chosen is not None:
+        ax.axvline(chosen, color="grey", ls=":", lw=1, label=f"chosen epoch ({chosen})")
+        plot.add_vline(x=chosen, line_dash="dot", line_color="grey")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("full-catalogue metric")
     ax.legend()
     ax.set_title(f"Ranking metrics per epoch (validation users, K={k})")
-    plot.update_layout(title=f"Ranking metrics per epoch (K={k})", xaxis_title="epoch")
+    plot.update_layout(
+        title=f"Ranking metrics per epoch (validation users, K={k})", xaxis_title="epoch"
+    )
     return fig, plot
 
 
 def model_vs_baselines(comparison: dict, ks: Sequence[int]) -> tuple[Figure, go.Figure]:
-    """Return HitRate@K and NDCG@K of the model and each baseline, grouped by K."""
+    """Return test HitRate@K and NDCG@K of the model and each baseline, grouped by K."""
     names = scored(comparison)
     fig = Figure(figsize=(9, 4), layout="constrained")
     axes = fig.subplots(1, 2)
@@ -134,8 +152,11 @@ def model_vs_baselines(comparison: dict, ks: Sequence[int]) -> tuple[Figure, go.
         axes[col].set_xticks(range(len(ks)), [f"K={k}" for k in ks])
         axes[col].set_title("HitRate@K" if family == "hit_rate" else "NDCG@K")
     axes[0].legend()
-    fig.suptitle("Model vs baselines (same users, same protocol)")
-    plot.update_layout(title="Model vs baselines", barmode="group")
+    users = comparison["model"].get("users")
+    fig.suptitle(f"Model vs baselines on test ({_number(users)} users, same protocol)")
+    plot.update_layout(
+        title=f"Model vs baselines on test ({_number(users)} users)", barmode="group"
+    )
     return fig, plot
 
 
@@ -169,22 +190,68 @@ def _sparkline(values: Sequence[float]) -> str:
 
 
 def headline(comparison: dict, health: dict, k: int) -> str:
-    """Return the one-line summary of a run: HR@k / NDCG@k of model and popularity, verdict."""
-    model, popularity = comparison["model"], comparison["popularity"]
+    """Return the run's one-line summary, on test: HR@k ± one standard error, NDCG@k, verdict.
+
+    Model first, then popularity and ALS where scored, then the model's lift
+    over popularity and the health verdict.
+    """
+    model = comparison["model"]
     lift = comparison.get("lift_over_popularity", {}).get(f"hit_rate@{k}")
-    return (
-        f"model HR@{k} {model[f'hit_rate@{k}']:.4f} NDCG@{k} {model[f'ndcg@{k}']:.4f} | "
-        f"popularity HR@{k} {popularity[f'hit_rate@{k}']:.4f} "
-        f"NDCG@{k} {popularity[f'ndcg@{k}']:.4f} | "
-        f"lift x{'–' if lift is None else f'{lift:.2f}'} | health: {health['verdict']}"
-    )
+    se = model.get(f"hit_rate_se@{k}")
+    parts = [
+        f"test ({_number(model.get('users'))} users): model HR@{k} "
+        f"{model[f'hit_rate@{k}']:.4f}"
+        + ("" if se is None else f" ±{se:.4f}")
+        + f" NDCG@{k} {model[f'ndcg@{k}']:.4f}"
+    ]
+    for name in ("popularity", "als"):
+        if name in scored(comparison):
+            other = comparison[name]
+            parts.append(
+                f"{name} HR@{k} {other[f'hit_rate@{k}']:.4f} NDCG@{k} {other[f'ndcg@{k}']:.4f}"
+            )
+    parts.append(f"lift x{'–' if lift is None else f'{lift:.2f}'}")
+    parts.append(f"health: {health['verdict']}")
+    return " | ".join(parts)
 
 
 def metric_names(ks: Sequence[int]) -> list[str]:
     names = ["mrr"]
-    for family in ("hit_rate", "recall", "ndcg", "coverage"):
+    for family in ("hit_rate", "hit_rate_se", "recall", "ndcg", "coverage"):
         names += [f"{family}@{k}" for k in ks]
     return names
+
+
+def _comparison_table(section: dict, ks: Sequence[int], reference: str) -> list[str]:
+    """Return the markdown table of one evaluation set: a column per scorer, then the lift."""
+    names = scored(section)
+    lift = section.get(f"lift_over_{reference}", {})
+    rows = [
+        [m, *[section[n].get(m) for n in names], lift.get(m)]
+        for m in metric_names(ks)
+        if any(m in section[n] for n in names)
+    ]
+    return _table(["metric", *names, f"lift over {reference}"], rows)
+
+
+def _cold_section(comparison: dict, ks: Sequence[int]) -> list[str]:
+    """Return the report lines of the cold-start sets (or why there are none)."""
+    cold, full = comparison.get("cold_items"), comparison.get("cold_items_full")
+    if not isinstance(cold, dict) or not isinstance(full, dict):
+        return []
+    lines = ["", "## Cold items (test)", ""]
+    if "skipped" in cold.get("model", {}):
+        return lines + [f"No cold-start figures: {cold['model']['skipped']}."]
+    lines += [
+        f"Test users whose held-out item has no training interaction "
+        f"({_number(cold['model'].get('users'))} users). Among the cold items only (what a "
+        '"new arrivals" slot would show); lift = model / random:',
+        "",
+    ]
+    lines += _comparison_table(cold, ks, "random")
+    lines += ["", "The same rows ranked against the full catalogue:", ""]
+    lines += _comparison_table(full, ks, "random")
+    return lines
 
 
 def build_report(
@@ -223,6 +290,12 @@ def build_report(
             ["train interactions", split_report.get("train_interactions")],
             ["validation positives", split_report.get("val_interactions")],
             ["validation users", split_report.get("val_users")],
+            ["test positives", split_report.get("test_interactions")],
+            ["test users", split_report.get("test_users")],
+            [
+                "test rows with a cold item (scored apart)",
+                split_report.get("test_cold_interactions"),
+            ],
             [
                 "users without validation (too few interactions)",
                 split_report.get(
@@ -236,6 +309,14 @@ def build_report(
             [
                 "validation rows dropped (user unseen in train)",
                 split_report.get("val_dropped_cold_users"),
+            ],
+            [
+                "test rows dropped (user unseen in train)",
+                split_report.get("test_dropped_cold_users"),
+            ],
+            [
+                "items held out of train (split.cold_item_fraction)",
+                split_report.get("cold_items_held_out"),
             ],
         ],
     )
@@ -270,29 +351,37 @@ def build_report(
         )
         if c in history
     ]
+    chosen = chosen_epoch(history)
+    if chosen is not None:
+        lines += [
+            f"The persisted model is epoch {chosen}'s, the best on validation "
+            "(marked ✓); every figure below is that model's.",
+            "",
+        ]
     lines += _table(
-        curve_columns,
+        curve_columns + ["chosen"],
         [
-            [int(row["epoch"]), *[float(row[c]) for c in curve_columns[1:]]]
+            [
+                int(row["epoch"]),
+                *[float(row[c]) for c in curve_columns[1:]],
+                "✓" if int(row["epoch"]) == chosen else "",
+            ]
             for _, row in history.iterrows()
         ],
     )
 
-    names = scored(comparison)
-    lift = comparison.get("lift_over_popularity", {})
+    model = comparison["model"]
     lines += [
         "",
-        "## Model vs baselines",
+        "## Model vs baselines (test)",
         "",
         f"Every scorer ranks the full catalogue for the same "
-        f"{_number(comparison['model'].get('users'))} validation users, training items "
-        "masked, ties broken at random (seeded). Lift = model / popularity.",
+        f"{_number(model.get('users'))} test users, their training and validation items "
+        "masked, ties broken at random (seeded). The baselines are fitted on train only. "
+        "Lift = model / popularity; hit_rate_se is one standard error, sqrt(p(1-p)/n).",
         "",
     ]
-    lines += _table(
-        ["metric", *names, "lift"],
-        [[m, *[comparison[n].get(m) for n in names], lift.get(m)] for m in metric_names(ks)],
-    )
+    lines += _comparison_table(comparison, ks, "popularity")
     skipped = [
         f"- {n}: skipped ({comparison[n]['skipped']})"
         for n in SCORERS
@@ -300,14 +389,37 @@ def build_report(
     ]
     if skipped:
         lines += ["", *skipped]
-    model = comparison["model"]
-    if "val_log_loss" in model:
+    if "test_log_loss" in model:
         lines += [
             "",
-            f"Pointwise, on {_number(model.get('val_sample_positives'))} validation "
-            f"positives + {_number(model.get('val_sample_negatives'))} sampled negatives: "
-            f"log loss {model['val_log_loss']:.4f}, AUC {model['val_auc']:.4f}.",
+            f"Pointwise, on {_number(model.get('test_sample_positives'))} test positives + "
+            f"{_number(model.get('test_sample_negatives'))} sampled negatives: "
+            f"log loss {model['test_log_loss']:.4f}, AUC {model['test_auc']:.4f}.",
         ]
+
+    validation = comparison.get("validation")
+    if isinstance(validation, dict) and "model" in validation:
+        val_model = validation["model"]
+        lines += [
+            "",
+            "## Validation (what chose the epoch)",
+            "",
+            f"The same protocol on {_number(val_model.get('users'))} validation users, "
+            "training items masked. Validation chose the persisted epoch (and the defaults), "
+            "so its figures flatter the model a little; test is the figure to quote.",
+            "",
+        ]
+        lines += _comparison_table(validation, ks, "popularity")
+        if "val_log_loss" in val_model:
+            lines += [
+                "",
+                f"Pointwise, on {_number(val_model.get('val_sample_positives'))} validation "
+                f"positives + {_number(val_model.get('val_sample_negatives'))} sampled "
+                f"negatives: log loss {val_model['val_log_loss']:.4f}, "
+                f"AUC {val_model['val_auc']:.4f}.",
+            ]
+
+    lines += _cold_section(comparison, ks)
 
     lines += ["", "## Health", "", f"Verdict: **{health['verdict']}**", ""]
     for flag in health["flags"]:

@@ -1,4 +1,4 @@
-"""Per-user time-ordered train / validation split; validation holds positives only."""
+"""Per-user time-ordered train / validation / test split; held-out sets hold positives only."""
 
 from .pipeline import create_pipeline
 

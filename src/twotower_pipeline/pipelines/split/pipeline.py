@@ -8,9 +8,15 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 split,
-                inputs=["interactions", "params:split"],
-                outputs=["train_interactions", "val_interactions", "split_report"],
-                name="split_train_validation",
+                inputs=["interactions", "params:split", "params:seed"],
+                outputs=[
+                    "train_interactions",
+                    "val_interactions",
+                    "test_interactions",
+                    "test_cold_interactions",
+                    "split_report",
+                ],
+                name="split_train_validation_test",
             ),
         ]
     )

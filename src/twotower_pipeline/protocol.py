@@ -1,0 +1,102 @@
+"""The evaluation protocol: which held-out positives are ranked, against what, knowing what.
+
+Four sets, each scored the same way (metrics.ranking_metrics):
+
+- validation: validation positives; the user's training items are known
+  (masked, and the history a model may read). Validation chooses.
+- test: test positives; training and validation items are known. Test reports.
+- cold_items: test rows whose item has no training interaction, ranked among
+  the items without training interactions only (what a "new arrivals" slot
+  shows); training and validation items are known.
+- cold_items_full: the same rows ranked against the whole catalogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from twotower_pipeline.metrics import Scorer, ranking_metrics
+
+SECTIONS = ("test", "validation", "cold_items", "cold_items_full")
+COLD_SECTIONS = ("cold_items", "cold_items_full")
+NO_COLD_ROWS = "no test row has an item without training interactions"
+
+
+@dataclass(frozen=True)
+class HeldOutSet:
+    """Held-out positives, the interactions known when predicting them, the items that compete."""
+
+    positives: pd.DataFrame
+    known: pd.DataFrame
+    candidates: np.ndarray | None  # bool (n_items,) of the items that compete; None: all
+
+
+def known_for_test(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
+    """Return the interactions known when predicting test: train and validation, in one frame."""
+    return pd.concat([train, val], ignore_index=True)
+
+
+def items_without_training(train: pd.DataFrame, n_items: int) -> np.ndarray:
+    """Return a bool mask (n_items,) of the items no training interaction has: the cold items."""
+    return np.bincount(train["item"].to_numpy(), minlength=n_items) == 0
+
+
+def held_out_sets(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    test: pd.DataFrame,
+    test_cold: pd.DataFrame,
+    n_items: int,
+) -> dict[str, HeldOutSet]:
+    """Return the four evaluation sets by name (SECTIONS)."""
+    known = known_for_test(train, val)
+    cold = items_without_training(train, n_items)
+    return {
+        "test": HeldOutSet(test, known, None),
+        "validation": HeldOutSet(val, train, None),
+        "cold_items": HeldOutSet(test_cold, known, cold),
+        "cold_items_full": HeldOutSet(test_cold, known, None),
+    }
+
+
+def score_sets(
+    scorer_for: Callable[[pd.DataFrame, pd.DataFrame], Scorer],
+    sets: dict[str, HeldOutSet],
+    n_users: int,
+    n_items: int,
+    ks: Sequence[int],
+    chunk_size: int,
+    seed: int,
+) -> dict[str, dict]:
+    """Return each set's ranking metrics for one scorer, {"skipped": why} where a set is empty.
+
+    scorer_for(known, positives) returns the scorer to use when `known` is
+    what is known and `positives` are being predicted (a model builds user
+    histories from them; a baseline ignores both). It is called once per
+    distinct pair.
+    """
+    scorers: dict[tuple[int, int], Scorer] = {}
+    results: dict[str, dict] = {}
+    for name, held_out in sets.items():
+        if held_out.positives.empty:
+            results[name] = {"skipped": NO_COLD_ROWS if name in COLD_SECTIONS else "no rows"}
+            continue
+        key = (id(held_out.known), id(held_out.positives))
+        if key not in scorers:
+            scorers[key] = scorer_for(held_out.known, held_out.positives)
+        results[name] = ranking_metrics(
+            scorers[key],
+            held_out.known,
+            held_out.positives,
+            n_users,
+            n_items,
+            ks,
+            chunk_size,
+            seed,
+            candidates=held_out.candidates,
+        )
+    return results
