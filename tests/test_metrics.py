@@ -347,6 +347,37 @@ def test_ranks_with_ties_lie_between_the_optimistic_and_pessimistic_rank(problem
     assert all(0.0 <= result[f"ndcg@{k}"] <= 1.0 + 1e-12 for k in ks)
 
 
+@settings(max_examples=100, deadline=None)
+@given(ranking_problems(tie_prone=False), st.data())
+def test_ranking_among_candidates_is_ranking_on_the_candidate_columns_alone(problem, data):
+    scores, train, val, ks, chunk = problem
+    if len({(u, float(s)) for u, row in enumerate(scores) for s in row}) < scores.size:
+        return  # a tie slipped in
+    n_items = scores.shape[1]
+    held = {i for _, i in val}
+    extra = data.draw(st.sets(st.integers(0, n_items - 1)))
+    keep = sorted(held | extra)
+    mask = np.isin(np.arange(n_items), keep)
+    result = ranking_metrics(
+        table_scorer(scores),
+        pairs(train),
+        pairs(val),
+        len(scores),
+        n_items,
+        ks,
+        chunk,
+        0,
+        candidates=mask,
+    )
+    # The same problem with the other columns deleted and items renumbered.
+    new_index = {item: j for j, item in enumerate(keep)}
+    sub_train = [(u, new_index[i]) for u, i in train if i in new_index]
+    sub_val = [(u, new_index[i]) for u, i in val]
+    _, expected = brute_force(scores[:, keep], sub_train, sub_val, ks)
+    for name, value in expected.items():
+        assert result[name] == pytest.approx(value), name
+
+
 # --- recommendations -------------------------------------------------------------
 
 
