@@ -139,25 +139,36 @@ def build_index(item_vectors: np.ndarray, config: IndexConfig) -> ItemIndex:
     return ItemIndex(index, config, n_items, dim)
 
 
+class ExactSearch:
+    """Brute-force inner-product search over L2-normalised item vectors (normalised once)."""
+
+    def __init__(self, item_vectors: np.ndarray, chunk_size: int = 1024) -> None:
+        self.items = torch.from_numpy(normalise(item_vectors))
+        # Memory per chunk: chunk_size x n_items float32 scores.
+        self.chunk_size = chunk_size
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return (inner products, item indices) of each query's k nearest items."""
+        queries = normalise(queries)
+        k = min(k, self.items.shape[0])
+        scores = np.empty((len(queries), k), dtype=np.float32)
+        ids = np.empty((len(queries), k), dtype=np.int64)
+        for start in range(0, len(queries), self.chunk_size):
+            chunk = torch.from_numpy(queries[start : start + self.chunk_size]) @ self.items.T
+            top = torch.topk(chunk, k, dim=1)
+            scores[start : start + self.chunk_size] = top.values.numpy()
+            ids[start : start + self.chunk_size] = top.indices.numpy()
+        return scores, ids
+
+
 def exact_search(
     item_vectors: np.ndarray, queries: np.ndarray, k: int, chunk_size: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (inner products, item indices) of each query's k nearest items, by brute force.
 
-    Both sides are L2-normalised first, as the index sees them; memory stays at
-    chunk_size x n_items scores.
+    Both sides are L2-normalised first, as the index sees them.
     """
-    items = torch.from_numpy(normalise(item_vectors))
-    queries = normalise(queries)
-    k = min(k, items.shape[0])
-    scores = np.empty((len(queries), k), dtype=np.float32)
-    ids = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), chunk_size):
-        chunk = torch.from_numpy(queries[start : start + chunk_size]) @ items.T
-        top = torch.topk(chunk, k, dim=1)
-        scores[start : start + chunk_size] = top.values.numpy()
-        ids[start : start + chunk_size] = top.indices.numpy()
-    return scores, ids
+    return ExactSearch(item_vectors, chunk_size).search(queries, k)
 
 
 def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> float:
