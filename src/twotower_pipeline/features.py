@@ -342,7 +342,7 @@ def encode_tokens(
         if entry["kind"] == "numeric":
             codes = np.searchsorted(np.asarray(entry["edges"], np.float64), column.values, "right")
         else:
-            codes = pd.Categorical(column.values, categories=entry["values"]).codes.astype(np.int64)
+            codes = pd.Index(entry["values"], dtype=object).get_indexer(column.values)
         known = codes >= 0
         unseen[entry["name"]] = int((~known).sum())
         entity_parts.append(table.entity[column.rows[known]])

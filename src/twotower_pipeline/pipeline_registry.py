@@ -4,6 +4,7 @@ from kedro.pipeline import Pipeline
 
 from twotower_pipeline.pipelines import (
     evaluation,
+    features,
     ingestion,
     negative_sampling,
     split,
@@ -16,11 +17,12 @@ def register_pipelines() -> dict[str, Pipeline]:
     stages = {
         "ingestion": ingestion.create_pipeline(),
         "split": split.create_pipeline(),
+        "features": features.create_pipeline(),
         "negative_sampling": negative_sampling.create_pipeline(),
         "training": training.create_pipeline(),
         "evaluation": evaluation.create_pipeline(),
     }
-    data_processing = stages["ingestion"] + stages["split"]
+    data_processing = stages["ingestion"] + stages["split"] + stages["features"]
     # Everything that depends on model parameters re-runs together, so a changed
     # neg_ratio can never meet stale negatives.
     train = stages["negative_sampling"] + stages["training"] + stages["evaluation"]

@@ -1,0 +1,46 @@
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import encode_features, score_oracle
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                encode_features,
+                inputs=[
+                    "train_interactions",
+                    "item_index",
+                    "user_index",
+                    "item_features",
+                    "user_features",
+                    "params:features",
+                ],
+                outputs=[
+                    "item_feature_tokens",
+                    "user_feature_tokens",
+                    "feature_encoders",
+                    "features_report",
+                ],
+                name="encode_features",
+            ),
+            Node(
+                score_oracle,
+                inputs=[
+                    "synthetic_item_taste",
+                    "synthetic_user_taste",
+                    "user_index",
+                    "item_index",
+                    "train_interactions",
+                    "val_interactions",
+                    "test_interactions",
+                    "test_cold_interactions",
+                    "params:oracle",
+                    "params:evaluation",
+                    "params:seed",
+                ],
+                outputs="oracle_metrics",
+                name="score_oracle",
+            ),
+        ]
+    )
