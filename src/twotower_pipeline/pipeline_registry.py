@@ -10,6 +10,7 @@ from twotower_pipeline.pipelines import (
     split,
     training,
 )
+from twotower_pipeline.spark_hooks import spark_env_active
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -26,9 +27,14 @@ def register_pipelines() -> dict[str, Pipeline]:
     # Everything that depends on model parameters re-runs together, so a changed
     # neg_ratio can never meet stale negatives.
     train = stages["negative_sampling"] + stages["training"] + stages["evaluation"]
-    return {
+    registered = {
         **stages,
         "data_processing": data_processing,
         "train": train,
         "__default__": data_processing + train,
     }
+    if spark_env_active():  # conf/<env>/spark.yml: ingestion and the split run on PySpark
+        from twotower_pipeline.pipelines.spark_data_processing import for_spark_env
+
+        return for_spark_env(registered)
+    return registered

@@ -4,11 +4,18 @@ from kedro.config import OmegaConfigLoader
 
 from twotower_pipeline.hooks import OutputRollbackHooks, PreparedDataHooks, ReadableErrorHooks
 from twotower_pipeline.logging_hooks import NodeSummaryHooks
+from twotower_pipeline.spark_hooks import SparkHooks
 
 # pluggy calls the last registered first: the missing-data check runs before
 # anything is kept aside for a rollback, and a failed run's outputs are restored
 # before its error is turned into a one-line message.
-HOOKS = (ReadableErrorHooks(), OutputRollbackHooks(), PreparedDataHooks(), NodeSummaryHooks())
+HOOKS = (
+    ReadableErrorHooks(),
+    OutputRollbackHooks(),
+    PreparedDataHooks(),
+    NodeSummaryHooks(),
+    SparkHooks(),  # a SparkSession, only in an environment with a spark.yml (conf/spark)
+)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 # Environments override base key by key ("soft" merge), so conf/smoke can change
@@ -17,4 +24,6 @@ CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     "merge_strategy": {"parameters": "soft", "catalog": "soft", "globals": "soft"},
+    # conf/<env>/spark.yml configures the SparkSession of a Spark environment (spark_hooks.py).
+    "config_patterns": {"spark": ["spark*", "spark*/**"]},
 }
