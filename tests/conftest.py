@@ -39,9 +39,12 @@ def copy_project(destination: Path) -> Path:
         skipped = {n for n in names if n in _SKIP_ANYWHERE or n.endswith(".egg-info")}
         if here == ROOT:
             skipped |= _SKIP_TOP & set(names)
-        # Keep the layer folders, not their contents (a user's data, private settings).
-        if here.parent == ROOT / "data" or here == ROOT / "conf" / "local":
+        # Keep the layer folders, not their contents (a user's data, private settings),
+        # nor the outputs of other environments (data/<env>/, see environments.py).
+        if here.parent == ROOT / "data" or here in (ROOT / "conf" / "local", ROOT / "mlruns"):
             skipped |= {n for n in names if n != ".gitkeep"}
+        if here == ROOT / "data":
+            skipped |= {n for n in names if not (here / n / ".gitkeep").exists()}
         return skipped
 
     shutil.copytree(ROOT, destination, ignore=ignore)

@@ -21,7 +21,7 @@ from kedro.framework.hooks import hook_impl
 import twotower_pipeline.settings as project_settings
 from twotower_pipeline.hooks import ReadableError
 
-CHECKPOINTS = "06_models/checkpoints_smoke"
+CHECKPOINTS = "smoke/06_models/checkpoints_smoke"
 
 
 def snapshot(project: Path, skip: str | None = None) -> dict[str, bytes]:
@@ -40,8 +40,8 @@ def good_run(make_project_copy, kedro_run) -> tuple[Path, dict[str, bytes]]:
     project = make_project_copy("failed_run")
     kedro_run(project)
     before = snapshot(project)
-    assert any(name.startswith("06_models/two_tower_model.pt/") for name in before)
-    assert any(name.startswith("08_reporting/evaluation_metrics.json/") for name in before)
+    assert any(name.startswith("smoke/06_models/two_tower_model.pt/") for name in before)
+    assert any(name.startswith("smoke/08_reporting/evaluation_metrics.json/") for name in before)
     return project, before
 
 

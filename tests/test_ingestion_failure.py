@@ -22,20 +22,21 @@ from twotower_pipeline.hooks import ReadableError
 from twotower_pipeline.synthetic import SyntheticLogSpec, generate_interactions
 
 OUTPUTS = [
-    "data/02_intermediate/clean_interactions.parquet",
-    "data/03_primary/interactions.parquet",
-    "data/03_primary/user_index.parquet",
-    "data/03_primary/item_index.parquet",
-    "data/05_model_input/train_interactions.parquet",
-    "data/05_model_input/val_interactions.parquet",
-    "data/08_reporting/ingestion_report.json",
-    "data/08_reporting/split_report.json",
+    "data/user_csv/02_intermediate/clean_interactions.parquet",
+    "data/user_csv/03_primary/interactions.parquet",
+    "data/user_csv/03_primary/user_index.parquet",
+    "data/user_csv/03_primary/item_index.parquet",
+    "data/user_csv/05_model_input/train_interactions.parquet",
+    "data/user_csv/05_model_input/val_interactions.parquet",
+    "data/user_csv/08_reporting/ingestion_report.json",
+    "data/user_csv/08_reporting/split_report.json",
 ]
 
 # An environment that reads a user's CSV, as the docs tell users to set one up.
 USER_CSV_ENV = {
     "globals.yml": "raw_interactions_path: data/01_raw/events.csv\n",
     "catalog.yml": "raw_interactions:\n  type: pandas.CSVDataset\n",
+    "parameters.yml": "features:\n  item: null\n  user: null\n",  # no side-feature files
 }
 
 
@@ -204,5 +205,5 @@ def test_the_encoding_parameter_reads_a_latin1_log(make_project_copy, kedro_run)
         env="user_csv",
         params={"ingestion": {"encoding": "latin-1"}},
     )
-    users = pd.read_parquet(project / "data/03_primary/user_index.parquet")
+    users = pd.read_parquet(project / "data/user_csv/03_primary/user_index.parquet")
     assert users["user_id"].str.startswith("José-").all()

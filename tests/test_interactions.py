@@ -294,8 +294,9 @@ def test_movielens_env_prepares_real_ml_100k_end_to_end(make_project_copy, kedro
     target.parent.mkdir()
     target.symlink_to(ML_100K)  # linked, never copied
     kedro_run(project, pipeline="data_processing", env="movielens")
-    ingestion = yaml.safe_load((project / "data/08_reporting/ingestion_report.json").read_text())
-    split = yaml.safe_load((project / "data/08_reporting/split_report.json").read_text())
+    reports = project / "data/movielens/08_reporting"
+    ingestion = yaml.safe_load((reports / "ingestion_report.json").read_text())
+    split = yaml.safe_load((reports / "split_report.json").read_text())
     assert ingestion["source"] == "data/01_raw/ml-100k/u.data"
     assert (ingestion["interactions"], ingestion["users"], ingestion["items"]) == (
         100_000,

@@ -217,7 +217,7 @@ def test_skipped_baselines_are_not_plotted():
 def test_smoke_run_writes_health_plots_report_and_recommendations(smoke_project):
     import json
 
-    reporting = smoke_project / "data" / "08_reporting"
+    reporting = smoke_project / "data/smoke" / "08_reporting"
     health = json.loads((reporting / "training_health.json").read_text())
     assert health["verdict"] and {f["name"] for f in health["flags"]} >= {
         "loss_collapse",
@@ -234,11 +234,11 @@ def test_smoke_run_writes_health_plots_report_and_recommendations(smoke_project)
         for suffix in ("png", "json"):
             versions = list((reporting / f"{plot}.{suffix}").iterdir())
             assert versions and (versions[0] / f"{plot}.{suffix}").exists()
-    recs = pd.read_parquet(smoke_project / "data" / "07_model_output" / "recommendations.parquet")
+    recs = pd.read_parquet(smoke_project / "data/smoke/07_model_output/recommendations.parquet")
     # Every interaction of the log is masked, held-out ones included: served, they are known.
-    train = pd.read_parquet(smoke_project / "data" / "03_primary" / "interactions.parquet")
-    users = pd.read_parquet(smoke_project / "data" / "03_primary" / "user_index.parquet")
-    items = pd.read_parquet(smoke_project / "data" / "03_primary" / "item_index.parquet")
+    train = pd.read_parquet(smoke_project / "data/smoke" / "03_primary" / "interactions.parquet")
+    users = pd.read_parquet(smoke_project / "data/smoke" / "03_primary" / "user_index.parquet")
+    items = pd.read_parquet(smoke_project / "data/smoke" / "03_primary" / "item_index.parquet")
     seen = set(
         zip(
             users["user_id"].to_numpy()[train["user"]],

@@ -1,8 +1,12 @@
 """Project settings: config loading and hooks."""
 
-from kedro.config import OmegaConfigLoader
-
-from twotower_pipeline.hooks import OutputRollbackHooks, PreparedDataHooks, ReadableErrorHooks
+from twotower_pipeline.environments import EnvironmentConfigLoader
+from twotower_pipeline.hooks import (
+    OutputRollbackHooks,
+    PreparedDataHooks,
+    ReadableErrorHooks,
+    RunManifestHooks,
+)
 from twotower_pipeline.logging_hooks import NodeSummaryHooks
 from twotower_pipeline.spark_hooks import SparkHooks
 
@@ -12,12 +16,14 @@ from twotower_pipeline.spark_hooks import SparkHooks
 HOOKS = (
     ReadableErrorHooks(),
     OutputRollbackHooks(),
+    RunManifestHooks(),  # provenance checked before anything is kept aside
     PreparedDataHooks(),
     NodeSummaryHooks(),
     SparkHooks(),  # a SparkSession, only in an environment with a spark.yml (conf/spark)
 )
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+# Every environment but the default writes under data/<env>/ (environments.py).
+CONFIG_LOADER_CLASS = EnvironmentConfigLoader
 # Environments override base key by key ("soft" merge), so conf/smoke can change
 # one entry of a block without restating the rest of it.
 CONFIG_LOADER_ARGS = {
