@@ -379,3 +379,34 @@ def test_own_log_without_features_needs_no_feature_file_and_gets_empty_tokens(ma
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
     assert "data/01_raw/items.csv: the file does not exist" in last_line
+
+
+def test_movielens_1m_reads_movies_and_users_dat(tmp_path):
+    catalog, parameters = _env_config("movielens_1m")
+    files = {
+        "item": "1::Toy Story (1995)::Animation|Children's|Comedy\n2::Jumanji (1995)::Adventure\n",
+        "user": "1::F::1::10::48067\n2::M::56::16::70072\n",
+    }
+    for side, text in files.items():
+        path = tmp_path / f"{side}.dat"
+        path.write_text(text, encoding="latin-1")
+        config = dict(catalog[f"{side}_features"])
+        config["dataset"] = {**config["dataset"], "filepath": str(path)}
+        raw = AbstractDataset.from_config(f"{side}_features", config).load()
+        feature_spec = FeatureSpec.from_params(side, parameters["features"][side])
+        tokens, encoder, _ = build_side(raw, feature_spec, pd.Series([1, 2]), np.arange(2), side)
+        if side == "item":
+            assert encoder["fields"][0]["values"] == [
+                "Adventure",
+                "Animation",
+                "Children's",
+                "Comedy",
+            ]
+            assert tokens_of(tokens) == [[2, 3, 4], [1]]
+        else:
+            assert [f["values"] for f in encoder["fields"]] == [
+                ["F", "M"],
+                ["1", "56"],
+                ["10", "16"],
+            ]
+            assert tokens_of(tokens) == [[1, 3, 5], [2, 4, 6]]
