@@ -178,3 +178,20 @@ def test_an_index_and_a_config_from_different_runs_are_refused(tmp_path):
     (tmp_path / "idx.faiss").write_bytes(older_index)  # as a rollback of one file would
     with pytest.raises(DatasetError, match="SHA-256"):
         dataset.load()
+
+
+def test_tied_items_count_as_found_whichever_of_them_the_index_returns():
+    # Items 0-3 are the same vector: exact search keeps two of them, an index may keep
+    # two others, with the same scores.
+    exact_scores = np.array([[0.9, 0.5, 0.5]])
+    approximate_scores = np.array([[0.9, 0.5, 0.5]])
+    assert ann.recall_with_ties(approximate_scores, exact_scores) == 1.0
+    assert ann.recall_with_ties(np.array([[0.9, 0.5, 0.4]]), exact_scores) == pytest.approx(2 / 3)
+
+
+@needs_faiss
+def test_index_recall_is_one_when_the_catalogue_is_full_of_ties():
+    items = np.vstack([np.tile([[1.0, 0.0, 0.0]], (30, 1)), np.eye(3)[1:], np.zeros((10, 3))])
+    queries = np.array([[0.2, 1.0, 0.1], [0.0, 0.1, 1.0]])
+    metrics = ann.index_recall(ann.build_index(items, config()), items, queries, k=10)
+    assert metrics["recall@10"] == 1.0

@@ -181,21 +181,45 @@ def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> float:
     return float(hits.mean())
 
 
+def recall_with_ties(
+    approximate_scores: np.ndarray, exact_scores: np.ndarray, tolerance: float = 1e-5
+) -> float:
+    """Return recall@k where any item scoring as high as the exact k-th counts as found.
+
+    Items with equal vectors (cold items sharing features, items never trained)
+    tie; exact search keeps an arbitrary k of them and the index another, equally
+    good k. Counting by score rather than by id does not call that a miss.
+    `tolerance` absorbs float32 rounding between the two searches.
+    """
+    if approximate_scores.shape != exact_scores.shape:
+        raise ValueError(
+            f"shapes differ: approximate {approximate_scores.shape}, exact {exact_scores.shape}"
+        )
+    if exact_scores.size == 0:
+        raise ValueError("no queries: recall is undefined")
+    threshold = exact_scores[:, -1:] - tolerance
+    return float((approximate_scores >= threshold).mean())
+
+
 def index_recall(
     item_index: ItemIndex,
     item_vectors: np.ndarray,
     queries: np.ndarray,
     k: int,
 ) -> dict:
-    """Return the index's recall@k against exact search for these queries, or why it is absent."""
+    """Return the index's recall@k against exact search for these queries, or why it is absent.
+
+    Ties count as found (recall_with_ties): the index is judged on the scores it
+    returns, not on which of several equal items it picked.
+    """
     if item_index.index is None:
         return {"skipped": item_index.skipped}
     if len(queries) == 0:
         raise ValueError("no query users: the index recall needs at least one test user")
-    _, approximate = item_index.search(queries, k)
-    _, exact = exact_search(item_vectors, queries, k)
+    approximate_scores, _ = item_index.search(queries, k)
+    exact_scores, _ = exact_search(item_vectors, queries, k)
     return {
-        f"recall@{k}": recall_at_k(approximate, exact),
+        f"recall@{k}": recall_with_ties(approximate_scores, exact_scores),
         "queries": int(len(queries)),
         "n_items": item_index.n_items,
         "kind": item_index.config.kind,

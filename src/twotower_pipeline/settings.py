@@ -8,12 +8,15 @@ from twotower_pipeline.hooks import (
     RunManifestHooks,
 )
 from twotower_pipeline.logging_hooks import NodeSummaryHooks
+from twotower_pipeline.mlflow_hooks import MlflowTrackingHooks
 from twotower_pipeline.spark_hooks import SparkHooks
 
 # pluggy calls the last registered first: the missing-data check runs before
 # anything is kept aside for a rollback, and a failed run's outputs are restored
 # before its error is turned into a one-line message.
 HOOKS = (
+    # First registered, so called last: logs the run manifest once it is written.
+    MlflowTrackingHooks(),  # only when kedro-mlflow has an MLflow run open (conf/base/mlflow.yml)
     ReadableErrorHooks(),
     OutputRollbackHooks(),
     RunManifestHooks(),  # provenance checked before anything is kept aside
