@@ -158,6 +158,39 @@ def _tied_before(
     return before
 
 
+def _random_tie_positions(
+    scores: torch.Tensor,
+    rows: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    ties: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Return, per positive, how many items with exactly its score a random order puts first.
+
+    A positive alone among its ties sits at a uniform position among them,
+    drawn directly: O(1), where drawing a whole random order costs n_items
+    (popularity ties most of the catalogue for every user). Positives of one
+    user that share a score need one order between them, so they go through
+    _tied_before.
+    """
+    before = torch.zeros(ties.numel(), dtype=torch.int64)
+    tied = torch.nonzero(ties > 1).squeeze(1)
+    if tied.numel() == 0:
+        return before
+    # Positives of one row with one score share a random order.
+    key = torch.stack([rows[tied].to(torch.float64), targets[tied].to(torch.float64)], 1)
+    _, group, counts = torch.unique(key, dim=0, return_inverse=True, return_counts=True)
+    shared = counts[group] > 1
+    alone = tied[~shared]
+    draws = torch.rand(alone.numel(), generator=generator, dtype=torch.float64)
+    before[alone] = (draws * ties[alone]).long()
+    if shared.any():
+        where = tied[shared]
+        before[where] = _tied_before(scores, rows[where], items[where], targets[where], generator)
+    return before
+
+
 @dataclass
 class Rankings:
     """Every held-out positive's 0-based rank, and which items each top-K reached."""
@@ -225,17 +258,13 @@ def rank_positives(
         rows_t, items_t = torch.from_numpy(pos_rows), torch.from_numpy(pos_items)
         targets = scores[rows_t, items_t]
         ranks = torch.empty(pos_rows.size, dtype=torch.int64)
-        tied = torch.zeros(pos_rows.size, dtype=torch.bool)
+        ties = torch.zeros(pos_rows.size, dtype=torch.int64)  # items sharing the score, itself too
         for s in range(int(slot.max()) + 1 if slot.size else 0):
             in_slot = torch.from_numpy(np.flatnonzero(slot == s))
             greater, at_least = _count_above(scores, rows_t[in_slot], targets[in_slot])
             ranks[in_slot] = greater
-            tied[in_slot] = at_least - greater > 1  # more than the positive itself
-        if tied.any():
-            where = torch.nonzero(tied).squeeze(1)
-            ranks[where] += _tied_before(
-                scores, rows_t[where], items_t[where], targets[where], generator
-            )
+            ties[in_slot] = at_least - greater
+        ranks += _random_tie_positions(scores, rows_t, items_t, targets, ties, generator)
 
         user_parts.append(chunk[pos_rows])
         item_parts.append(pos_items)

@@ -254,6 +254,25 @@ def _cold_section(comparison: dict, ks: Sequence[int]) -> list[str]:
     return lines
 
 
+PLOTS = {
+    "learning_curve": "Learning curve",
+    "ranking_curve": "Ranking metric per epoch",
+    "model_vs_baselines": "Model against the baselines",
+}
+
+
+def _plot_images(version: str | None) -> list[str]:
+    """Return report.md lines showing this run's plots, by path relative to report.md."""
+    if version is None:
+        return [
+            "Plots (versioned; the newest folder is this run): "
+            "`data/08_reporting/learning_curve.png/`, `ranking_curve.png/`, "
+            "`model_vs_baselines.png/` (and `.json` plotly versions for kedro-viz)."
+        ]
+    # Beside report.md, each plot is a folder of versions named after the run id.
+    return [f"![{title}]({name}.png/{version}/{name}.png)" for name, title in PLOTS.items()]
+
+
 def build_report(
     ingestion_report: dict,
     split_report: dict,
@@ -263,8 +282,13 @@ def build_report(
     neg_ratio: int,
     ks: Sequence[int],
     k: int,
+    plot_version: str | None = None,
 ) -> str:
-    """Return report.md: data and split, the curve, model vs baselines, health with advice."""
+    """Return report.md: data and split, the curve, model vs baselines, health with advice.
+
+    With plot_version (the run id, the name of this run's plot version folders)
+    the plots are embedded as images by their path relative to report.md.
+    """
     lines = ["# Two-tower run report", "", f"**{headline(comparison, health, k)}**", ""]
 
     lines += ["## Data", ""]
@@ -297,10 +321,14 @@ def build_report(
                 split_report.get("test_cold_interactions"),
             ],
             [
-                "users without validation (too few interactions)",
+                "users without a validation row (too few interactions, or dropped)",
                 split_report.get(
                     "users_without_validation", split_report.get("users_in_train_only")
                 ),
+            ],
+            [
+                "users without a test row (too few interactions, cold, or dropped)",
+                split_report.get("users_without_test"),
             ],
             [
                 "validation rows dropped (item unseen in train)",
@@ -333,9 +361,7 @@ def build_report(
         f"- train loss `{_sparkline(history['train_loss'].tolist())}`",
         f"- val loss   `{_sparkline(history['val_loss'].tolist())}`",
         "",
-        "Plots (versioned; the newest folder is this run): "
-        "`data/08_reporting/learning_curve.png/`, `ranking_curve.png/`, "
-        "`model_vs_baselines.png/` (and `.json` plotly versions for kedro-viz).",
+        *_plot_images(plot_version),
         "",
     ]
     curve_columns = [
