@@ -121,7 +121,9 @@ def counting(n_items: int = 60_000, rows: int = 1024, repeats: int = 5) -> dict:
     variants = {
         "torch, whole chunk": torch_whole_chunk,
         "numpy, 32-row blocks, 1 thread": numpy_blocked_one_thread,
-        "metrics._count_above (blocks, threads)": lambda: _count_above(scores, order, targets),
+        "metrics._count_above (blocks, threads)": lambda: _count_above(
+            scores, order, targets, torch.get_num_threads()
+        ),
     }
     timings = {name: [] for name in variants}
     for _ in range(repeats):  # interleaved, so machine load hits every variant alike

@@ -20,8 +20,9 @@ comparison stays in cache; no row is ever sorted.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,7 +98,7 @@ def _count_block_range(
 
 
 def _count_above(
-    scores: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor
+    scores: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, max_threads: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return, per target, how many scores of its row are > it and how many are >= it."""
     # numpy on blocks of rows, one contiguous share of the rows per thread (numpy
@@ -112,7 +113,7 @@ def _count_above(
         (rows_np == np.arange(rows_np.size)).all()
     )
     args = (scores_np, rows_np, targets_np, in_order, greater, at_least)
-    threads = max(1, min(torch.get_num_threads(), rows_np.size // _ROW_BLOCK))
+    threads = max(1, min(max_threads, rows_np.size // _ROW_BLOCK))
     if threads == 1:
         _count_block_range(*args, 0, rows_np.size)
     else:
@@ -191,6 +192,57 @@ def _random_tie_positions(
     return before
 
 
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run torch single-threaded inside, then restore the caller's thread count.
+
+    A chunk's bookkeeping is many small operations; their per-operation thread
+    barriers made it 4x slower on a busy 2-core machine.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _rank_chunk(
+    scores: torch.Tensor,
+    chunk: np.ndarray,
+    held_ptr: np.ndarray,
+    held_cols: np.ndarray,
+    ks: Sequence[int],
+    k_max: int,
+    recommended: dict[int, np.ndarray],
+    threads: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Return (ranks, row within chunk, item) of the chunk's held-out positives.
+
+    Marks each K's top-K items in `recommended` on the way.
+    """
+    top_scores, top_items = torch.topk(scores, k_max, dim=1)
+    if torch.isnan(top_scores).any():  # topk puts NaN first, so this sees any NaN
+        raise ValueError(f"the scorer returned NaN scores for users {chunk[:5].tolist()}...")
+    finite = torch.isfinite(top_scores)
+    for k in ks:
+        recommended[k][top_items[:, :k][finite[:, :k]].numpy()] = True
+
+    pos_rows, pos_items, slot = _pairs_of(chunk, held_ptr, held_cols)
+    rows_t, items_t = torch.from_numpy(pos_rows), torch.from_numpy(pos_items)
+    targets = scores[rows_t, items_t]
+    ranks = torch.empty(pos_rows.size, dtype=torch.int64)
+    ties = torch.zeros(pos_rows.size, dtype=torch.int64)  # items sharing the score, itself too
+    for s in range(int(slot.max()) + 1 if slot.size else 0):
+        in_slot = torch.from_numpy(np.flatnonzero(slot == s))
+        greater, at_least = _count_above(scores, rows_t[in_slot], targets[in_slot], threads)
+        ranks[in_slot] = greater
+        ties[in_slot] = at_least - greater
+    ranks += _random_tie_positions(scores, rows_t, items_t, targets, ties, generator)
+    return ranks, pos_rows, pos_items
+
+
 @dataclass
 class Rankings:
     """Every held-out positive's 0-based rank, and which items each top-K reached."""
@@ -242,30 +294,15 @@ def rank_positives(
     k_max = min(max(ks), n_items)
     recommended = {k: np.zeros(n_items, dtype=bool) for k in ks}
 
+    threads = torch.get_num_threads()
     user_parts, item_parts, rank_parts = [], [], []
     for start in range(0, held_users.size, chunk_size):
         chunk = held_users[start : start + chunk_size]
         scores = _score_chunk(score_users, chunk, n_items, known_ptr, known_cols, outside)
-
-        top_scores, top_items = torch.topk(scores, k_max, dim=1)
-        if torch.isnan(top_scores).any():  # topk puts NaN first, so this sees any NaN
-            raise ValueError(f"the scorer returned NaN scores for users {chunk[:5].tolist()}...")
-        for k in ks:
-            top = top_items[:, :k][torch.isfinite(top_scores[:, :k])]
-            recommended[k][top.numpy()] = True
-
-        pos_rows, pos_items, slot = _pairs_of(chunk, held_ptr, held_cols)
-        rows_t, items_t = torch.from_numpy(pos_rows), torch.from_numpy(pos_items)
-        targets = scores[rows_t, items_t]
-        ranks = torch.empty(pos_rows.size, dtype=torch.int64)
-        ties = torch.zeros(pos_rows.size, dtype=torch.int64)  # items sharing the score, itself too
-        for s in range(int(slot.max()) + 1 if slot.size else 0):
-            in_slot = torch.from_numpy(np.flatnonzero(slot == s))
-            greater, at_least = _count_above(scores, rows_t[in_slot], targets[in_slot])
-            ranks[in_slot] = greater
-            ties[in_slot] = at_least - greater
-        ranks += _random_tie_positions(scores, rows_t, items_t, targets, ties, generator)
-
+        with _one_torch_thread():
+            ranks, pos_rows, pos_items = _rank_chunk(
+                scores, chunk, held_ptr, held_cols, ks, k_max, recommended, threads, generator
+            )
         user_parts.append(chunk[pos_rows])
         item_parts.append(pos_items)
         rank_parts.append(ranks.numpy())
