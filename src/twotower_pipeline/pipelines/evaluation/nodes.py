@@ -301,8 +301,12 @@ def write_report(
     training_health: dict,
     neg_ratio: int,
     evaluation: dict,
+    run_id: str,
 ) -> str:
-    """Return report.md, and log the run's one-line summary (the pipeline's last node)."""
+    """Return report.md, and log the run's one-line summary (the pipeline's last node).
+
+    The plots are embedded from this run's version folders, which are named after run_id.
+    """
     k = evaluation["headline_k"]
     summary = reporting.headline(evaluation_metrics, training_health, k)
     if training_health["raised"]:
@@ -318,4 +322,5 @@ def write_report(
         neg_ratio,
         evaluation["ks"],
         k,
+        plot_version=run_id,
     )

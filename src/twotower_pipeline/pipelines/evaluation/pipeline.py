@@ -14,6 +14,7 @@ from .nodes import (
     recommend,
     write_report,
 )
+from .report_nodes import write_html_report
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -132,9 +133,27 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "training_health",
                     "params:neg_ratio",
                     "params:evaluation",
+                    "run_id",
                 ],
                 outputs="run_report",
                 name="write_report",
+            ),
+            Node(
+                write_html_report,
+                inputs=[
+                    "ingestion_report",
+                    "split_report",
+                    "training_history",
+                    "evaluation_metrics",
+                    "training_health",
+                    "model_config",
+                    "params:neg_ratio",
+                    "parameters",
+                    "run_id",
+                    "params:evaluation",
+                ],
+                outputs="report_html",
+                name="write_html_report",
             ),
         ]
     )
