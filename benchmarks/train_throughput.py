@@ -1,19 +1,22 @@
-"""Training-step throughput: the project's grouped loop against the usual per-sample loop.
+"""Training-step throughput: the project's training step against dense references.
 
-For embedding sizes d in {16, 32, 64, 128}, with and without an MLP, the same
-model and optimizer are trained on the same random examples three ways, side
-by side in one run:
+Default mode (the embedded default's shape, 5,000 users x 2,000 items): for
+embedding sizes d in {16, 32, 64, 128} the project's `training.train_epoch`
+(row-wise updates, id-only towers and the default history tower) against the
+same step with dense AdamW over whole tables, and against the per-sample
+DataLoader loop most user code writes. Writes
+benchmarks/results/train_throughput.json.
 
-- grouped (the project's `training.train_epoch`): a step takes B users and a
-  (B, 1 + neg_ratio) block of items, batches sliced from a shuffled permutation;
-- flat slicing: (user, item, label) rows sliced from a shuffled permutation;
-- per-sample DataLoader: a `torch.utils.data.Dataset` whose `__getitem__`
-  returns one example, batched by `DataLoader(shuffle=True)`, what most user
-  code does.
+--catalogue-sweep: users = items in {2,000; 100,000; 1,000,000} at d=64
+(batch 2048 positives, 5 negatives each), one fresh process per measurement so
+its peak RSS is its own; `method` is "project" (the project's step, id-only
+towers, row-wise updates), "project_history" (the default towers: 20 pooled
+history items with recency weights, no user id) and "dense_adamw" (the same
+id-only model with AdamW over the whole tables: the loop before row-wise
+updates). 5,000,000 users x 1,000,000 items for the project alone. Writes
+benchmarks/results/catalogue_scaling.json (or --output).
 
-Prints examples/s and writes benchmarks/results/train_throughput.json.
-
-    python benchmarks/train_throughput.py [--positives 100000] [--repeats 3]
+    python benchmarks/train_throughput.py [--catalogue-sweep] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -21,21 +24,137 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from twotower_pipeline.history import HistoryTable
 from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
-from twotower_pipeline.training import ExampleGroups, train_epoch
+from twotower_pipeline.training import Optimizers, Positives, TrainingSpec, train_epoch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-N_USERS, N_ITEMS, NEG_RATIO, BATCH_POSITIVES = 5000, 2000, 5, 4096
+NEG_RATIO, BATCH_POSITIVES = 5, 2048
+METHODS = {
+    # method -> (history_length, optimizer)
+    "project": (0, "rowwise"),
+    "project_history": (20, "rowwise"),
+    "dense_adamw": (0, "dense"),
+}
 
 
+def make_spec(optimizer: str, device: str) -> TrainingSpec:
+    return TrainingSpec(
+        seed=0,
+        num_epochs=1,
+        neg_ratio=NEG_RATIO,
+        batch_size=BATCH_POSITIVES,
+        learning_rate=1e-3,
+        weight_decay=0.1,
+        scale_lr_ratio=1.0,
+        lr_schedule="constant",
+        resample_each_epoch=True,
+        eval_k=10,
+        eval_chunk_size=1024,
+        chunk_positives=1 << 20,
+        optimizer=optimizer,
+        device=device,
+        checkpoint_dir="unused",
+        resume=False,
+        progress_bar=False,
+    )
+
+
+def make_model(n_users: int, n_items: int, dim: int, history: int) -> TwoTowerModel:
+    torch.manual_seed(0)
+    config = TwoTowerConfig(
+        n_users=n_users,
+        n_items=n_items,
+        embedding_dim=dim,
+        hidden_dims=[],
+        init_std=0.1,
+        logit_scale=1.0,
+        max_logit_scale=100.0,
+        user_id=history == 0,
+        history_length=history,
+        history_pooling="recency" if history else "mean",
+        item_id_dropout=0.0,
+        item_feature_vocab=1,
+        item_feature_width=0,
+        user_feature_vocab=1,
+        user_feature_width=0,
+    )
+    return TwoTowerModel(config)
+
+
+def random_positives(
+    n_users: int, n_items: int, n_positives: int, history: int, device: torch.device
+) -> tuple[Positives, torch.Tensor]:
+    """Return random positives (grouped by user, as a log is) and their negatives."""
+    generator = torch.Generator().manual_seed(0)
+    users = torch.randint(0, n_users, (n_positives,), generator=generator).sort().values
+    items = torch.randint(0, n_items, (n_positives,), generator=generator)
+    negatives = torch.randint(0, n_items, (n_positives, NEG_RATIO), generator=generator)
+    histories, ends = None, torch.zeros(n_positives, dtype=torch.int64)
+    if history:
+        log = pd.DataFrame(
+            {"user": users.numpy(), "item": items.numpy(), "timestamp": np.arange(n_positives)}
+        )
+        histories = HistoryTable.from_interactions(log, n_users).to(device)
+        ends = torch.arange(n_positives)  # each positive sees everything before it
+    positives = Positives(users.to(device), items.to(device), ends.to(device), histories)
+    return positives, negatives
+
+
+def project_rate(
+    n_users: int, n_items: int, dim: int, method: str, n_positives: int, device: str
+) -> float:
+    """Return examples/s of one pass of the project's train_epoch."""
+    history, optimizer = METHODS[method]
+    spec = make_spec(optimizer, device)
+    target = torch.device(device)
+    model = make_model(n_users, n_items, dim, history).to(target)
+    optimizers = Optimizers(model, spec)
+    positives, negatives = random_positives(n_users, n_items, n_positives, history, target)
+
+    def negatives_of(chunk: int, rows: torch.Tensor) -> torch.Tensor:
+        return negatives[rows]
+
+    def one_pass(count: int) -> float:
+        if target.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        _, examples = train_epoch(
+            model,
+            optimizers,
+            Positives(
+                positives.users[:count],
+                positives.items[:count],
+                positives.history_ends[:count],
+                positives.histories,
+            ),
+            negatives_of,
+            BATCH_POSITIVES,
+            spec.chunk_positives,
+            torch.Generator().manual_seed(1),
+        )
+        if target.type == "cuda":
+            torch.cuda.synchronize()
+        return examples / (time.perf_counter() - started)
+
+    one_pass(min(n_positives, 8 * BATCH_POSITIVES))  # warm-up
+    return one_pass(n_positives)
+
+
+# --- the default shape: against a per-sample DataLoader loop ---------------------------------
 class PerSampleExamples(Dataset):
     """One (user, item, label) example per index."""
 
@@ -49,127 +168,178 @@ class PerSampleExamples(Dataset):
         return self.users[index], self.items[index], self.labels[index]
 
 
-def make_model(dim: int, hidden: list[int]) -> tuple[TwoTowerModel, torch.optim.Optimizer]:
-    torch.manual_seed(0)
-    config = TwoTowerConfig(
-        n_users=N_USERS,
-        n_items=N_ITEMS,
-        embedding_dim=dim,
-        hidden_dims=hidden,
-        init_std=0.1,
-        logit_scale=1.0,
-        max_logit_scale=100.0,
-    )
-    model = TwoTowerModel(config)
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-
-
-def flat_step(model, optimizer, users, items, labels) -> None:
-    loss = F.binary_cross_entropy_with_logits(model(users, items), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    model.clamp_scale()
-
-
-def grouped_rate(groups: ExampleGroups, dim: int, hidden: list[int]) -> float:
-    model, optimizer = make_model(dim, hidden)
-    started = time.perf_counter()
-    train_epoch(model, optimizer, groups, BATCH_POSITIVES, torch.Generator().manual_seed(0))
-    return groups.n_examples / (time.perf_counter() - started)
-
-
-def flat_rate(groups: ExampleGroups, dim: int, hidden: list[int]) -> float:
-    model, optimizer = make_model(dim, hidden)
-    users = groups.users.repeat_interleave(groups.items.shape[1])
-    items = groups.items.reshape(-1)
-    labels = torch.zeros(groups.items.shape)
-    labels[:, 0] = 1
-    labels = labels.reshape(-1)
-    batch = BATCH_POSITIVES * groups.items.shape[1]
-    started = time.perf_counter()
-    order = torch.randperm(users.numel(), generator=torch.Generator().manual_seed(0))
-    for start in range(0, users.numel(), batch):
-        rows = order[start : start + batch]
-        flat_step(model, optimizer, users[rows], items[rows], labels[rows])
-    return users.numel() / (time.perf_counter() - started)
-
-
-def per_sample_rate(groups: ExampleGroups, dim: int, hidden: list[int], n_examples: int) -> float:
-    model, optimizer = make_model(dim, hidden)
-    users = groups.users.repeat_interleave(groups.items.shape[1])[:n_examples]
-    items = groups.items.reshape(-1)[:n_examples]
-    labels = torch.zeros(groups.items.shape)
-    labels[:, 0] = 1
-    dataset = PerSampleExamples(users, items, labels.reshape(-1)[:n_examples])
+def per_sample_rate(n_users: int, n_items: int, dim: int, n_examples: int) -> float:
+    model = make_model(n_users, n_items, dim, 0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    users = torch.randint(0, n_users, (n_examples,), generator=generator)
+    items = torch.randint(0, n_items, (n_examples,), generator=generator)
+    labels = (torch.arange(n_examples) % (1 + NEG_RATIO) == 0).float()
     loader = DataLoader(
-        dataset,
-        batch_size=BATCH_POSITIVES * groups.items.shape[1],
+        PerSampleExamples(users, items, labels),
+        batch_size=BATCH_POSITIVES * (1 + NEG_RATIO),
         shuffle=True,
-        generator=torch.Generator().manual_seed(0),
+        generator=generator,
     )
     started = time.perf_counter()
     for batch_users, batch_items, batch_labels in loader:
-        flat_step(model, optimizer, batch_users, batch_items, batch_labels)
+        loss = F.binary_cross_entropy_with_logits(model(batch_users, batch_items), batch_labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     return n_examples / (time.perf_counter() - started)
+
+
+def default_shape(args: argparse.Namespace) -> None:
+    n_users, n_items = 5000, 2000
+    rows = []
+    for dim in (16, 32, 64, 128):  # 16 is the default model
+        rates = {
+            method: statistics.median(
+                project_rate(n_users, n_items, dim, method, args.positives, args.device)
+                for _ in range(args.repeats)
+            )
+            for method in METHODS
+        }
+        per_sample = per_sample_rate(n_users, n_items, dim, args.per_sample_examples)
+        rows.append(
+            {
+                "embedding_dim": dim,
+                **{f"{m}_examples_per_s": r for m, r in rates.items()},
+                "per_sample_dataloader_examples_per_s": per_sample,
+                "project_vs_per_sample": rates["project"] / per_sample,
+                "project_vs_dense_adamw": rates["project"] / rates["dense_adamw"],
+            }
+        )
+        print(
+            f"d={dim:<4d} "
+            + "  ".join(f"{m} {r / 1e6:6.2f}M/s" for m, r in rates.items())
+            + f"  per-sample {per_sample / 1e6:6.3f}M/s",
+            flush=True,
+        )
+    write(args.output or RESULTS / "train_throughput.json", setup(args, n_users, n_items), rows)
+
+
+# --- catalogue sweep ----------------------------------------------------------------------
+def one_measurement(args: argparse.Namespace) -> None:
+    """Measure one (method, n_users, n_items) in this process; print one JSON row."""
+    rate = project_rate(
+        args.n_users, args.n_items, args.dim, args.method, args.positives, args.device
+    )
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    row = {
+        "method": args.method,
+        "n_users": args.n_users,
+        "n_items": args.n_items,
+        "embedding_dim": args.dim,
+        "device": args.device,
+        "positives": args.positives,
+        "examples_per_s": rate,
+        "peak_rss_mb": peak_kb / 1024,
+    }
+    if args.device == "cuda":
+        row["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(row))
+
+
+def catalogue_sweep(args: argparse.Namespace) -> None:
+    sizes = [(2_000, 2_000), (100_000, 100_000), (1_000_000, 1_000_000)]
+    plan = [(m, u, i) for u, i in sizes for m in METHODS]
+    if not args.skip_largest:
+        plan += [("project", 5_000_000, 1_000_000)]
+    rows = []
+    for method, n_users, n_items in plan:
+        # The dense reference is slow on large tables: fewer positives keep it to seconds.
+        positives = args.positives if method != "dense_adamw" or n_items <= 2_000 else 20_480
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            "--method",
+            method,
+            "--n-users",
+            str(n_users),
+            "--n-items",
+            str(n_items),
+            "--dim",
+            str(args.dim),
+            "--positives",
+            str(positives),
+            "--device",
+            args.device,
+        ]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{method} {n_users}x{n_items}: failed\n{done.stderr[-2000:]}", flush=True)
+            continue
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(
+            f"{method:16s} users {n_users:>9,d} items {n_items:>9,d} d={args.dim}  "
+            f"{row['examples_per_s'] / 1e6:6.2f}M ex/s  peak RSS {row['peak_rss_mb']:8.0f} MB",
+            flush=True,
+        )
+    by = {(r["method"], r["n_items"], r["n_users"]): r["examples_per_s"] for r in rows}
+    small, large = (2_000, 2_000), (1_000_000, 1_000_000)
+    summary = {}
+    if ("project", *small) in by and ("project", *large) in by:
+        summary["project_1m_over_2k"] = by[("project", *large)] / by[("project", *small)]
+    if ("project", *large) in by and ("dense_adamw", *large) in by:
+        summary["project_over_dense_at_1m"] = by[("project", *large)] / by[("dense_adamw", *large)]
+    print(json.dumps(summary))
+    write(
+        args.output or RESULTS / "catalogue_scaling.json",
+        setup(args, None, None),
+        rows,
+        summary,
+    )
+
+
+def setup(args: argparse.Namespace, n_users, n_items) -> dict:
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "n_users": n_users,
+        "n_items": n_items,
+        "neg_ratio": NEG_RATIO,
+        "batch_positives": BATCH_POSITIVES,
+        "positives_per_pass": args.positives,
+    }
+
+
+def write(path: Path, meta: dict, rows: list[dict], summary: dict | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"setup": meta, "rows": rows}
+    if summary is not None:
+        body["summary"] = summary
+    path.write_text(json.dumps(body, indent=2))
+    print(f"wrote {path}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--positives", type=int, default=100_000, help="positives per timed pass")
+    parser.add_argument("--catalogue-sweep", action="store_true")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=sorted(METHODS), default="project")
+    parser.add_argument("--n-users", type=int, default=2000)
+    parser.add_argument("--n-items", type=int, default=2000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--positives", type=int, default=200_000, help="positives per timed pass")
     parser.add_argument("--per-sample-examples", type=int, default=49_152)
     parser.add_argument("--repeats", type=int, default=3, help="passes per measurement (median)")
-    parser.add_argument("--output", type=Path, default=RESULTS / "train_throughput.json")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--skip-largest", action="store_true", help="no 5M x 1M measurement")
+    parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
-
-    generator = torch.Generator().manual_seed(0)
-    groups = ExampleGroups(
-        users=torch.randint(0, N_USERS, (args.positives,), generator=generator),
-        items=torch.randint(0, N_ITEMS, (args.positives, 1 + NEG_RATIO), generator=generator),
-    )
-    rows = []
-    for hidden in ([], [128]):
-        for dim in (16, 32, 64, 128):  # 16 is the default model
-            grouped_rate(groups, dim, hidden)  # warm-up
-            grouped = statistics.median(
-                grouped_rate(groups, dim, hidden) for _ in range(args.repeats)
-            )
-            flat = statistics.median(flat_rate(groups, dim, hidden) for _ in range(args.repeats))
-            per_sample = per_sample_rate(groups, dim, hidden, args.per_sample_examples)
-            rows.append(
-                {
-                    "embedding_dim": dim,
-                    "mlp": str(hidden) if hidden else "none",
-                    "grouped_examples_per_s": grouped,
-                    "flat_slicing_examples_per_s": flat,
-                    "per_sample_dataloader_examples_per_s": per_sample,
-                    "grouped_vs_per_sample": grouped / per_sample,
-                    "grouped_vs_flat": grouped / flat,
-                }
-            )
-            r = rows[-1]
-            print(
-                f"d={dim:<4d} mlp={r['mlp']:<6s} grouped {grouped / 1e6:6.2f}M/s  "
-                f"flat {flat / 1e6:6.2f}M/s  per-sample {per_sample / 1e6:6.3f}M/s  "
-                f"x{r['grouped_vs_per_sample']:.0f} vs per-sample, "
-                f"x{r['grouped_vs_flat']:.1f} vs flat",
-                flush=True,
-            )
-
-    meta = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "users": N_USERS,
-        "items": N_ITEMS,
-        "neg_ratio": NEG_RATIO,
-        "batch_positives": BATCH_POSITIVES,
-        "positives_per_pass": args.positives,
-        "repeats": args.repeats,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"setup": meta, "rows": rows}, indent=2))
-    print(f"wrote {args.output}")
+    if args.one:
+        one_measurement(args)
+    elif args.catalogue_sweep:
+        catalogue_sweep(args)
+    else:
+        default_shape(args)
 
 
 if __name__ == "__main__":

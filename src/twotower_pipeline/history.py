@@ -44,7 +44,7 @@ class HistoryTable:
             users, items, timestamps = users[order], items[order], timestamps[order]
         user_ptr = np.zeros(n_users + 1, dtype=np.int64)
         np.cumsum(np.bincount(users, minlength=n_users), out=user_ptr[1:])
-        return cls(torch.from_numpy(items), timestamps, torch.from_numpy(user_ptr))
+        return cls(torch.from_numpy(items.copy()), timestamps, torch.from_numpy(user_ptr))
 
     def ends_before(self, users: np.ndarray, moments: np.ndarray | None) -> torch.Tensor:
         """Return, per user, where its history before `moments` ends (all of it if None)."""

@@ -224,11 +224,16 @@ class TwoTowerModel(nn.Module):
         self, items: torch.Tensor, rows: Rows = full_rows, drop_ids: bool = False
     ) -> torch.Tensor:
         """Return normalised item vectors, shape items.shape + (d,)."""
-        keep = self.item_warm[items].unsqueeze(-1)
-        if drop_ids and self.config.item_id_dropout > 0:
-            kept = torch.rand(items.shape, device=items.device) >= self.config.item_id_dropout
-            keep = keep & kept.unsqueeze(-1)
-        vector = rows(self.item_id, items) * keep
+        vector = rows(self.item_id, items)
+        if drop_ids:
+            # Training: ids are left out at random; an item never seen in training only
+            # ever appears as a negative, and its id row learns just that.
+            if self.config.item_id_dropout > 0:
+                kept = torch.rand(items.shape, device=items.device) >= self.config.item_id_dropout
+                vector = vector * kept.unsqueeze(-1)
+        else:
+            # Scoring: an item with no training interaction stands on its features alone.
+            vector = vector * self.item_warm[items].unsqueeze(-1)
         if self.item_feature_table is not None:
             vector = vector + _token_mean(rows, self.item_feature_table, self.item_tokens[items])
         return F.normalize(self.item_mlp(vector), dim=-1)
@@ -238,11 +243,23 @@ class TwoTowerModel(nn.Module):
         users: torch.Tensor,
         history: tuple[torch.Tensor, torch.Tensor] | None,
         rows: Rows = full_rows,
+        anonymous: bool = False,
     ) -> torch.Tensor:
-        """Return normalised user vectors (B, d) from ids, (history items, mask) and features."""
-        vector = torch.zeros(users.numel(), self.config.embedding_dim, device=users.device)
-        if self.user_id_table is not None:
-            vector = vector + rows(self.user_id_table, users) * self.user_warm[users].unsqueeze(-1)
+        """Return normalised user vectors (B, d) from ids, (history items, mask) and features.
+
+        An anonymous user (one the model was not trained with) is its history alone.
+        """
+        vector = torch.zeros((), device=users.device)
+        if anonymous:
+            if history is None or self.history_table is None:
+                raise ValueError(
+                    "this model has no history tower (model.history_length 0): it cannot "
+                    "score users it was not trained with"
+                )
+        elif self.user_id_table is not None:
+            vector = rows(self.user_id_table, users)
+            if not self.training:  # a user unseen in training has an untrained id row
+                vector = vector * self.user_warm[users].unsqueeze(-1)
         if self.history_table is not None and history is not None:
             items, mask = history
             weights = mask.to(vector.dtype)
@@ -251,8 +268,9 @@ class TwoTowerModel(nn.Module):
             if self.recency is not None:
                 weights = weights * self.recency
             vector = vector + (rows(self.history_table, items) * weights.unsqueeze(-1)).sum(-2)
-        if self.user_feature_table is not None:
+        if self.user_feature_table is not None and not anonymous:
             vector = vector + _token_mean(rows, self.user_feature_table, self.user_tokens[users])
+        vector = vector.expand(users.numel(), self.config.embedding_dim)
         return F.normalize(self.user_mlp(vector), dim=-1)
 
     def forward(

@@ -30,7 +30,10 @@ class PositiveSet:
 
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Return a boolean array: is (users[i], items[i]) a known positive."""
-        keys = users.astype(np.int64) * self.n_items + items.astype(np.int64)
+        return self.contains_keys(users.astype(np.int64) * self.n_items + items.astype(np.int64))
+
+    def contains_keys(self, keys: np.ndarray) -> np.ndarray:
+        """Return whether each user * n_items + item key is a known positive."""
         where = np.searchsorted(self.keys, keys)
         where[where == self.keys.size] = 0
         return self.keys[where] == keys
@@ -79,13 +82,28 @@ def _check_catalogue(users: np.ndarray, positives: PositiveSet) -> None:
         )
     n_users = int(users.max()) + 1
     present = np.bincount(users, minlength=n_users) > 0
-    saturated = np.flatnonzero(present & (positives.counts_per_user(n_users) >= n_items))
+    counts = positives.counts_per_user(n_users)[:n_users]  # positives may name later users
+    saturated = np.flatnonzero(present & (counts >= n_items))
     if saturated.size:
         raise NegativeSamplingError(
             f"{saturated.size} user(s) have interacted with all {n_items} items, so no negative "
             f"can be drawn for them (user indices {saturated[:5].tolist()}); "
             "drop them from the log or enlarge the catalogue"
         )
+
+
+class _KeySearch:
+    """Positives looked up by binary search, for users spread thinly over a large catalogue.
+
+    A bitmap of their user range would cost more to clear than the draws it serves.
+    """
+
+    def __init__(self, positives: PositiveSet, first_user: int) -> None:
+        self.positives = positives
+        self.offset = first_user * positives.n_items
+
+    def contains(self, local_keys: np.ndarray) -> np.ndarray:
+        return self.positives.contains_keys(local_keys + self.offset)
 
 
 class _UserRangeBitmap:
@@ -150,7 +168,11 @@ def sample_negatives(
         stop = int(np.searchsorted(sorted_users, first_user + users_per_chunk))
         stop = min(stop, start + chunk_rows)
         chunk = sorted_users[start:stop]
-        bitmap = _UserRangeBitmap(positives, first_user, int(chunk[-1]))
+        bitmap_bytes_needed = (int(chunk[-1]) - first_user + 1) * n_items / 8
+        if bitmap_bytes_needed <= 64 * chunk.size * neg_ratio:
+            bitmap = _UserRangeBitmap(positives, first_user, int(chunk[-1]))
+        else:
+            bitmap = _KeySearch(positives, first_user)
         drawn[start:stop] = _sample_chunk(
             chunk - first_user,
             bitmap,
@@ -170,7 +192,7 @@ def sample_negatives(
 
 def _sample_chunk(
     local_users: np.ndarray,
-    bitmap: _UserRangeBitmap,
+    bitmap: _UserRangeBitmap | _KeySearch,
     positives: PositiveSet,
     first_user: int,
     neg_ratio: int,

@@ -184,7 +184,7 @@ def validation_sample(
     labels = np.zeros((users.size, group), dtype=np.float32)
     labels[:, 0] = 1
     return ValidationSample(
-        users=torch.from_numpy(users),
+        users=torch.from_numpy(users.copy()),
         items=torch.from_numpy(items),
         labels=torch.from_numpy(labels),
     )
@@ -205,13 +205,20 @@ class SparseRows:
 
     Each call takes the distinct ids of one table, copies their rows into a small
     leaf tensor and records it; after backward, the leaf's gradient is the
-    gradient of exactly those rows. Each table is read once per step.
+    gradient of exactly those rows. Each table is read once per step. A table
+    with fewer rows than the step's lookups is taken whole (all rows touched).
     """
 
     def __init__(self) -> None:
-        self.touched: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.touched: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
 
     def __call__(self, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if ids.numel() >= table.shape[0]:
+            # More lookups than rows (a small table): every row counts as touched, and the
+            # table itself is the leaf, which saves finding the distinct ids.
+            leaf = table.detach().requires_grad_()
+            self.touched.append((table, None, leaf))
+            return F.embedding(ids, leaf)
         distinct, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
         leaf = table.detach().index_select(0, distinct).requires_grad_()
         self.touched.append((table, distinct, leaf))
@@ -243,7 +250,7 @@ class RowwiseAdamW:
         self._index = {id(t): i for i, t in enumerate(tables)}
 
     @torch.no_grad()
-    def step(self, touched: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+    def step(self, touched: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]) -> None:
         beta1, beta2 = self.betas
         self.step_count += 1
         correction1 = 1 - beta1**self.step_count
@@ -253,15 +260,21 @@ class RowwiseAdamW:
                 continue
             mean_all, square_all = self.moments[self._index[id(table)]]
             grad = leaf.grad
-            mean = mean_all.index_select(0, ids).mul_(beta1).add_(grad, alpha=1 - beta1)
-            square = square_all.index_select(0, ids).mul_(beta2)
-            square.addcmul_(grad, grad, value=1 - beta2)
-            mean_all.index_copy_(0, ids, mean)
-            square_all.index_copy_(0, ids, square)
-            weights = leaf.detach().mul_(1 - self.lr * self.weight_decay)
-            denominator = square.sqrt_().div_(root_correction2).add_(self.eps)
+            if ids is None:  # the whole table was touched: update it in place
+                mean, square, weights = mean_all, square_all, table.data
+            else:
+                mean = mean_all.index_select(0, ids)
+                square = square_all.index_select(0, ids)
+                weights = leaf.detach()
+            mean.mul_(beta1).add_(grad, alpha=1 - beta1)
+            square.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            weights.mul_(1 - self.lr * self.weight_decay)
+            denominator = square.sqrt().div_(root_correction2).add_(self.eps)
             weights.addcdiv_(mean, denominator, value=-self.lr / correction1)
-            table.index_copy_(0, ids, weights)
+            if ids is not None:
+                mean_all.index_copy_(0, ids, mean)
+                square_all.index_copy_(0, ids, square)
+                table.index_copy_(0, ids, weights)
 
     def state_dict(self) -> dict:
         return {
@@ -522,8 +535,8 @@ def training_positives(
         histories = HistoryTable.from_interactions(train, n_users).to(device)
         ends = torch.from_numpy(training_history_ends(train))
     return Positives(
-        users=torch.from_numpy(train["user"].to_numpy(np.int64)).to(device),
-        items=torch.from_numpy(train["item"].to_numpy(np.int64)).to(device),
+        users=torch.tensor(train["user"].to_numpy(np.int64), device=device),
+        items=torch.tensor(train["item"].to_numpy(np.int64), device=device),
         history_ends=ends.to(device),
         histories=histories,
     )
@@ -556,7 +569,7 @@ def fit(
     known = PositiveSet(train["user"].to_numpy(), train["item"].to_numpy(), n_items)
     first_groups = groups_from_examples(first_examples, spec.neg_ratio)
     if first_groups.users.numel() != len(train) or not torch.equal(
-        first_groups.items[:, 0], torch.from_numpy(train["item"].to_numpy(np.int64))
+        first_groups.items[:, 0], torch.as_tensor(train["item"].to_numpy(np.int64).copy())
     ):
         raise ValueError(
             "train_examples do not match train_interactions (other positives or another order): "

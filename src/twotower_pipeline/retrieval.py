@@ -1,0 +1,90 @@
+"""Recommendations for users the model was never trained with, from their histories alone.
+
+The user tower reads a user's latest items, so a new user with a known history
+(a session, a sign-up questionnaire, another system's log) gets a vector
+without retraining: pool the items' history embeddings, score the catalogue,
+leave out what the user has already seen.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+
+from twotower_pipeline.history import HistoryTable
+from twotower_pipeline.metrics import top_k_unseen
+from twotower_pipeline.model import TwoTowerModel
+
+logger = logging.getLogger(__name__)
+
+
+def recommend_from_histories(
+    model: TwoTowerModel,
+    histories: pd.DataFrame,
+    item_index: pd.DataFrame,
+    k: int,
+    chunk_size: int = 1024,
+) -> pd.DataFrame:
+    """Return the top-k unseen items of each user in `histories`: user_id, rank, item_id, score.
+
+    `histories` has columns user_id and item_id (original ids), and timestamp
+    when the order of the rows is not already oldest first. Items the model
+    does not know are left out and counted in the log; a user none of whose
+    items is known gets no rows.
+    """
+    if model.config.history_length == 0:
+        raise ValueError(
+            "this model has no history tower (model.history_length 0): it cannot "
+            "score users it was not trained with"
+        )
+    item_of = pd.Series(item_index["item"].to_numpy(np.int64), index=item_index["item_id"])
+    items = histories["item_id"].map(item_of)
+    unknown = int(items.isna().sum())
+    if unknown:
+        logger.warning("%d history row(s) name items the model does not know: left out", unknown)
+    rows = histories.loc[items.notna()]
+    user_ids, local_users = np.unique(rows["user_id"].to_numpy(), return_inverse=True)
+    timestamps = (
+        rows["timestamp"].to_numpy(np.int64)
+        if "timestamp" in rows
+        else np.arange(len(rows), dtype=np.int64)
+    )
+    known = pd.DataFrame(
+        {
+            "user": local_users.astype(np.int64),
+            "item": items[items.notna()].to_numpy(np.int64),
+            "timestamp": timestamps,
+        }
+    )
+    table = HistoryTable.from_interactions(known, len(user_ids))
+    ends = table.ends_before(np.arange(len(user_ids)), None)
+    item_vectors = model.all_item_vectors()
+    scale = model.log_scale.detach().exp()
+
+    @torch.no_grad()
+    def score(users: np.ndarray) -> torch.Tensor:
+        ids = torch.from_numpy(np.asarray(users, dtype=np.int64))
+        window = table.window(ids, ends[ids], model.config.history_length)
+        return scale * model.user_vectors(ids, window, anonymous=True) @ item_vectors.T
+
+    top = top_k_unseen(
+        score,
+        known,
+        np.arange(len(user_ids)),
+        len(user_ids),
+        model.config.n_items,
+        k,
+        chunk_size,
+    )
+    item_ids = item_index.set_index("item")["item_id"]
+    return pd.DataFrame(
+        {
+            "user_id": user_ids[top["user"].to_numpy()],
+            "rank": top["rank"].to_numpy(),
+            "item_id": item_ids.loc[top["item"].to_numpy()].to_numpy(),
+            "score": top["score"].to_numpy(),
+        }
+    )
