@@ -226,9 +226,9 @@ class TwoTowerModel(nn.Module):
         """Return normalised item vectors, shape items.shape + (d,)."""
         vector = rows(self.item_id, items)
         if drop_ids:
-            # Training: ids are left out at random; an item never seen in training only
-            # ever appears as a negative, and its id row learns just that.
-            if self.config.item_id_dropout > 0:
+            # Training: ids are left out at random when there are features to stand on;
+            # an item never seen in training only appears as a negative.
+            if self.config.item_id_dropout > 0 and self.item_feature_table is not None:
                 kept = torch.rand(items.shape, device=items.device) >= self.config.item_id_dropout
                 vector = vector * kept.unsqueeze(-1)
         else:
