@@ -41,7 +41,16 @@ CHROMIUM_FLAGS = (
     "--virtual-time-budget=20000",
 )
 # Kedro's data layers, in the order the catalog's metadata draws them.
-LAYERS = ["raw", "intermediate", "primary", "model_input", "models", "model_output", "reporting"]
+LAYERS = [
+    "raw",
+    "intermediate",
+    "primary",
+    "feature",
+    "model_input",
+    "models",
+    "model_output",
+    "reporting",
+]
 # The preview kedro-viz should show, by dataset class (plotly's JSONDataset is a plot).
 PREVIEW_BY_CLASS = {
     "ParquetDataset": "TablePreview",

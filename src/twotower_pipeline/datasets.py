@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -103,7 +104,16 @@ class SyntheticInteractionsDataset(AbstractDataset[None, pd.DataFrame]):
 
     def preview(self, nrows: int = 5) -> TablePreview:
         """Rows for kedro-viz's table preview (it picks the widget from the annotation)."""
-        return TablePreview(self.load().head(nrows).to_dict(orient="split"))
+        return table_preview(self.load().head(nrows))
+
+
+def table_preview(frame: pd.DataFrame) -> TablePreview:
+    """Return a kedro-viz table preview of `frame`, list cells (genres, tokens) as JSON lists."""
+    rows = frame.copy()
+    for column in rows.select_dtypes(include="object").columns:
+        # pyarrow reads list cells as numpy arrays, which kedro-viz cannot serialise.
+        rows[column] = rows[column].map(lambda v: v.tolist() if isinstance(v, np.ndarray) else v)
+    return TablePreview(rows.to_dict(orient="split"))
 
 
 def _replace_atomically(target: Path, write: Any) -> None:
@@ -121,6 +131,10 @@ def _replace_atomically(target: Path, write: Any) -> None:
 
 class AtomicParquetDataset(ParquetDataset):
     """pandas.ParquetDataset whose local saves replace the file whole or not at all."""
+
+    def preview(self, nrows: int = 5) -> TablePreview:
+        """Rows for kedro-viz's table preview, list cells as JSON lists."""
+        return table_preview(pd.DataFrame(**super().preview(nrows)))
 
     def save(self, data: pd.DataFrame) -> None:
         if self._protocol != "file" or "partition_cols" in self._save_args:
@@ -172,5 +186,4 @@ class OptionalDataset(AbstractDataset[None, Any]):
     def preview(self, nrows: int = 5) -> TablePreview:
         """Rows for kedro-viz's table preview (none when the file is absent)."""
         data = self.load()
-        rows = data.head(nrows) if isinstance(data, pd.DataFrame) else pd.DataFrame()
-        return TablePreview(rows.to_dict(orient="split"))
+        return table_preview(data.head(nrows) if isinstance(data, pd.DataFrame) else pd.DataFrame())
