@@ -410,3 +410,12 @@ def test_movielens_1m_reads_movies_and_users_dat(tmp_path):
                 ["10", "16"],
             ]
             assert tokens_of(tokens) == [[1, 3, 5], [2, 4, 6]]
+
+
+def test_token_tables_preview_in_kedro_viz_as_json_lists(tmp_path):
+    from twotower_pipeline.datasets import AtomicParquetDataset
+
+    dataset = AtomicParquetDataset(filepath=str(tmp_path / "tokens.parquet"))
+    dataset.save(pd.DataFrame({"item": [0, 1], "tokens": [np.array([1, 4], np.int32), []]}))
+    preview = dataset.preview(nrows=2)
+    assert json.loads(json.dumps(preview))["data"] == [[0, [1, 4]], [1, []]]
