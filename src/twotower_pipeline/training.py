@@ -593,6 +593,9 @@ def fit(
             drawn = sample_negatives(train_users[picked], known, spec.neg_ratio, rng, probabilities)
             return torch.from_numpy(drawn)
 
+        # Item-id dropout draws from torch's global generator: seed it by (seed, epoch) too,
+        # so a resumed run draws what an uninterrupted one would, whatever ran before it.
+        torch.manual_seed(int(np.random.SeedSequence([spec.seed, epoch]).generate_state(1)[0]))
         step_started = time.perf_counter()
         try:
             train_loss, n_examples = train_epoch(
