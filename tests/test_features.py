@@ -419,3 +419,40 @@ def test_token_tables_preview_in_kedro_viz_as_json_lists(tmp_path):
     dataset.save(pd.DataFrame({"item": [0, 1], "tokens": [np.array([1, 4], np.int32), []]}))
     preview = dataset.preview(nrows=2)
     assert json.loads(json.dumps(preview))["data"] == [[0, [1, 4]], [1, []]]
+
+
+def test_features_pipeline_is_wired_on_an_in_memory_catalog():
+    from kedro.io import DataCatalog, MemoryDataset
+    from kedro.runner import SequentialRunner
+
+    from twotower_pipeline.pipelines.features import create_pipeline
+
+    index = pd.DataFrame({"item": np.arange(4, dtype=np.int32), "item_id": ITEM_IDS})
+    users = pd.DataFrame({"user": np.arange(2, dtype=np.int32), "user_id": ["u", "v"]})
+    train = pd.DataFrame({"user": [0, 0, 1], "item": [0, 1, 2], "timestamp": [1, 2, 3]})
+    held_out = pd.DataFrame({"user": [1], "item": [3], "timestamp": [4]})
+    inputs = {
+        "train_interactions": train,
+        "val_interactions": held_out.iloc[:0],
+        "test_interactions": held_out.iloc[:0],
+        "test_cold_interactions": held_out,
+        "item_index": index,
+        "user_index": users,
+        "item_features": items_frame(studio=["x", "y", "x", "z"]),
+        "user_features": None,
+        "synthetic_item_taste": None,
+        "synthetic_user_taste": None,
+        "params:features": {
+            "item": {"source": "items.csv", "id": "item_id", "categorical": ["studio"]},
+            "user": None,
+        },
+        "params:oracle": {"enabled": True},
+        "params:evaluation": {"ks": [10], "chunk_size": 16, "headline_k": 10},
+        "params:seed": 0,
+    }
+    catalog = DataCatalog({name: MemoryDataset(value) for name, value in inputs.items()})
+    SequentialRunner().run(create_pipeline(), catalog)
+    assert tokens_of(catalog.load("item_feature_tokens")) == [[1], [2], [1], []]
+    assert tokens_of(catalog.load("user_feature_tokens")) == [[], []]
+    assert catalog.load("feature_encoders")["user"] == {"vocab_size": 1, "fields": []}
+    assert catalog.load("oracle_metrics")["available"] is False
