@@ -456,3 +456,12 @@ def test_features_pipeline_is_wired_on_an_in_memory_catalog():
     assert tokens_of(catalog.load("user_feature_tokens")) == [[], []]
     assert catalog.load("feature_encoders")["user"] == {"vocab_size": 1, "fields": []}
     assert catalog.load("oracle_metrics")["available"] is False
+
+
+def test_rows_in_messages_are_rows_of_the_file_even_after_unknown_ids_are_dropped():
+    raw = pd.DataFrame({"item_id": ["zz", "a", "b"], "studio": ["x", "x", None]})
+    with pytest.raises(InvalidFeaturesError, match=r"first at data row 2\)"):
+        build_side(raw, spec(categorical=["studio"]), ITEM_IDS, np.arange(4), "item")
+    raw = pd.DataFrame({"item_id": ["zz", "a", "b"], "genres": [["x"], ["x"], "y"]})
+    with pytest.raises(InvalidFeaturesError, match=r"\(first: 'y' at data row 2\)"):
+        build_side(raw, spec(multi_valued=["genres"]), ITEM_IDS, np.arange(4), "item")

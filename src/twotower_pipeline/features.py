@@ -202,6 +202,7 @@ def validate_features(
             f"file of this log? Set {role}: null to run without {spec.side} features",
         )
     table = raw.loc[known].reset_index(drop=True)
+    file_rows = np.flatnonzero(known)  # table row -> data row of the file, for messages
     report = {
         "source": spec.source,
         "rows_read": rows_read,
@@ -221,7 +222,7 @@ def validate_features(
                 _fail(
                     spec,
                     f"column {name!r} ({kind}) has {int(nulls.sum())} null value(s) of "
-                    f"{len(table)} rows (first at data row {_first_row(nulls)}); set "
+                    f"{len(table)} rows (first at data row {file_rows[_first_row(nulls)]}); set "
                     f"{role}.missing_values: unknown to read them as unknown",
                 )
             report["missing_values"][name] = int(nulls.sum())
@@ -230,14 +231,14 @@ def validate_features(
         if kind == "categorical":
             fields[name] = FieldValues(rows, _text(present))
         elif kind == "multi_valued":
-            fields[name] = _multi_valued(present, rows, spec, name)
+            fields[name] = _multi_valued(present, rows, file_rows, spec, name)
         else:
             fields[name] = FieldValues(rows, _numbers(present, spec, name))
     return FeatureTable(entity[known].astype(np.int64), fields), report
 
 
 def _multi_valued(
-    present: pd.Series, rows: np.ndarray, spec: FeatureSpec, name: str
+    present: pd.Series, rows: np.ndarray, file_rows: np.ndarray, spec: FeatureSpec, name: str
 ) -> FieldValues:
     """Return the (row, value) pairs of a list column, or of text split on the delimiter."""
     if spec.delimiter is None:
@@ -251,8 +252,8 @@ def _multi_valued(
         _fail(
             spec,
             f"column {name!r} (multi_valued) has {int(bad.sum())} value(s) that are not "
-            f"{expected} (first: {present.iloc[_first_row(bad)]!r} at table row "
-            f"{int(rows[_first_row(bad)])})",
+            f"{expected} (first: {present.iloc[_first_row(bad)]!r} at data row "
+            f"{int(file_rows[rows[_first_row(bad)]])})",
         )
     lists = present if spec.delimiter is None else present.str.split(spec.delimiter, regex=False)
     exploded = pd.Series(lists.to_numpy(), index=rows).explode()
