@@ -1,78 +1,122 @@
-"""The two-tower model: raw scaled-cosine logits, unit-norm towers, a clamped learned scale."""
+"""The two-tower model: scaled-cosine logits, unit-norm towers, histories, features, cold items."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from torch.nn import functional as F
 
 from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
+
+N_USERS, N_ITEMS, DIM = 5, 7, 4
+
+ID_ONLY = dict(
+    n_users=N_USERS,
+    n_items=N_ITEMS,
+    embedding_dim=DIM,
+    hidden_dims=[],
+    init_std=0.1,
+    logit_scale=1.0,
+    max_logit_scale=100.0,
+    user_id=True,
+    history_length=0,
+    history_pooling="mean",
+    item_id_dropout=0.0,
+    item_feature_vocab=1,
+    item_feature_width=0,
+    user_feature_vocab=1,
+    user_feature_width=0,
+)
+# A history of 3 items with learned recency weights, two item and one user feature tokens.
+WITH_EVERYTHING = ID_ONLY | dict(
+    history_length=3,
+    history_pooling="recency",
+    item_feature_vocab=4,
+    item_feature_width=2,
+    user_feature_vocab=3,
+    user_feature_width=1,
+)
+ITEM_TOKENS = torch.tensor([[1, 0], [1, 2], [2, 0], [3, 0], [1, 3], [0, 0], [2, 3]])
+USER_TOKENS = torch.tensor([[1], [2], [1], [0], [2]])
+
+
+def make_config(**overrides) -> TwoTowerConfig:
+    return TwoTowerConfig(**(ID_ONLY | overrides))
 
 
 def make_model(**overrides) -> TwoTowerModel:
     torch.manual_seed(0)
-    return TwoTowerModel(make_config(n_users=5, n_items=7, embedding_dim=4, **overrides))
+    model = TwoTowerModel(make_config(**overrides))
+    if model.config.item_feature_width:
+        model.set_side_information(item_tokens=ITEM_TOKENS)
+    if model.config.user_feature_width:
+        model.set_side_information(user_tokens=USER_TOKENS)
+    return model
 
 
-def make_config(**overrides) -> TwoTowerConfig:
-    values = dict(embedding_dim=4, hidden_dims=[], init_std=0.1, logit_scale=1.0)
-    return TwoTowerConfig(**(values | {"max_logit_scale": 100.0} | overrides))
+def known_log() -> pd.DataFrame:
+    """User 0: item 5 at t=10, items 3 and 1 at t=20; user 1: item 2 at t=5; others nothing."""
+    rows = [(0, 5, 10), (0, 3, 20), (0, 1, 20), (1, 2, 5)]
+    return pd.DataFrame(rows, columns=["user", "item", "timestamp"]).astype(np.int64)
 
 
 @pytest.mark.parametrize("hidden_dims", [[], [8], [8, 6]])
-def test_tower_outputs_have_unit_length_with_or_without_mlp(hidden_dims):
-    model = make_model(hidden_dims=hidden_dims)
-    few = model.item_tower(torch.tensor([0, 3, 3]))  # fewer lookups than rows: per-lookup path
-    every = model.item_tower.all()
-    assert torch.allclose(few.norm(dim=-1), torch.ones(3), atol=1e-6)
-    assert torch.allclose(every.norm(dim=-1), torch.ones(7), atol=1e-6)
-    assert every.shape == (7, 4)
-
-
-def test_a_batch_larger_than_the_table_gives_the_same_vectors_as_single_lookups():
-    model = make_model(hidden_dims=[8])
-    ids = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 0]])  # 8 lookups >= 7 rows: gathered from all()
-    for row in range(2):
-        assert torch.allclose(model.item_tower(ids)[row], model.item_tower(ids[row]), atol=1e-6)
+@pytest.mark.parametrize("towers", [ID_ONLY, WITH_EVERYTHING], ids=["id_only", "history"])
+def test_tower_outputs_have_unit_length_with_or_without_mlp(hidden_dims, towers):
+    model = make_model(**(towers | {"hidden_dims": hidden_dims}))
+    items = model.all_item_vectors()
+    window = (torch.tensor([[0, 5, 3], [0, 0, 0]]), torch.tensor([[False, True, True]] * 2))
+    users = model.user_vectors(
+        torch.tensor([0, 4]), window if model.history_table is not None else None
+    )
+    assert items.shape == (N_ITEMS, DIM) and users.shape == (2, DIM)
+    assert torch.allclose(items.norm(dim=-1), torch.ones(N_ITEMS), atol=1e-6)
+    assert torch.allclose(users.norm(dim=-1), torch.ones(2), atol=1e-6)
 
 
 def test_mlp_layers_exist_only_when_hidden_dims_are_given():
-    assert len(make_model().user_tower.mlp) == 0
-    mlp = make_model(hidden_dims=[8]).user_tower.mlp
+    assert len(make_model().user_mlp) == 0 and len(make_model().item_mlp) == 0
+    mlp = make_model(hidden_dims=[8]).user_mlp
     assert [type(layer).__name__ for layer in mlp] == ["Linear", "ReLU", "Linear"]
-    assert mlp[0].in_features == 4 and mlp[-1].out_features == 4
+    assert mlp[0].in_features == DIM and mlp[-1].out_features == DIM
 
 
 def test_logit_is_scale_times_cosine_and_not_squashed_by_a_sigmoid():
     model = make_model(logit_scale=50.0)
     with torch.no_grad():
-        model.item_tower.embedding.weight[2] = model.user_tower.embedding.weight[1] * 3.0
-        model.item_tower.embedding.weight[5] = -model.user_tower.embedding.weight[1]
-    logits = model(torch.tensor([1, 1]), torch.tensor([2, 5]))
-    # Same direction: cosine 1, logit 50; opposite: -50. A sigmoid would give values in (0, 1).
-    assert torch.allclose(logits, torch.tensor([50.0, -50.0]), atol=1e-4)
+        model.item_id[2] = model.user_id_table[1] * 3.0
+        model.item_id[5] = -model.user_id_table[1]
+    for mode in (model.train, model.eval):
+        mode()
+        logits = model(torch.tensor([1, 1]), torch.tensor([2, 5]))
+        # Same direction: cosine 1, logit 50; opposite: -50. A sigmoid would give (0, 1).
+        assert torch.allclose(logits, torch.tensor([50.0, -50.0]), atol=1e-4)
 
 
 def test_grouped_items_score_like_one_pair_at_a_time():
-    model = make_model()
+    model = make_model(**WITH_EVERYTHING).eval()
     users = torch.tensor([0, 4])
     items = torch.tensor([[1, 2, 3], [6, 0, 0]])
-    grouped = model(users, items)
-    flat = model(users.repeat_interleave(3), items.reshape(-1)).reshape(2, 3)
+    window = (torch.tensor([[0, 5, 3], [2, 2, 6]]), torch.tensor([[False, True, True]] * 2))
+    grouped = model(users, items, window)
+    flat = model(
+        users.repeat_interleave(3),
+        items.reshape(-1),
+        (window[0].repeat_interleave(3, 0), window[1].repeat_interleave(3, 0)),
+    ).reshape(2, 3)
     assert grouped.shape == (2, 3)
     assert torch.allclose(grouped, flat, atol=1e-6)
 
 
-def test_score_all_items_matches_pairwise_logits():
-    model = make_model(logit_scale=3.0)
-    users = torch.tensor([0, 2])
-    scores = model.score_all_items(users)
-    assert scores.shape == (2, 7)
-    pairwise = model(users.repeat_interleave(7), torch.arange(7).repeat(2)).reshape(2, 7)
-    assert torch.allclose(scores, pairwise, atol=1e-5)
-    assert torch.allclose(model.catalogue_scorer()(np.array([0, 2])), pairwise, atol=1e-5)
+def test_mean_pooling_averages_the_unmasked_history_rows_only():
+    model = make_model(user_id=False, history_length=3, history_pooling="mean").eval()
+    window = (torch.tensor([[6, 5, 3]]), torch.tensor([[False, True, True]]))
+    expected = F.normalize((model.history_table[5] + model.history_table[3]) / 2, dim=-1)
+    assert torch.allclose(model.user_vectors(torch.tensor([0]), window)[0], expected, atol=1e-6)
 
 
 def test_scale_starts_at_logit_scale_and_is_clamped_at_its_maximum():
@@ -84,21 +128,137 @@ def test_scale_starts_at_logit_scale_and_is_clamped_at_its_maximum():
     assert model.logit_scale == pytest.approx(20.0)
 
 
-def test_config_round_trips_through_a_dict_and_rejects_unknown_keys():
-    config = make_config(n_users=3, n_items=4, hidden_dims=[8])
+def test_config_round_trips_through_a_dict_and_rejects_other_keys():
+    config = make_config(**(WITH_EVERYTHING | {"hidden_dims": [8]}))
     assert TwoTowerConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="unknown model config key"):
+    with pytest.raises(ValueError, match=r"unknown \['dropout'\]"):
         TwoTowerConfig.from_dict(config.to_dict() | {"dropout": 0.1})
+    without_history = {k: v for k, v in config.to_dict().items() if k != "history_length"}
+    with pytest.raises(ValueError, match=r"missing \['history_length'\]"):
+        TwoTowerConfig.from_dict(without_history)
 
 
-def test_config_rejects_an_initial_scale_above_its_clamp():
-    with pytest.raises(ValueError, match="logit_scale"):
-        make_config(n_users=3, n_items=4, logit_scale=200.0, max_logit_scale=100.0)
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"logit_scale": 200.0, "max_logit_scale": 100.0}, "logit_scale"),
+        ({"n_items": 0}, "must be positive"),
+        ({"history_pooling": "max"}, "history_pooling"),
+        ({"item_id_dropout": 1.0}, "item_id_dropout"),
+        ({"user_id": False, "history_length": 0}, "the user tower has nothing to read"),
+    ],
+)
+def test_config_rejects_impossible_settings(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(**overrides)
 
 
-def test_state_dict_reloads_into_a_model_built_from_the_config():
-    model = make_model(hidden_dims=[8])
-    rebuilt = TwoTowerModel(TwoTowerConfig.from_dict(model.config.to_dict()))
-    rebuilt.load_state_dict(model.state_dict())
-    users = torch.tensor([0, 1, 4])
-    assert torch.equal(rebuilt.score_all_items(users), model.score_all_items(users))
+def test_a_user_tower_of_features_alone_is_accepted():
+    config = make_config(
+        user_id=False, history_length=0, user_feature_vocab=3, user_feature_width=1
+    )
+    assert not config.user_id
+
+
+def test_from_state_rebuilds_a_model_that_scores_identically():
+    model = make_model(**(WITH_EVERYTHING | {"hidden_dims": [8]}))
+    model.set_side_information(train_users=np.array([0, 1, 2]), train_items=np.array([0, 1, 2, 5]))
+    model.eval()
+    rebuilt = TwoTowerModel.from_state(model.config.to_dict(), model.state_dict())
+    assert not rebuilt.training
+    # The feature tokens and warm flags travel inside the state dict.
+    assert torch.equal(rebuilt.item_tokens, ITEM_TOKENS)
+    assert torch.equal(rebuilt.user_tokens, USER_TOKENS)
+    assert rebuilt.item_warm.tolist() == [True, True, True, False, False, True, False]
+    users = np.arange(N_USERS)
+    expected = model.catalogue_scorer(known_log())(users)
+    assert torch.equal(rebuilt.catalogue_scorer(known_log())(users), expected)
+
+
+def test_a_cold_item_is_scored_from_its_features_alone_and_a_warm_one_from_its_id():
+    model = make_model(**WITH_EVERYTHING)
+    model.set_side_information(train_items=np.array([0, 1, 2, 3, 4, 5]))  # item 6 is cold
+    model.eval()
+    users = np.arange(N_USERS)
+    before = model.catalogue_scorer(known_log())(users)
+    with torch.no_grad():
+        model.item_id[6] += 5.0
+    assert torch.equal(model.catalogue_scorer(known_log())(users), before)
+    with torch.no_grad():
+        model.item_id[4] += 5.0
+    after = model.catalogue_scorer(known_log())(users)
+    assert not torch.allclose(after[:, 4], before[:, 4])
+    assert torch.equal(after[:, :4], before[:, :4])
+
+
+def test_a_user_unseen_in_training_is_scored_without_its_id_row():
+    model = make_model(**WITH_EVERYTHING)
+    model.set_side_information(train_users=np.array([0, 1, 2, 3]))  # user 4 is unseen
+    model.eval()
+    before = model.catalogue_scorer(known_log())(np.array([3, 4]))
+    with torch.no_grad():
+        model.user_id_table[3:5] += 5.0
+    after = model.catalogue_scorer(known_log())(np.array([3, 4]))
+    assert torch.equal(after[1], before[1])
+    assert not torch.allclose(after[0], before[0])
+
+
+def test_item_ids_are_dropped_in_training_mode_only():
+    model = make_model(**(WITH_EVERYTHING | {"history_length": 0, "item_id_dropout": 0.5}))
+    users, items = torch.zeros(200, dtype=torch.int64), torch.full((200,), 4)
+    model.eval()
+    with_id = model(users, items)
+    assert torch.equal(with_id, with_id[:1].expand(200))  # eval: always the id
+    model.item_warm[4] = False  # the same item, scored from its features alone
+    features_only = model(users, items)[0]
+    model.item_warm[4] = True
+
+    model.train()
+    torch.manual_seed(1)
+    logits = model(users, items).detach()
+    dropped = torch.isclose(logits, features_only, atol=1e-6)
+    kept = torch.isclose(logits, with_id[0], atol=1e-6)
+    assert (dropped | kept).all()  # each draw either keeps the id or stands on features
+    assert 60 < int(dropped.sum()) < 140  # about half of 200 at dropout 0.5
+
+
+def test_without_item_features_no_id_is_dropped_in_training():
+    model = make_model(item_id_dropout=0.5).train()
+    users, items = torch.zeros(50, dtype=torch.int64), torch.full((50,), 4)
+    logits = model(users, items).detach()
+    assert torch.equal(logits, logits[:1].expand(50))
+
+
+def test_catalogue_scorer_equals_pairwise_logits_with_the_same_histories():
+    model = make_model(**WITH_EVERYTHING).eval()
+    # Predicting user 0 at t=20: its history is item 5 alone (3 and 1 share that second).
+    # User 1 is predicted at t=100: item 2. User 2 has no held-out row and no history.
+    predict_at = pd.DataFrame({"user": [0, 1, 1], "timestamp": [20, 100, 200]})
+    scores = model.catalogue_scorer(known_log(), predict_at)(np.array([0, 1, 2]))
+    windows = torch.tensor([[0, 0, 5], [0, 0, 2], [0, 0, 0]])
+    masks = torch.tensor([[False, False, True], [False, False, True], [False, False, False]])
+    users = torch.tensor([0, 1, 2])
+    pairwise = model(
+        users.repeat_interleave(N_ITEMS),
+        torch.arange(N_ITEMS).repeat(3),
+        (windows.repeat_interleave(N_ITEMS, 0), masks.repeat_interleave(N_ITEMS, 0)),
+    ).reshape(3, N_ITEMS)
+    assert scores.shape == (3, N_ITEMS)
+    assert torch.allclose(scores, pairwise, atol=1e-5)
+    # Without predict_at the whole known history counts: user 0 now sees 5, 1 and 3.
+    whole = model.catalogue_scorer(known_log())(np.array([0]))
+    pairwise_whole = model(
+        torch.zeros(N_ITEMS, dtype=torch.int64),
+        torch.arange(N_ITEMS),
+        (torch.tensor([[5, 1, 3]]).expand(N_ITEMS, 3), torch.ones(N_ITEMS, 3, dtype=torch.bool)),
+    )
+    assert torch.allclose(whole[0], pairwise_whole, atol=1e-5)
+
+
+def test_the_id_only_scorer_needs_no_log_but_a_history_tower_does():
+    model = make_model(logit_scale=3.0).eval()
+    users = torch.tensor([0, 2])
+    pairwise = model(users.repeat_interleave(N_ITEMS), torch.arange(N_ITEMS).repeat(2))
+    assert torch.allclose(model.catalogue_scorer()(np.array([0, 2])), pairwise.reshape(2, -1))
+    with pytest.raises(ValueError, match="known interactions"):
+        make_model(**WITH_EVERYTHING).catalogue_scorer()

@@ -1,4 +1,4 @@
-"""The training loop: fresh seeded negatives, determinism, resume, divergence, history."""
+"""The training loop: row-wise AdamW, chunked negatives, keep-best, determinism, resume, history."""
 
 from __future__ import annotations
 
@@ -12,43 +12,70 @@ import torch
 from torch.nn import functional as F
 
 from twotower_pipeline import training
-from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
+from twotower_pipeline.errors import PipelineInputError
+from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel, full_rows
 from twotower_pipeline.pipelines.training.nodes import train_two_tower
 from twotower_pipeline.sampling import PositiveSet, build_training_examples
 from twotower_pipeline.training import (
+    RowwiseAdamW,
+    SparseRows,
     TrainingDivergedError,
     TrainingSpec,
     draw_groups,
     fit,
     groups_from_examples,
     learning_rate_at,
+    make_optimizer,
+    resolve_device,
     train_epoch,
+    training_positives,
 )
 
 N_USERS, N_ITEMS, NEG = 12, 10, 3
+
+# The user tower reads a 3-item history; items carry their taste group as a feature token,
+# so item ids are also dropped at random in training.
+HISTORY_TOWER = dict(
+    user_id=False,
+    history_length=3,
+    history_pooling="recency",
+    item_id_dropout=0.2,
+    item_feature_vocab=3,
+    item_feature_width=1,
+)
+ID_ONLY = dict(
+    user_id=True,
+    history_length=0,
+    history_pooling="mean",
+    item_id_dropout=0.0,
+    item_feature_vocab=1,
+    item_feature_width=0,
+)
 
 
 @pytest.fixture
 def data() -> tuple[pd.DataFrame, pd.DataFrame]:
     """Two taste groups: users 0-5 like items 0-4, users 6-11 like items 5-9.
 
-    Each user has 3 of their group's items in train and a 4th held out.
+    Each user has 3 of their group's items in train (t = 10, 20, 30) and a 4th held
+    out at t = 40.
     """
     train_rows, val_rows = [], []
     for user in range(N_USERS):
         group = 0 if user < 6 else 5
         liked = [group + (user + j) % 5 for j in range(4)]
-        train_rows += [(user, item) for item in liked[:3]]
-        val_rows.append((user, liked[3]))
-    train = pd.DataFrame(train_rows, columns=["user", "item"]).astype(np.int32)
-    val = pd.DataFrame(val_rows, columns=["user", "item"]).astype(np.int32)
+        train_rows += [(user, item, 10 * (j + 1)) for j, item in enumerate(liked[:3])]
+        val_rows.append((user, liked[3], 40))
+    columns = ["user", "item", "timestamp"]
+    train = pd.DataFrame(train_rows, columns=columns).astype(np.int64)
+    val = pd.DataFrame(val_rows, columns=columns).astype(np.int64)
     return train, val
 
 
 def make_spec(tmp_path, **overrides) -> TrainingSpec:
     values = dict(
         seed=7,
-        num_epochs=4,
+        num_epochs=3,
         neg_ratio=NEG,
         batch_size=8,
         learning_rate=0.05,
@@ -57,6 +84,10 @@ def make_spec(tmp_path, **overrides) -> TrainingSpec:
         lr_schedule="cosine",
         resample_each_epoch=True,
         eval_k=3,
+        eval_chunk_size=5,
+        chunk_positives=16,  # 36 positives: three chunks per epoch
+        optimizer="rowwise",
+        device="cpu",
         checkpoint_dir=str(tmp_path / "checkpoints"),
         resume=False,
         progress_bar=False,
@@ -64,9 +95,9 @@ def make_spec(tmp_path, **overrides) -> TrainingSpec:
     return TrainingSpec(**(values | overrides))
 
 
-def new_model() -> TwoTowerModel:
+def new_model(towers: dict = HISTORY_TOWER) -> TwoTowerModel:
     torch.manual_seed(3)
-    return TwoTowerModel(
+    model = TwoTowerModel(
         TwoTowerConfig(
             n_users=N_USERS,
             n_items=N_ITEMS,
@@ -75,8 +106,14 @@ def new_model() -> TwoTowerModel:
             init_std=0.1,
             logit_scale=1.0,
             max_logit_scale=100.0,
+            user_feature_vocab=1,
+            user_feature_width=0,
+            **towers,
         )
     )
+    if model.config.item_feature_width:
+        model.set_side_information(item_tokens=torch.tensor([[1]] * 5 + [[2]] * 5))
+    return model
 
 
 def first_examples(train: pd.DataFrame, seed: int = 7) -> pd.DataFrame:
@@ -87,7 +124,228 @@ def timeless(history: pd.DataFrame) -> pd.DataFrame:
     return history.drop(columns=["examples_per_second", "seconds"])
 
 
-def test_history_has_one_row_per_epoch_with_the_documented_columns(data, tmp_path):
+def assert_same_weights(a: TwoTowerModel, b: TwoTowerModel) -> None:
+    for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(wa, wb), name
+
+
+# --- row-wise updates -----------------------------------------------------------------------
+def test_sparse_rows_give_the_gradient_rows_of_a_dense_embedding():
+    torch.manual_seed(0)
+    table = torch.nn.Parameter(torch.randn(10, 3))
+    ids = torch.tensor([[2, 7, 2], [9, 7, 7]])  # 6 lookups < 10 rows: only rows 2, 7, 9
+    weights = torch.randn(2, 3, 3)
+    (full_rows(table, ids) * weights).sum().backward()
+
+    rows = SparseRows()
+    out = rows(table, ids)
+    assert torch.equal(out, full_rows(table, ids).detach())
+    (out * weights).sum().backward()
+    [(touched_table, touched_ids, leaf)] = rows.touched
+    assert touched_table is table and touched_ids.tolist() == [2, 7, 9]
+    assert torch.allclose(leaf.grad, table.grad[[2, 7, 9]], atol=1e-6)
+    assert table.grad[[0, 1, 3, 4, 5, 6, 8]].eq(0).all()  # nobody else has a gradient
+
+
+def test_a_table_smaller_than_the_lookups_is_taken_whole_with_the_dense_gradient():
+    torch.manual_seed(0)
+    table = torch.nn.Parameter(torch.randn(4, 3))
+    ids = torch.tensor([0, 3, 3, 1, 0])
+    (full_rows(table, ids) ** 2).sum().backward()
+    rows = SparseRows()
+    (rows(table, ids) ** 2).sum().backward()
+    [(_, touched_ids, leaf)] = rows.touched
+    whole = (
+        leaf.grad if touched_ids is None else torch.zeros(4, 3).index_add(0, touched_ids, leaf.grad)
+    )
+    assert torch.allclose(whole, table.grad, atol=1e-6)
+
+
+def rowwise_and_reference_tables(lr=0.01, weight_decay=0.1):
+    torch.manual_seed(0)
+    start = torch.randn(6, 3)
+    rowwise = start.clone()
+    reference = torch.nn.Parameter(start.clone())
+    optimizer = RowwiseAdamW([rowwise], lr=lr, weight_decay=weight_decay)
+    adamw = torch.optim.AdamW([reference], lr=lr, weight_decay=weight_decay)
+    return rowwise, reference, optimizer, adamw
+
+
+@pytest.mark.parametrize("through", ["sparse_rows", "distinct_ids"])
+def test_rowwise_adamw_equals_torch_adamw_when_every_row_is_touched(through):
+    rowwise, reference, optimizer, adamw = rowwise_and_reference_tables()
+    for step in range(5):
+        ids = torch.randperm(6, generator=torch.Generator().manual_seed(step)).repeat(2)
+        target = torch.randn(12, 3, generator=torch.Generator().manual_seed(100 + step))
+        if through == "sparse_rows":
+            rows = SparseRows()
+            ((rows(rowwise, ids) - target) ** 2).sum().backward()
+            touched = rows.touched
+        else:  # the optimizer handed the distinct ids of every row
+            leaf = rowwise.clone().requires_grad_()
+            ((F.embedding(ids, leaf) - target) ** 2).sum().backward()
+            touched = [(rowwise, torch.arange(6), leaf)]
+        optimizer.step(touched)
+        adamw.zero_grad()
+        ((full_rows(reference, ids) - target) ** 2).sum().backward()
+        adamw.step()
+        assert torch.allclose(rowwise, reference.detach(), rtol=1e-6, atol=1e-7), step
+
+
+def test_rows_a_step_does_not_touch_keep_their_values_exactly():
+    torch.manual_seed(0)
+    table = torch.randn(10, 3)
+    before = table.clone()
+    optimizer = RowwiseAdamW([table], lr=0.1, weight_decay=0.5)
+    for ids in (torch.tensor([2, 5, 5]), torch.tensor([7])):
+        rows = SparseRows()
+        rows(table, ids).sum().backward()
+        optimizer.step(rows.touched)
+    changed = (table != before).any(dim=1)
+    assert changed.tolist() == [i in (2, 5, 7) for i in range(10)]
+    # Rows 2 and 5 have momentum after step 1, yet step 2 (row 7 only) leaves them be:
+    # decay and updates are lazy, unlike dense AdamW.
+    after_first = table[[2, 5]].clone()
+    rows = SparseRows()
+    rows(table, torch.tensor([0])).sum().backward()
+    optimizer.step(rows.touched)
+    assert torch.equal(table[[2, 5]], after_first)
+
+
+def test_the_logit_scale_is_not_weight_decayed_and_learns_at_its_ratio(tmp_path):
+    model = new_model()
+    optimizers = make_optimizer(model, make_spec(tmp_path, weight_decay=0.5, scale_lr_ratio=0.1))
+    groups = optimizers.dense.param_groups
+    [scale_group] = [g for g in groups if any(p is model.log_scale for p in g["params"])]
+    assert scale_group["weight_decay"] == 0.0 and len(scale_group["params"]) == 1
+    optimizers.set_lr(0.2)
+    assert scale_group["lr"] == pytest.approx(0.02)
+    # Row-wise: the tables belong to the row optimizer, the rest to the dense one, once each.
+    dense_ids = {id(p) for g in groups for p in g["params"]}
+    table_ids = {id(t) for t in model.sparse_tables()}
+    assert {id(t) for t in optimizers.rows.tables} == table_ids
+    assert dense_ids | table_ids == {id(p) for p in model.parameters()}
+    assert not dense_ids & table_ids
+    dense = make_optimizer(new_model(), make_spec(tmp_path, optimizer="dense"))
+    assert dense.rows is None
+    assert sum(len(g["params"]) for g in dense.dense.param_groups) == len(
+        list(new_model().parameters())
+    )
+    with pytest.raises(ValueError, match="training.optimizer"):
+        make_optimizer(new_model(), make_spec(tmp_path, optimizer="sparse"))
+
+
+def test_the_scale_learns_at_its_own_ratio_of_the_learning_rate(data, tmp_path):
+    train, val = data
+    frozen, learning = new_model(), new_model()
+    spec = make_spec(tmp_path, num_epochs=2, learning_rate=0.04)
+    fit(frozen, train, val, first_examples(train), replace(spec, scale_lr_ratio=0.0))
+    fit(learning, train, val, first_examples(train), replace(spec, scale_lr_ratio=1.0))
+    assert frozen.logit_scale == pytest.approx(1.0, abs=1e-6)
+    assert abs(learning.logit_scale - 1.0) > 0.02
+
+
+# --- examples and negatives -----------------------------------------------------------------
+def test_epoch_zero_trains_on_the_persisted_examples_and_later_epochs_draw_what_the_sampler_draws(
+    data,
+):
+    train, _ = data
+    groups = groups_from_examples(first_examples(train), NEG)
+    assert groups.items.shape == (len(train), 1 + NEG)
+    assert torch.equal(groups.items[:, 0], torch.tensor(train["item"].to_numpy()))
+    positives = PositiveSet(train["user"].to_numpy(), train["item"].to_numpy(), N_ITEMS)
+    drawn = draw_groups(train, positives, NEG, np.random.default_rng([7, 2]), None)
+    expected = groups_from_examples(
+        build_training_examples(train, N_ITEMS, NEG, np.random.default_rng([7, 2])), NEG
+    )
+    assert torch.equal(drawn.items, expected.items) and torch.equal(drawn.users, expected.users)
+    assert not torch.equal(drawn.items, groups.items)  # a fresh draw, not epoch 0's
+
+
+def test_examples_in_another_layout_or_of_other_positives_are_rejected(data, tmp_path):
+    train, val = data
+    examples = first_examples(train)
+    with pytest.raises(ValueError, match="another neg_ratio"):
+        groups_from_examples(examples, NEG + 1)
+    with pytest.raises(ValueError, match="one positive followed by"):
+        groups_from_examples(examples.sample(frac=1.0, random_state=0), NEG)
+    shuffled = train.sample(frac=1.0, random_state=0)
+    with pytest.raises(ValueError, match="do not match train_interactions"):
+        fit(new_model(), shuffled, val, examples, make_spec(tmp_path))
+
+
+def record_negative_draws(monkeypatch) -> list[tuple[np.ndarray, np.ndarray]]:
+    draws = []
+    real = training.sample_negatives
+
+    def recording(users, positives, neg_ratio, rng, probabilities=None):
+        drawn = real(users, positives, neg_ratio, rng, probabilities)
+        draws.append((users.copy(), drawn.copy()))
+        return drawn
+
+    monkeypatch.setattr(training, "sample_negatives", recording)
+    return draws
+
+
+def test_negatives_drawn_per_chunk_are_never_the_users_positives_and_repeat_for_a_seed(
+    data, tmp_path, monkeypatch
+):
+    train, val = data
+    draws = record_negative_draws(monkeypatch)
+    spec = make_spec(tmp_path, num_epochs=3)
+    fit(new_model(), train, val, first_examples(train), spec)
+    # Epoch 1 trains on the persisted examples; epochs 2 and 3 draw per chunk of 16, 16, 4.
+    assert [users.size for users, _ in draws] == [16, 16, 4] * 2
+    positives = PositiveSet(train["user"].to_numpy(), train["item"].to_numpy(), N_ITEMS)
+    for users, negatives in draws:
+        assert negatives.shape == (users.size, NEG)
+        assert not positives.contains(users.repeat(NEG), negatives.ravel()).any()
+    # Every positive of an epoch gets its negatives exactly once.
+    epoch_users = np.sort(np.concatenate([users for users, _ in draws[:3]]))
+    assert epoch_users.tolist() == sorted(train["user"].tolist())
+
+    first_run = [negatives for _, negatives in draws]
+    draws.clear()
+    fit(
+        new_model(),
+        train,
+        val,
+        first_examples(train),
+        replace(spec, checkpoint_dir=str(tmp_path / "b")),
+    )
+    assert all(np.array_equal(a, b) for (_, a), b in zip(draws, first_run, strict=True))
+    draws.clear()
+    fit(new_model(), train, val, first_examples(train), replace(spec, seed=8))
+    assert not all(np.array_equal(a, b) for (_, a), b in zip(draws, first_run, strict=True))
+
+
+def test_training_loss_is_bce_with_logits_on_the_raw_logits(data, tmp_path):
+    train, _ = data
+    groups = groups_from_examples(first_examples(train), NEG)
+    model = new_model(ID_ONLY)
+    with torch.no_grad():
+        model.log_scale.fill_(np.log(30.0))  # large logits: a second sigmoid would be obvious
+        logits = model(groups.users, groups.items)
+    labels = torch.zeros_like(logits)
+    labels[:, 0] = 1
+    expected = F.binary_cross_entropy_with_logits(logits, labels).item()
+    frozen = make_optimizer(model, make_spec(tmp_path, learning_rate=0.0, weight_decay=0.0))
+    loss, n_examples = train_epoch(
+        model,
+        frozen,
+        training_positives(train, N_USERS, 0, torch.device("cpu")),
+        lambda chunk, rows: groups.items[rows, 1:],
+        batch_size=len(train),
+        chunk_positives=len(train),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert n_examples == len(train) * (1 + NEG)
+    assert loss == pytest.approx(expected, rel=1e-6)
+    assert loss > 1.0  # saturated raw logits give a large BCE; sigmoid(sigmoid(x)) stays below 1
+
+
+# --- runs -----------------------------------------------------------------------------------
+def test_history_has_one_row_per_epoch_and_marks_one_chosen(data, tmp_path):
     train, val = data
     history = fit(new_model(), train, val, first_examples(train), make_spec(tmp_path))
     assert list(history.columns) == [
@@ -101,115 +359,112 @@ def test_history_has_one_row_per_epoch_with_the_documented_columns(data, tmp_pat
         "learning_rate",
         "examples_per_second",
         "seconds",
+        "chosen",
     ]
-    assert history["epoch"].tolist() == [1, 2, 3, 4]
-    assert np.isfinite(history.to_numpy(dtype=float)).all()
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert history["chosen"].dtype == bool and history["chosen"].sum() == 1
+    assert np.isfinite(history.drop(columns="chosen").to_numpy(dtype=float)).all()
 
 
-def test_the_model_learns_the_two_taste_groups(data, tmp_path):
+@pytest.mark.parametrize("towers", [ID_ONLY, HISTORY_TOWER], ids=["id_only", "history"])
+def test_the_model_learns_the_two_taste_groups(data, tmp_path, towers):
     train, val = data
-    spec = make_spec(tmp_path, num_epochs=15, learning_rate=0.05, lr_schedule="constant")
-    model = new_model()
+    spec = make_spec(tmp_path, num_epochs=6, lr_schedule="constant")
+    model = new_model(towers)
     history = fit(model, train, val, first_examples(train), spec)
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
-    scores = model.score_all_items(torch.arange(N_USERS))
-    own_group = scores[:6, :5].mean() - scores[:6, 5:].mean()
-    assert own_group > 0
+    scores = model.catalogue_scorer(train, val)(np.arange(N_USERS))
+    # Every user scores its own group's items above the other group's, on average.
+    assert (scores[:6, :5].mean(1) > scores[:6, 5:].mean(1)).all()
+    assert (scores[6:, 5:].mean(1) > scores[6:, :5].mean(1)).all()
 
 
 def test_same_seed_gives_identical_history_and_weights(data, tmp_path):
     train, val = data
     model_a, model_b = new_model(), new_model()
     a = fit(model_a, train, val, first_examples(train), make_spec(tmp_path / "a"))
+    torch.manual_seed(999)  # whatever the caller's random state, the run is the same
     b = fit(model_b, train, val, first_examples(train), make_spec(tmp_path / "b"))
     pd.testing.assert_frame_equal(timeless(a), timeless(b))
-    for (name, wa), wb in zip(
-        model_a.state_dict().items(), model_b.state_dict().values(), strict=True
-    ):
-        assert torch.equal(wa, wb), name
+    assert_same_weights(model_a, model_b)
 
 
-def test_epoch_zero_trains_on_the_persisted_examples_and_later_epochs_draw_what_the_sampler_draws(
-    data,
-):
-    train, _ = data
-    examples = first_examples(train)
-    groups = groups_from_examples(examples, NEG)
-    assert groups.items.shape == (len(train), 1 + NEG)
-    assert torch.equal(groups.items[:, 0], torch.from_numpy(train["item"].to_numpy(np.int64)))
-    positives = PositiveSet(train["user"].to_numpy(), train["item"].to_numpy(), N_ITEMS)
-    drawn = draw_groups(train, positives, NEG, np.random.default_rng([7, 2]), None)
-    expected = groups_from_examples(
-        build_training_examples(train, N_ITEMS, NEG, np.random.default_rng([7, 2])), NEG
-    )
-    assert torch.equal(drawn.items, expected.items) and torch.equal(drawn.users, expected.users)
-    assert not torch.equal(drawn.items, groups.items)  # a fresh draw, not epoch 0's
+def fake_evaluations(recalls: list[float], snapshots: list[dict]):
+    """Return an evaluate_epoch stand-in that reports the given recalls and records weights."""
+    calls = iter(recalls)
+
+    def evaluate(model, *args, **kwargs):
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        recall = next(calls)
+        return {"val_loss": 0.5, "val_auc": 0.7, "recall@3": recall, "ndcg@3": recall}
+
+    return evaluate
 
 
-def test_negatives_drawn_for_an_epoch_are_never_the_users_training_positives(data):
-    train, _ = data
-    positives = PositiveSet(train["user"].to_numpy(), train["item"].to_numpy(), N_ITEMS)
-    drawn = draw_groups(train, positives, NEG, np.random.default_rng([7, 5]), None)
-    users = drawn.users.numpy().repeat(NEG)
-    assert not positives.contains(users, drawn.items[:, 1:].numpy().ravel()).any()
-
-
-def test_examples_in_another_layout_are_rejected(data):
-    train, _ = data
-    examples = first_examples(train)
-    with pytest.raises(ValueError, match="another neg_ratio"):
-        groups_from_examples(examples, NEG + 1)
-    with pytest.raises(ValueError, match="one positive followed by"):
-        groups_from_examples(examples.sample(frac=1.0, random_state=0), NEG)
-
-
-def test_training_loss_is_bce_with_logits_on_the_raw_logits(data):
-    train, _ = data
-    groups = groups_from_examples(first_examples(train), NEG)
+def test_the_best_validation_epoch_is_kept_and_marked_chosen(data, tmp_path, monkeypatch):
+    train, val = data
+    snapshots: list[dict] = []
+    monkeypatch.setattr(training, "evaluate_epoch", fake_evaluations([0.1, 0.3, 0.2], snapshots))
     model = new_model()
-    with torch.no_grad():
-        model.log_scale.fill_(np.log(30.0))  # large logits: a second sigmoid would be obvious
-        logits = model(groups.users, groups.items)
-    labels = torch.zeros_like(logits)
-    labels[:, 0] = 1
-    expected = F.binary_cross_entropy_with_logits(logits, labels).item()
-    frozen = torch.optim.SGD(model.parameters(), lr=0.0)
-    loss = train_epoch(
-        model, frozen, groups, batch_size=len(train), generator=torch.Generator().manual_seed(0)
-    )
-    assert loss == pytest.approx(expected, rel=1e-6)
-    assert (
-        loss > 1.0
-    )  # saturated raw logits give a large BCE; sigmoid(sigmoid(x)) would stay below 1
+    history = fit(model, train, val, first_examples(train), make_spec(tmp_path))
+    assert history["chosen"].tolist() == [False, True, False]
+    assert history["recall@3"].tolist() == [0.1, 0.3, 0.2]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, snapshots[1][name]), name
+    assert not torch.equal(model.item_id, snapshots[2]["item_id"])  # epoch 3 was different
+
+
+def test_the_best_epoch_survives_a_resume(data, tmp_path, monkeypatch):
+    train, val = data
+    spec = make_spec(tmp_path)
+    snapshots: list[dict] = []
+    monkeypatch.setattr(training, "evaluate_epoch", fake_evaluations([0.1, 0.3], snapshots))
+    kill_in_epoch(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        fit(new_model(), train, val, first_examples(train), spec)
+    monkeypatch.setattr(training, "train_epoch", train_epoch)
+    monkeypatch.setattr(training, "evaluate_epoch", fake_evaluations([0.2], snapshots))
+    model = new_model()
+    history = fit(model, train, val, first_examples(train), replace(spec, resume=True))
+    assert history["chosen"].tolist() == [False, True, False]
+    assert torch.equal(model.item_id, snapshots[1]["item_id"])
+
+
+def kill_in_epoch(monkeypatch, epoch: int) -> None:
+    """Make training.train_epoch die (as a killed process would) when epoch `epoch` starts."""
+    real = training.train_epoch
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_epoch", dying)
 
 
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(data, tmp_path, monkeypatch):
     train, val = data
     uninterrupted = new_model()
-    full = fit(uninterrupted, train, val, first_examples(train), make_spec(tmp_path / "full"))
+    spec = make_spec(tmp_path / "full", num_epochs=4)
+    full = fit(uninterrupted, train, val, first_examples(train), spec)
 
-    spec = make_spec(tmp_path / "cut")
-    real_train_epoch = training.train_epoch
-    calls = {"n": 0}
+    cut = replace(spec, checkpoint_dir=str(tmp_path / "cut"))
+    with monkeypatch.context() as patch:
+        kill_in_epoch(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            fit(new_model(), train, val, first_examples(train), cut)
 
-    def killed_in_epoch_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # the process dies after two finished epochs
-        return real_train_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(training, "train_epoch", killed_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        fit(new_model(), train, val, first_examples(train), spec)
-    monkeypatch.setattr(training, "train_epoch", real_train_epoch)
-
-    resumed = new_model()  # a fresh process: weights come from the checkpoint
-    history = fit(resumed, train, val, first_examples(train), replace(spec, resume=True))
+    resumed = new_model()  # a fresh process: weights and random state come from the checkpoint
+    history = fit(resumed, train, val, first_examples(train), replace(cut, resume=True))
     pd.testing.assert_frame_equal(timeless(history), timeless(full))
-    for (name, wa), wb in zip(
-        resumed.state_dict().items(), uninterrupted.state_dict().values(), strict=True
-    ):
-        assert torch.equal(wa, wb), name
+    assert_same_weights(resumed, uninterrupted)
+    last_full, last_cut = (
+        torch.load(training.checkpoint_path(run), weights_only=True)["model"] for run in (spec, cut)
+    )
+    for name, tensor in last_full.items():  # the last epoch too, not only the chosen one
+        assert torch.equal(tensor, last_cut[name]), name
 
 
 def test_a_fresh_run_ignores_a_checkpoint_left_by_an_earlier_run(data, tmp_path):
@@ -220,6 +475,29 @@ def test_a_fresh_run_ignores_a_checkpoint_left_by_an_earlier_run(data, tmp_path)
     assert history["epoch"].tolist() == [1, 2]
 
 
+def test_a_fresh_run_keeps_the_earlier_checkpoint_until_it_writes_its_own(
+    data, tmp_path, monkeypatch
+):
+    train, val = data
+    spec = make_spec(tmp_path, num_epochs=2)
+    fit(new_model(), train, val, first_examples(train), spec)
+    path = training.checkpoint_path(spec)
+    before = torch.load(path, weights_only=True)
+    kill_in_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(new_model(), train, val, first_examples(train), spec)
+    after = torch.load(path, weights_only=True)
+    assert len(after["history"]) == 2
+    assert torch.equal(after["model"]["item_id"], before["model"]["item_id"])
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(data, tmp_path):
+    train, val = data
+    spec = make_spec(tmp_path, resume=True)
+    with pytest.raises(PipelineInputError, match="no checkpoint at .*resume=false"):
+        fit(new_model(), train, val, first_examples(train), spec)
+
+
 def test_resume_refuses_a_checkpoint_written_with_other_training_settings(data, tmp_path):
     train, val = data
     fit(new_model(), train, val, first_examples(train), make_spec(tmp_path, num_epochs=1))
@@ -228,25 +506,25 @@ def test_resume_refuses_a_checkpoint_written_with_other_training_settings(data, 
         fit(new_model(), train, val, first_examples(train), other)
 
 
-def test_resume_refuses_a_checkpoint_of_another_seed(data, tmp_path):
+def test_resume_refuses_a_checkpoint_of_another_seed_or_model(data, tmp_path):
     train, val = data
     fit(new_model(), train, val, first_examples(train), make_spec(tmp_path, num_epochs=1))
+    again = make_spec(tmp_path, num_epochs=2, resume=True)
     with pytest.raises(ValueError, match="another model or seed"):
-        fit(
-            new_model(), train, val, first_examples(train), make_spec(tmp_path, seed=8, resume=True)
-        )
+        fit(new_model(), train, val, first_examples(train), replace(again, seed=8))
+    with pytest.raises(ValueError, match="another model or seed"):
+        fit(new_model(ID_ONLY), train, val, first_examples(train), again)
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
     train, val = data
     spec = make_spec(tmp_path)
-    model = new_model()
     real_forward = TwoTowerModel.forward
     steps = {"n": 0}
-    steps_per_epoch = -(-len(train) // spec.batch_size)
+    steps_per_epoch = 5  # chunks of 16, 16, 4 positives in batches of 8
 
-    def poisoned_in_epoch_3(self, users, items):
-        logits = real_forward(self, users, items)
+    def poisoned_in_epoch_3(self, users, items, history=None, rows=full_rows):
+        logits = real_forward(self, users, items, history, rows)
         if self.training:
             steps["n"] += 1
             if steps["n"] > 2 * steps_per_epoch:
@@ -255,7 +533,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(data, tmp_pa
 
     monkeypatch.setattr(TwoTowerModel, "forward", poisoned_in_epoch_3)
     with pytest.raises(TrainingDivergedError, match=r"epoch 3.*last good checkpoint \(epoch 2\)"):
-        fit(model, train, val, first_examples(train), spec)
+        fit(new_model(), train, val, first_examples(train), spec)
     state = torch.load(training.checkpoint_path(spec), weights_only=True)
     assert len(state["history"]) == 2
     assert all(torch.isfinite(tensor).all() for tensor in state["model"].values())
@@ -271,36 +549,19 @@ def test_cosine_schedule_starts_at_the_learning_rate_and_decays(tmp_path):
         learning_rate_at(replace(spec, lr_schedule="linear"), 0)
 
 
-def test_the_logit_scale_is_not_weight_decayed(tmp_path):
-    optimizer = training.make_optimizer(new_model(), make_spec(tmp_path, weight_decay=0.5))
-    decays = {
-        id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]
-    }
-    model_params = dict(new_model().named_parameters())
-    assert len(decays) == len(model_params)
-    scale_group = [g for g in optimizer.param_groups if g["weight_decay"] == 0.0]
-    assert len(scale_group) == 1 and len(scale_group[0]["params"]) == 1
-
-
-def test_the_scale_learns_at_its_own_ratio_of_the_learning_rate(data, tmp_path):
+def test_the_device_is_cpu_without_cuda_and_asking_for_cuda_there_is_an_error(
+    data, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="training.device is cuda but no CUDA device"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        resolve_device("gpu")
     train, val = data
-    frozen, learning = new_model(), new_model()
-    fit(
-        frozen,
-        train,
-        val,
-        first_examples(train),
-        make_spec(tmp_path / "a", num_epochs=2, learning_rate=0.04, scale_lr_ratio=0.0),
-    )
-    fit(
-        learning,
-        train,
-        val,
-        first_examples(train),
-        make_spec(tmp_path / "b", num_epochs=2, learning_rate=0.04, scale_lr_ratio=1.0),
-    )
-    assert frozen.logit_scale == pytest.approx(1.0, abs=1e-6)
-    assert abs(learning.logit_scale - 1.0) > 0.02
+    with pytest.raises(ValueError, match="no CUDA device"):
+        fit(new_model(), train, val, first_examples(train), make_spec(tmp_path, device="cuda"))
 
 
 def test_one_log_line_per_epoch_and_no_progress_bar_off_a_terminal(
@@ -324,12 +585,10 @@ def test_training_node_returns_embeddings_keyed_by_original_ids(data, tmp_path):
     item_index = pd.DataFrame(
         {"item": np.arange(N_ITEMS), "item_id": [f"i{i}" for i in range(N_ITEMS)]}
     )
+    item_tokens = pd.DataFrame({"item": np.arange(N_ITEMS), "tokens": [[1]] * 5 + [[2]] * 5})
+    user_tokens = pd.DataFrame({"user": np.arange(N_USERS), "tokens": [[]] * N_USERS})
     spec = make_spec(tmp_path, num_epochs=2)
-    training_params = {
-        k: v
-        for k, v in vars(spec).items()
-        if k not in {"seed", "num_epochs", "neg_ratio", "eval_k"}
-    }
+    not_training_keys = {"seed", "num_epochs", "neg_ratio", "eval_k", "eval_chunk_size"}
     model, config, history, users, items = train_two_tower(
         first_examples(train, seed=1),
         train,
@@ -340,16 +599,30 @@ def test_training_node_returns_embeddings_keyed_by_original_ids(data, tmp_path):
         neg_ratio=NEG,
         logit_scale=1.0,
         num_epochs=2,
-        model={"embedding_dim": 8, "hidden_dims": [], "init_std": 0.1, "max_logit_scale": 100.0},
-        training=training_params,
+        model={
+            "embedding_dim": 8,
+            "hidden_dims": [],
+            "init_std": 0.1,
+            "max_logit_scale": 100.0,
+            **{k: v for k, v in HISTORY_TOWER.items() if not k.startswith("item_feature")},
+        },
+        training={k: v for k, v in vars(spec).items() if k not in not_training_keys},
         negative_sampling={"distribution": "uniform", "popularity_alpha": 0.75},
-        headline_k=3,
+        evaluation={"headline_k": 3, "chunk_size": 5},
+        item_feature_tokens=item_tokens,
+        user_feature_tokens=user_tokens,
+        feature_encoders={"item": {"vocab_size": 3}, "user": {"vocab_size": 1}},
     )
-    assert config["n_users"] == N_USERS and len(history) == 2
-    assert "recall@3" in history.columns
+    assert config["n_users"] == N_USERS and config["item_feature_vocab"] == 3
+    assert len(history) == 2 and "recall@3" in history.columns and history["chosen"].sum() == 1
     assert users["user_id"].tolist() == user_index["user_id"].tolist()
     assert items["item_id"].tolist() == item_index["item_id"].tolist()
-    vectors = np.stack(items["embedding"].to_numpy())
-    assert vectors.shape == (N_ITEMS, 8)
-    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert np.allclose(vectors, model.item_tower.all().detach().numpy())
+    item_vectors = np.stack(items["embedding"].to_numpy())
+    user_vectors = np.stack(users["embedding"].to_numpy())
+    assert item_vectors.shape == (N_ITEMS, 8) and user_vectors.shape == (N_USERS, 8)
+    assert np.allclose(np.linalg.norm(item_vectors, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(np.linalg.norm(user_vectors, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(item_vectors, model.all_item_vectors().numpy())
+    # A user's vector reads everything known after training: train and validation.
+    scores = model.catalogue_scorer(pd.concat([train, val]))(np.arange(N_USERS)).numpy()
+    assert np.allclose(model.logit_scale * user_vectors @ item_vectors.T, scores, atol=1e-5)
