@@ -33,7 +33,13 @@ ITEM_IDS = pd.Series(["a", "b", "c", "d"])  # item_index.item_id: index 0..3
 
 
 def spec(side: str = "item", **params) -> FeatureSpec:
-    base = {"source": "items.csv", "id": f"{side}_id", **params}
+    base = {
+        "source": "items.csv",
+        "id": f"{side}_id",
+        "buckets": 10,
+        "missing_values": "error",
+        **params,
+    }
     return FeatureSpec.from_params(side, base)
 
 
@@ -210,10 +216,10 @@ def test_feature_parameters_are_checked():
         FeatureSpec.from_params("item", {"source": "f", "id": "i", "genre": ["x"]})
     with pytest.raises(ValueError, match=r"features\.user\.id must be set"):
         FeatureSpec.from_params("user", {"source": "f"})
+    with pytest.raises(ValueError, match=r"features\.item\.buckets must be set"):
+        FeatureSpec.from_params("item", {"source": "f", "id": "i", "missing_values": "error"})
     with pytest.raises(ValueError, match=r"names field\(s\) \['age'\] more than once"):
-        FeatureSpec.from_params(
-            "user", {"source": "f", "id": "u", "categorical": ["age"], "numeric": ["age"]}
-        )
+        spec("user", categorical=["age"], numeric=["age"])
 
 
 def test_padded_tokens_right_pad_each_list_with_0():
@@ -443,7 +449,13 @@ def test_features_pipeline_is_wired_on_an_in_memory_catalog():
         "synthetic_item_taste": None,
         "synthetic_user_taste": None,
         "params:features": {
-            "item": {"source": "items.csv", "id": "item_id", "categorical": ["studio"]},
+            "item": {
+                "source": "items.csv",
+                "id": "item_id",
+                "categorical": ["studio"],
+                "buckets": 10,
+                "missing_values": "error",
+            },
             "user": None,
         },
         "params:oracle": {"enabled": True},

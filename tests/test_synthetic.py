@@ -162,7 +162,14 @@ def test_item_features_alone_carry_taste_for_warm_and_cold_items(medium_world):
     n_users, n_items = len(user_index), len(item_index)
     feature_spec = FeatureSpec.from_params(
         "item",
-        {"source": "items", "id": "item_id", "categorical": ["studio"], "multi_valued": ["genres"]},
+        {
+            "source": "items",
+            "id": "item_id",
+            "categorical": ["studio"],
+            "multi_valued": ["genres"],
+            "buckets": 10,
+            "missing_values": "error",
+        },
     )
     tokens, encoder, _ = build_side(
         world.item_features, feature_spec, item_index["item_id"], split.train["item"], "item"

@@ -52,13 +52,13 @@ class FeatureSpec:
     side: str  # item | user
     source: str  # the file, named in every error
     id: str
+    buckets: int  # at most this many quantile buckets per numeric field
+    missing_values: str  # error | unknown
     categorical: tuple[str, ...] = ()
     multi_valued: tuple[str, ...] = ()
     delimiter: str | None = None  # None: multi-valued columns hold lists
     multi_hot: dict[str, tuple[str, ...]] = field(default_factory=dict)
     numeric: tuple[str, ...] = ()
-    buckets: int = 10
-    missing_values: str = "error"
 
     @classmethod
     def from_params(cls, side: str, params: dict | None) -> FeatureSpec | None:
@@ -69,13 +69,14 @@ class FeatureSpec:
         unknown = set(params) - _KEYS
         if unknown:
             raise ValueError(f"unknown {where} parameter(s): {sorted(unknown)}")
-        for key in ("source", "id"):
-            if not params.get(key):
+        # Roles left out map no column; these four have no default (the yaml is the truth).
+        for key in ("source", "id", "buckets", "missing_values"):
+            if params.get(key) is None:
                 raise ValueError(f"{where}.{key} must be set (or set {where}: null)")
-        missing = params.get("missing_values", "error")
+        missing = params["missing_values"]
         if missing not in MISSING_VALUES:
             raise ValueError(f"{where}.missing_values must be one of {MISSING_VALUES}")
-        buckets = int(params.get("buckets", 10))
+        buckets = int(params["buckets"])
         if buckets < 1:
             raise ValueError(f"{where}.buckets must be at least 1, not {buckets}")
         spec = cls(
