@@ -138,10 +138,10 @@ def run_setting(train, val, test, n_users, n_items, params, workdir) -> dict:
     known_test = pd.concat([train, val], ignore_index=True)
     ks = [10]
     val_m = ranking_metrics(
-        model.catalogue_scorer(train, val), train, val, n_users, n_items, ks, seed=seed
+        model.catalogue_scorer(train, val), train, val, n_users, n_items, ks, 1024, seed
     )
     test_m = ranking_metrics(
-        model.catalogue_scorer(known_test, test), known_test, test, n_users, n_items, ks, seed=seed
+        model.catalogue_scorer(known_test, test), known_test, test, n_users, n_items, ks, 1024, seed
     )
     chosen = history.loc[history["chosen"]].iloc[0]
     return {
@@ -167,8 +167,8 @@ def baselines(train, val, test, n_users, n_items, params) -> dict:
     if als is not None:
         scorers["als"] = als
     for name, scorer in scorers.items():
-        v = ranking_metrics(scorer, train, val, n_users, n_items, [10], seed=seed)
-        t = ranking_metrics(scorer, known_test, test, n_users, n_items, [10], seed=seed)
+        v = ranking_metrics(scorer, train, val, n_users, n_items, [10], 1024, seed)
+        t = ranking_metrics(scorer, known_test, test, n_users, n_items, [10], 1024, seed)
         out[name] = {"val_hr10": v["hit_rate@10"], "test_hr10": t["hit_rate@10"]}
     return out
 
@@ -179,9 +179,10 @@ def main() -> None:
     parser.add_argument("--datasets", default="synthetic,ml100k")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--output", type=Path, default=RESULTS / "tower_sweep.json")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.extra)}
     results = json.loads(args.output.read_text()) if args.output.exists() else {}
     for dataset in args.datasets.split(","):

@@ -22,6 +22,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:training",
                     "params:negative_sampling",
                     "params:evaluation",
+                    "item_feature_tokens",
+                    "user_feature_tokens",
+                    "feature_encoders",
                 ],
                 outputs=[
                     "two_tower_model",
