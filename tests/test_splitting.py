@@ -289,3 +289,23 @@ def test_global_temporal_properties(frame, val_q, gap):
     check_held_out_sets(frame, result)
     assert result.train["timestamp"].max() < result.val["timestamp"].min()
     assert result.val["timestamp"].max() < result.test["timestamp"].min()
+
+
+def test_split_pipeline_is_wired_on_an_in_memory_catalog():
+    from kedro.io import DataCatalog, MemoryDataset
+    from kedro.runner import SequentialRunner
+
+    from twotower_pipeline.pipelines.split import create_pipeline
+
+    params = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "conf/base/parameters_split.yml").read_text()
+    )["split"]
+    inputs = {"interactions": HAND_MADE, "params:split": params, "params:seed": 0}
+    catalog = DataCatalog({name: MemoryDataset(value) for name, value in inputs.items()})
+    SequentialRunner().run(create_pipeline(), catalog)
+    assert pairs(catalog.load("test_interactions")) == {(0, 3), (2, 3)}
+    assert pairs(catalog.load("val_interactions")) == {(0, 2), (2, 0)}
+    assert catalog.load("test_cold_interactions").empty
+    assert catalog.load("split_report")["train_interactions"] == len(
+        catalog.load("train_interactions")
+    )
