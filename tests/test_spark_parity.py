@@ -277,6 +277,20 @@ def test_a_missing_column_is_reported_alike(spark, tmp_path):
     assert spark_message == pandas_message
 
 
+def test_ids_mixing_numbers_and_text_and_ratings_out_of_range_are_reported_alike(spark, tmp_path):
+    mixed = pd.DataFrame({"u": ["12", "bob", "7"], "i": [1, 2, 3], "t": [1, 2, 3]})
+    pandas_message, spark_message = _errors(spark, mixed, tmp_path)
+    assert "2 numeric and 1 text id(s)" in pandas_message
+    assert spark_message == pandas_message
+    ratings = pd.DataFrame({"u": [1, 2, 3], "i": [1, 2, 3], "t": [1, 2, 3], "r": [1.0, 7.0, 9.0]})
+    columns = {"user": "u", "item": "i", "timestamp": "t", "rating": "r"}
+    pandas_message, spark_message = _errors(
+        spark, ratings, tmp_path, columns=columns, rating_range=[1, 5]
+    )
+    assert "2 rating(s) outside" in pandas_message
+    assert spark_message == pandas_message
+
+
 def test_an_empty_validation_set_is_reported_alike(spark, tmp_path):
     frame = pd.DataFrame({"u": [1, 1, 2], "i": [1, 2, 3], "t": [1, 2, 3]})
     source = _raw_file(frame, tmp_path)

@@ -1,7 +1,8 @@
 """Ingestion and the split on PySpark: the rules of interactions.py and splitting.py, on Spark.
 
 The specs (IngestionSpec, SplitSpec), the draw of cold items, the error for
-an empty split and the report keys come from the pandas modules;
+an empty split and the helpers that format values in messages come from the
+pandas modules;
 tests/test_spark_parity.py checks that both paths write the same rows, the
 same reports and the same error messages. Every step is a Spark aggregation,
 window or join: the driver only ever holds counts, a few boundary values and
@@ -18,25 +19,22 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegralType, NumericType, StringType
 
-from twotower_pipeline.interactions import IngestionSpec, InvalidInteractionsError
-from twotower_pipeline.splitting import SplitSpec, cold_items
+from twotower_pipeline.interactions import (
+    IngestionSpec,
+    InvalidInteractionsError,
+    _date,
+    _fail,
+    _shown,
+)
+from twotower_pipeline.splitting import SplitSpec, _empty_error, cold_items
 
 _MS_THRESHOLD = 1e11  # as parse_timestamps: epoch ms pass it in 1973, epoch s not before 5138
 _POSITION_BITS = 33  # monotonically_increasing_id() = partition << 33 | position in partition
 _ORDER = ("user", "timestamp", "item")  # the order encode_ids writes interactions in
 
 
-def _fail(spec: IngestionSpec, message: str) -> None:
-    raise InvalidInteractionsError(f"{spec.source}: {message}")
-
-
 def _iso(seconds: int) -> str:
     return pd.Timestamp(int(seconds), unit="s", tz="UTC").isoformat()
-
-
-def _where(spec: IngestionSpec, row: int) -> str:
-    """Return how a message names data row `row` (0-based), as the pandas path does."""
-    return spec.where(row)
 
 
 def _finite(value: Column) -> Column:
@@ -191,26 +189,23 @@ def _typed_ids(raw: DataFrame, column: str, role: str, spec: IngestionSpec) -> C
         return values  # text in the file: kept as text
     if numbers < rows:
         first, row = _first_row(raw, ~is_number)
+        text = f"first text {_shown(row[column])} at {spec.where(first)}"
         if spec.id_type == "int":
-            detail = f"{rows - numbers} id(s) that are not numbers"
+            detail = f"{rows - numbers} id(s) that are not numbers ({text})"
         else:
             number, number_row = _first_row(raw, is_number)
             detail = (
-                f"{numbers} numeric and {rows - numbers} text id(s) "
-                f"(first number {number_row[column]!r} at {_where(spec, number)})"
+                f"{numbers} numeric and {rows - numbers} text id(s) (first "
+                f"number {_shown(number_row[column])} at {spec.where(number)}, {text})"
             )
-        _fail(
-            spec,
-            f"{label} has {detail} (first text {row[column]!r} at {_where(spec, first)}); "
-            "set ingestion.id_type: text if the ids are names",
-        )
+        _fail(spec, f"{label} has {detail}; set ingestion.id_type: text if the ids are names")
     if int(counts["fractional"] or 0):
         first, row = _first_row(raw, as_number != F.floor(as_number))
         _fail(
             spec,
-            f"{label} has {int(counts['fractional'])} fractional id(s) (first {row[column]!r} "
-            f"at {_where(spec, first)}); ids must be whole numbers, or set ingestion.id_type: "
-            "text (and read the column as text)",
+            f"{label} has {int(counts['fractional'])} fractional id(s) (first "
+            f"{_shown(row[column])} at {spec.where(first)}); ids must be whole numbers, "
+            "or set ingestion.id_type: text",
         )
     return as_number.cast("long")
 
@@ -245,7 +240,7 @@ def validate_interactions_spark(raw: DataFrame, spec: IngestionSpec) -> tuple[Da
             _fail(
                 spec,
                 f"column {wanted[role]!r} ({role}) has {nulls[role]} null value(s) of "
-                f"{rows_read} rows (first at {_where(spec, first)})",
+                f"{rows_read} rows (first at {spec.where(first)})",
             )
 
     ts_column = wanted["timestamp"]
@@ -278,7 +273,7 @@ def validate_interactions_spark(raw: DataFrame, spec: IngestionSpec) -> tuple[Da
             spec,
             f"column {ts_column!r} (timestamp) has {found['unparsable']} unparsable "
             f"timestamp(s) of {rows_read} rows (first: {row[ts_column]!r} "
-            f"at {_where(spec, first)}); expected epoch seconds, milliseconds or ISO 8601",
+            f"at {spec.where(first)}); expected epoch seconds, milliseconds or ISO 8601",
         )
     if "outside_window" in checks and found["outside_window"]:
         first, row = _first_row(raw.withColumn("_seconds", seconds), outside_window)
@@ -289,8 +284,8 @@ def validate_interactions_spark(raw: DataFrame, spec: IngestionSpec) -> tuple[Da
         _fail(
             spec,
             f"column {ts_column!r} (timestamp) has {found['outside_window']} timestamp(s) "
-            f"outside {bounds} UTC (first: {row[ts_column]!r} at {_where(spec, first)}, read as "
-            f"{_date(int(row['_seconds']))} with unit {unit}); fix those rows, set "
+            f"outside {bounds} UTC (first: {_shown(row[ts_column])} at {spec.where(first)}, "
+            f"read as {_date(int(row['_seconds']))} with unit {unit}); fix those rows, set "
             "ingestion.timestamp_unit, or widen ingestion.timestamp_window",
         )
     dropped: dict[str, int] = {}
@@ -376,10 +371,6 @@ def validate_interactions_spark(raw: DataFrame, spec: IngestionSpec) -> tuple[Da
     return clean, report
 
 
-def _date(seconds: int) -> str:
-    return pd.Timestamp(seconds, unit="s", tz="UTC").strftime("%Y-%m-%d %H:%M")
-
-
 def encode_ids_spark(clean: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
     """Return interactions with integer user/item indices, and the two id maps.
 
@@ -399,14 +390,6 @@ def encode_ids_spark(clean: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]
 
 
 # --- split -------------------------------------------------------------------------------
-
-
-def _empty_error(
-    source: str, spec: SplitSpec, which: str, candidates: int, cold_users: int, cold_items: int
-) -> InvalidInteractionsError:
-    from twotower_pipeline.splitting import _empty_error as pandas_message
-
-    return pandas_message(source, spec, which, candidates, cold_users, cold_items)
 
 
 def _held_out_roles(interactions: DataFrame, spec: SplitSpec) -> tuple[DataFrame, Any]:
