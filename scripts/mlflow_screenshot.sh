@@ -62,13 +62,13 @@ mkdir -p "$(dirname "$OUTPUT")"
   --disable-background-networking --disable-component-update --disable-sync --no-first-run \
   --hide-scrollbars --virtual-time-budget=30000 --user-data-dir="$PROFILE" \
   --window-size=1800,900 --screenshot="$OUTPUT" "http://127.0.0.1:$PORT/#/metric?$QUERY" 2>/dev/null
-# The right-hand 380 pixels are MLflow's assistant panel, which opens by itself: cut off.
+# The right-hand 470 pixels are MLflow's assistant panel, which opens by itself: cut off.
 python - "$OUTPUT" <<'PY'
 import sys
 from PIL import Image
 
 path = sys.argv[1]
 image = Image.open(path).convert("RGB")
-image.crop((0, 0, image.width - 380, image.height)).quantize(colors=256).save(path, optimize=True)
+image.crop((0, 0, image.width - 470, image.height)).quantize(colors=256).save(path, optimize=True)
 PY
 echo "wrote $OUTPUT (run $RUN)"
