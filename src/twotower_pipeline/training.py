@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,9 @@ from twotower_pipeline.history import HistoryTable, training_history_ends
 from twotower_pipeline.metrics import binary_log_loss, ranking_metrics, roc_auc
 from twotower_pipeline.model import TwoTowerModel, full_rows
 from twotower_pipeline.sampling import PositiveSet, item_groups, sample_negatives
+
+if TYPE_CHECKING:
+    from twotower_pipeline.distributed import Shard
 
 logger = logging.getLogger(__name__)
 
@@ -372,16 +376,23 @@ def _resumable_settings(spec: TrainingSpec) -> dict:
 
 
 def _load_checkpoint(
-    spec: TrainingSpec, model: TwoTowerModel, optimizers: Optimizers
+    spec: TrainingSpec, model: TwoTowerModel, optimizers: Optimizers, shard: Shard | None = None
 ) -> tuple[list[dict], dict | None]:
-    """Restore model and optimizers from the last checkpoint; return (history, best state)."""
+    """Restore model and optimizers from the last checkpoint; return (history, best state).
+
+    With a shard, rank 0 reads the file and every rank receives its content.
+    """
     path = checkpoint_path(spec)
-    if not path.exists():
-        raise PipelineInputError(
-            f"training.resume is true but there is no checkpoint at {path}: "
-            "set training.resume=false to start from epoch 1"
-        )
-    state = torch.load(path, weights_only=True, map_location="cpu")
+    state = None
+    if shard is None or shard.writes:
+        if not path.exists():
+            raise PipelineInputError(
+                f"training.resume is true but there is no checkpoint at {path}: "
+                "set training.resume=false to start from epoch 1"
+            )
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    if shard is not None:
+        state = shard.broadcast(state)
     if state["model_config"] != model.config.to_dict() or state["seed"] != spec.seed:
         raise ValueError(
             f"{path} was written for another model or seed ({state['model_config']}, seed "
@@ -466,13 +477,16 @@ def train_epoch(
     generator: torch.Generator,
     description: str = "",
     progress: bool = False,
+    shard: Shard | None = None,
 ) -> tuple[float, int]:
     """Run one pass over the positives in a seeded random order; return (mean loss, examples).
 
     `negatives_of(chunk_index, rows)` returns the (len(rows), neg_ratio) negatives
     of the positives at `rows` (a CPU int64 tensor), so only one chunk of
     examples exists at a time. Raises TrainingDivergedError at the first step
-    whose loss is NaN or infinite, before that step changes any weight.
+    whose loss is NaN or infinite, before that step changes any weight. With a
+    shard (distributed.Shard), this rank steps on its share of each batch, the
+    gradients are summed over ranks, and loss and examples are those of all ranks.
     """
     device = positives.users.device
     n_positives = positives.users.numel()
@@ -490,9 +504,10 @@ def train_epoch(
         rows = rows_cpu.to(device)
         for start in range(0, rows.numel(), batch_size):
             batch = rows[start : start + batch_size]
-            items = torch.cat(
-                [positives.items[batch].unsqueeze(1), negatives[start : start + batch_size]], 1
-            )
+            batch_negatives = negatives[start : start + batch_size]
+            if shard is not None:
+                batch, batch_negatives = shard.split(batch, batch_negatives)
+            items = torch.cat([positives.items[batch].unsqueeze(1), batch_negatives], 1)
             if labels is None or labels.shape != items.shape:
                 labels = torch.zeros(items.shape, device=device)
                 labels[:, 0] = 1.0
@@ -503,21 +518,32 @@ def train_epoch(
                 positives.window(batch, length),
                 sparse if sparse is not None else full_rows,
             )
-            loss = F.binary_cross_entropy_with_logits(logits, labels)
+            if shard is None:
+                loss = F.binary_cross_entropy_with_logits(logits, labels)
+            else:
+                loss = shard.step_loss(logits, labels)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"loss is {loss.item()} at the step starting at positive {chunk_start + start}"
                 )
             optimizers.dense.zero_grad(set_to_none=True)
             loss.backward()
+            touched = sparse.touched if sparse is not None else None
+            if shard is not None:
+                touched = shard.reduce_gradients(optimizers.dense, touched)
             optimizers.dense.step()
-            if sparse is not None:
-                optimizers.rows.step(sparse.touched)
+            if touched is not None:
+                optimizers.rows.step(touched)
             model.clamp_scale()
-            total += loss.detach() * logits.numel()
+            if shard is None:
+                total += loss.detach() * logits.numel()
+            else:  # the rank's loss is its part of the global mean: this is its sum
+                total += loss.detach() * shard.batch_examples
             n_examples += logits.numel()
             steps.update()
     steps.close()
+    if shard is not None:
+        total, n_examples = shard.sum(total, n_examples)
     return float(total) / max(n_examples, 1), n_examples
 
 
@@ -549,19 +575,23 @@ def fit(
     first_examples: pd.DataFrame,
     spec: TrainingSpec,
     probabilities: np.ndarray | None = None,
+    shard: Shard | None = None,
 ) -> pd.DataFrame:
     """Train the model in place; return one history row per epoch (columns HISTORY_COLUMNS).
 
     The model ends with the weights of the epoch whose validation Recall@k was
-    best (the row marked `chosen`); later epochs stay in the history.
+    best (the row marked `chosen`); later epochs stay in the history. With a
+    shard (one rank of distributed.fit_distributed), only rank 0 evaluates,
+    logs and writes checkpoints; the other ranks receive its epoch row.
     """
+    writes = shard is None or shard.writes
     device = resolve_device(spec.device)
     model.to(device)
     n_items = model.config.n_items
     optimizers = make_optimizer(model, spec)
     best = None
     if spec.resume:
-        history, best = _load_checkpoint(spec, model, optimizers)
+        history, best = _load_checkpoint(spec, model, optimizers, shard)
     else:
         # A fresh run: an earlier checkpoint stays until this run writes a newer one.
         history = []
@@ -607,7 +637,8 @@ def fit(
                 spec.chunk_positives,
                 torch.Generator().manual_seed(spec.seed * 100_003 + epoch),
                 f"epoch {epoch + 1}/{spec.num_epochs}",
-                _show_progress(spec),
+                _show_progress(spec) and writes,
+                shard,
             )
         except TrainingDivergedError as error:
             where = checkpoint_path(spec)
@@ -622,15 +653,19 @@ def fit(
             ) from error
         step_seconds = time.perf_counter() - step_started
 
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            **evaluate_epoch(model, train, val, sample, k, spec.seed, spec.eval_chunk_size),
-            "logit_scale": model.logit_scale,
-            "learning_rate": lr,
-            "examples_per_second": n_examples / step_seconds,
-            "seconds": time.perf_counter() - started,
-        }
+        row = None
+        if writes:
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                **evaluate_epoch(model, train, val, sample, k, spec.seed, spec.eval_chunk_size),
+                "logit_scale": model.logit_scale,
+                "learning_rate": lr,
+                "examples_per_second": n_examples / step_seconds,
+                "seconds": time.perf_counter() - started,
+            }
+        if shard is not None:  # the other ranks wait here while rank 0 evaluates
+            row = shard.broadcast(row)
         history.append(row)
         if best is None or row[f"recall@{k}"] > best["recall"]:
             best = {
@@ -638,6 +673,8 @@ def fit(
                 "recall": row[f"recall@{k}"],
                 "model": _copy_state(model),
             }
+        if not writes:
+            continue
         _log_epoch(row, spec.num_epochs, k, lr)
         _save_checkpoint(
             spec,

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from twotower_pipeline.distributed import DistributedSettings, fit_distributed
 from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
 from twotower_pipeline.sampling import item_distribution
 from twotower_pipeline.training import TrainingSpec, fit
@@ -93,6 +94,8 @@ def train_two_tower(
         train_users=train_interactions["user"].to_numpy(np.int64),
         train_items=train_interactions["item"].to_numpy(np.int64),
     )
+    training = dict(training)
+    distributed = training.pop("distributed", None)
     spec = TrainingSpec(
         seed=seed,
         num_epochs=num_epochs,
@@ -107,10 +110,22 @@ def train_two_tower(
         negative_sampling["distribution"],
         negative_sampling["popularity_alpha"],
     )
+    settings = DistributedSettings.from_params(distributed) if distributed else None
     with torch.random.fork_rng():
-        history = fit(
-            two_tower, train_interactions, val_interactions, train_examples, spec, probabilities
-        )
+        if settings is None or settings.world_size == 1:
+            history = fit(
+                two_tower, train_interactions, val_interactions, train_examples, spec, probabilities
+            )
+        else:  # training.distributed: N processes under PyTorch's elastic launcher
+            history = fit_distributed(
+                two_tower,
+                train_interactions,
+                val_interactions,
+                train_examples,
+                spec,
+                probabilities,
+                settings,
+            )
     two_tower.eval()
     scorer_users = np.arange(n_users)
     with torch.no_grad():

@@ -1,0 +1,349 @@
+"""Training on several processes: PyTorch's elastic launcher, gloo or nccl, row-wise gradient sync.
+
+`fit_distributed` runs the same `training.fit` in N processes started by
+`torch.distributed.launcher.api.elastic_launch` (the machinery behind
+`torchrun`). Every rank computes the same epoch order and the same negatives,
+and takes its share of each global batch of `training.batch_size` positives,
+so 1 and N processes step on the same global batches. After backward:
+
+- dense parameters (logit scale, recency weights, MLPs): their gradients are
+  all-reduced (summed) in one flat buffer;
+- embedding tables, updated row-wise: each rank's touched ids and row gradients
+  are all-gathered (padded to the largest rank's count, as gloo needs equal
+  sizes), duplicates are summed, and every rank applies RowwiseAdamW to the
+  union of the rows, so the replicas stay identical without ever moving a
+  whole table.
+
+Each rank's loss is its share of the global batch's mean loss (sum over its
+examples / examples in the global batch), so the summed gradients are the
+gradients of the single-process step, also when a batch does not divide evenly.
+Only rank 0 evaluates, writes checkpoints and returns the history and the best
+epoch's weights; the other ranks wait for rank 0's epoch row (a broadcast) and
+keep the same best epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+
+from twotower_pipeline.errors import RunFailedError, SettingsError
+from twotower_pipeline.model import TwoTowerModel
+from twotower_pipeline.training import TrainingSpec, checkpoint_path, fit, resolve_device
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "gloo", "nccl")
+
+
+class DistributedTrainingError(RunFailedError):
+    """A training rank failed; the message names the rank and where the last checkpoint is."""
+
+
+@dataclass(frozen=True)
+class DistributedSettings:
+    """How many processes train and how they meet (training.distributed; no defaults here)."""
+
+    nproc_per_node: int  # processes on this machine; 1 with nnodes 1: no launcher at all
+    backend: str  # auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+    nnodes: int  # machines taking part
+    rdzv_endpoint: str | None  # host:port of the rendezvous; null: this machine alone
+    rdzv_id: str  # the same on every machine of one job
+    timeout_minutes: float  # how long a rank waits in a collective (rank 0 evaluating)
+
+    def __post_init__(self) -> None:
+        for key in ("nproc_per_node", "nnodes"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SettingsError(
+                    f"training.distributed.{key} must be an integer >= 1, not {value!r}"
+                )
+        if self.backend not in BACKENDS:
+            raise SettingsError(
+                f"training.distributed.backend must be auto, gloo or nccl, not {self.backend!r}"
+            )
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise SettingsError(
+                f"training.distributed.nnodes is {self.nnodes} but rdzv_endpoint is not set: "
+                "give the host:port every machine can reach"
+            )
+        if not self.timeout_minutes > 0:
+            raise SettingsError(
+                f"training.distributed.timeout_minutes must be > 0, not {self.timeout_minutes!r}"
+            )
+
+    @classmethod
+    def from_params(cls, params: dict) -> DistributedSettings:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise SettingsError(
+                f"training.distributed has unknown keys {unknown}; known: {sorted(known)}"
+            )
+        return cls(**params)
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    def resolved_backend(self, device: torch.device) -> str:
+        """Return the process-group backend: nccl for CUDA, gloo for CPU, unless set."""
+        if self.backend != "auto":
+            return self.backend
+        return "nccl" if device.type == "cuda" else "gloo"
+
+
+# --- the per-rank side: what train_epoch and fit call ------------------------------------------
+class Shard:
+    """This rank's share of each global batch and the collectives that keep replicas equal."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.batch_examples = 0  # examples (positives x group) in the current global batch
+
+    @property
+    def writes(self) -> bool:
+        """Whether this rank evaluates, logs and writes checkpoints (rank 0)."""
+        return self.rank == 0
+
+    def split(
+        self, batch: torch.Tensor, negatives: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return this rank's contiguous share of a global batch's positives and negatives."""
+        self.batch_examples = batch.numel() * (1 + negatives.shape[1])
+        part = torch.tensor_split(torch.arange(batch.numel()), self.world_size)[self.rank]
+        first, last = (int(part[0]), int(part[-1]) + 1) if part.numel() else (0, 0)
+        return batch[first:last], negatives[first:last]
+
+    def step_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Return this rank's part of the global batch's mean loss (0 for an empty share)."""
+        total = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+        return total / self.batch_examples
+
+    def reduce_gradients(self, dense: torch.optim.Optimizer, touched: list | None) -> list | None:
+        """Sum dense gradients over ranks in place; return the merged touched rows (or None)."""
+        params = [p for group in dense.param_groups for p in group["params"]]
+        if params:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            offset = 0
+            for p in params:
+                p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+                offset += p.numel()
+        if touched is None:
+            return None
+        return [self._merge_rows(table, ids, leaf) for table, ids, leaf in touched]
+
+    def _merge_rows(self, table: torch.Tensor, ids: torch.Tensor | None, leaf: torch.Tensor):
+        """Return (table, ids, leaf) for the union of every rank's touched rows, grads summed."""
+        device = table.device
+        if ids is None:  # this rank took the whole (small) table
+            ids = torch.arange(table.shape[0], device=device)
+        grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+        count = torch.tensor([ids.numel()], device=device)
+        counts = [torch.zeros_like(count) for _ in range(self.world_size)]
+        dist.all_gather(counts, count)
+        counts = [int(c) for c in counts]
+        width = max(counts)
+        # gloo's all_gather needs the same size on every rank: pad, then cut each rank's part.
+        padded_ids = torch.zeros(width, dtype=ids.dtype, device=device)
+        padded_ids[: ids.numel()] = ids
+        padded_grad = torch.zeros(width, table.shape[1], dtype=grad.dtype, device=device)
+        padded_grad[: ids.numel()] = grad
+        all_ids = [torch.empty_like(padded_ids) for _ in range(self.world_size)]
+        all_grads = [torch.empty_like(padded_grad) for _ in range(self.world_size)]
+        dist.all_gather(all_ids, padded_ids)
+        dist.all_gather(all_grads, padded_grad)
+        gathered_ids = torch.cat([i[:n] for i, n in zip(all_ids, counts, strict=True)])
+        gathered = torch.cat([g[:n] for g, n in zip(all_grads, counts, strict=True)])
+        union, inverse = torch.unique(gathered_ids, return_inverse=True)
+        merged = torch.zeros(union.numel(), table.shape[1], dtype=grad.dtype, device=device)
+        # Every rank sums the same rows in the same order, so the replicas stay bitwise equal.
+        merged.index_add_(0, inverse, gathered)
+        if union.numel() == table.shape[0]:  # every row touched: update the table in place
+            merged_leaf = table.detach().requires_grad_()
+            merged_leaf.grad = merged
+            return table, None, merged_leaf
+        merged_leaf = table.detach().index_select(0, union).requires_grad_()
+        merged_leaf.grad = merged
+        return table, union, merged_leaf
+
+    def sum(self, total: torch.Tensor, n_examples: int) -> tuple[torch.Tensor, int]:
+        """Return the epoch's loss sum and example count over all ranks."""
+        both = torch.tensor([float(total), n_examples], dtype=torch.float64, device=total.device)
+        dist.all_reduce(both)
+        return both[0], int(both[1])
+
+    def broadcast(self, value):
+        """Return rank 0's value (any picklable object) on every rank; the others wait for it."""
+        box = [value if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def state_digest(model: TwoTowerModel) -> str:
+    """Return a SHA-256 of the model's state dict, equal only for bitwise-equal replicas."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# --- the launcher side -------------------------------------------------------------------------
+@dataclass
+class _Job:
+    """Everything a rank needs, pickled to each spawned process."""
+
+    model_config: dict
+    initial_state: dict
+    train: pd.DataFrame
+    val: pd.DataFrame
+    first_examples: pd.DataFrame
+    spec: TrainingSpec
+    probabilities: np.ndarray | None
+    settings: DistributedSettings
+
+
+def _train_rank(job: _Job) -> dict:
+    """Return this rank's result: its weights' digest, and on local rank 0 the state and history."""
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    _log_from_rank(rank)
+    device = resolve_device(job.spec.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+    else:
+        # Each rank gets its share of this machine's cores, not all of them.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, (cores or 1) // job.settings.nproc_per_node))
+    dist.init_process_group(
+        job.settings.resolved_backend(device),
+        timeout=timedelta(minutes=job.settings.timeout_minutes),
+    )
+    try:
+        # Item-id dropout masks come from torch's generator: each rank its own stream.
+        torch.manual_seed(job.spec.seed * 1_000 + rank)
+        model = TwoTowerModel.from_state(job.model_config, job.initial_state)
+        model.train()
+        shard = Shard(rank, world)
+        history = fit(
+            model, job.train, job.val, job.first_examples, job.spec, job.probabilities, shard=shard
+        )
+        result: dict = {"rank": rank, "digest": state_digest(model)}
+        if local_rank == 0:
+            result |= {"state": model.state_dict(), "history": history}
+        return result
+    finally:
+        dist.destroy_process_group()
+
+
+def _log_from_rank(rank: int) -> None:
+    # Spawned processes do not inherit the run's logging set-up: rank 0 logs the epochs.
+    package = logging.getLogger("twotower_pipeline")
+    if not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(f"[rank {rank}] %(name)s: %(message)s"))
+        package.addHandler(handler)
+    package.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+def launch_config(settings: DistributedSettings):
+    """Return the LaunchConfig of elastic_launch: standalone, or the rendezvous of nnodes."""
+    from torch.distributed.launcher.api import LaunchConfig
+
+    standalone = settings.nnodes == 1 and not settings.rdzv_endpoint
+    return LaunchConfig(
+        min_nodes=settings.nnodes,
+        max_nodes=settings.nnodes,
+        nproc_per_node=settings.nproc_per_node,
+        run_id=str(uuid.uuid4()) if standalone else settings.rdzv_id,
+        rdzv_backend="c10d",
+        # Standalone, as torchrun --standalone: a rendezvous store on a free local port.
+        rdzv_endpoint="localhost:0" if standalone else settings.rdzv_endpoint,
+        max_restarts=0,
+        start_method="spawn",
+    )
+
+
+def fit_distributed(
+    model: TwoTowerModel,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    first_examples: pd.DataFrame,
+    spec: TrainingSpec,
+    probabilities: np.ndarray | None,
+    settings: DistributedSettings,
+    entrypoint=_train_rank,
+) -> pd.DataFrame:
+    """Train on settings.world_size processes; return rank 0's history, model set to its best epoch.
+
+    Raises DistributedTrainingError naming the rank when a rank fails, and
+    when the replicas of this machine end with different weights.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+
+    job = _Job(
+        model_config=model.config.to_dict(),
+        initial_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        train=train,
+        val=val,
+        first_examples=first_examples,
+        spec=spec,
+        probabilities=probabilities,
+        settings=settings,
+    )
+    logger.info(
+        "training on %d processes (%d per node, %d node(s)), backend %s",
+        settings.world_size,
+        settings.nproc_per_node,
+        settings.nnodes,
+        settings.backend,
+    )
+    started = time.time()
+    try:
+        results = elastic_launch(launch_config(settings), entrypoint)(job)
+    except ChildFailedError as error:
+        raise DistributedTrainingError(
+            _failure_message(error, checkpoint_path(spec), started)
+        ) from None
+    mine = [r for r in results.values() if r is not None]
+    digests = {r["rank"]: r["digest"] for r in mine}
+    if len(set(digests.values())) > 1:
+        raise DistributedTrainingError(
+            f"training replicas ended with different weights (ranks {sorted(digests)}): "
+            "the gradient synchronisation is broken; report this with the run's settings"
+        )
+    lead = min((r for r in mine if "state" in r), key=lambda r: r["rank"])
+    model.load_state_dict(lead["state"])
+    model.to("cpu")
+    return lead["history"]
+
+
+def _failure_message(error, checkpoint, started: float) -> str:
+    """Return one line: the first failed rank, its exit code and message, and the checkpoint."""
+    rank, failure = min(error.failures.items())
+    message = failure.message
+    if isinstance(message, dict):
+        message = message.get("message", str(message))
+    message = str(message or "no message (killed by a signal?)").strip().splitlines()
+    reason = message[-1] if message else ""
+    if checkpoint.exists() and checkpoint.stat().st_mtime >= started:
+        kept = f"the last good checkpoint is kept at {checkpoint} (training.resume=true continues)"
+    else:
+        kept = "no epoch finished, so this run left no checkpoint"
+    return f"training rank {rank} failed (exit code {failure.exitcode}): {reason}; {kept}"
