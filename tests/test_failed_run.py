@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,14 +37,14 @@ def snapshot(project: Path, skip: str | None = None) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def good_run(make_project_copy, kedro_run) -> tuple[Path, dict[str, bytes]]:
-    """A project copy after one successful smoke run, and its data/ as bytes."""
+def good_run(make_project_copy, kedro_run) -> Path:
+    """A project copy after one successful smoke run (each test compares with its own start)."""
     project = make_project_copy("failed_run")
     kedro_run(project)
     before = snapshot(project)
     assert any(name.startswith("smoke/06_models/two_tower_model.pt/") for name in before)
     assert any(name.startswith("smoke/08_reporting/evaluation_metrics.json/") for name in before)
-    return project, before
+    return project
 
 
 def assert_nothing_published(project: Path, before: dict[str, bytes], skip: str | None = None):
@@ -76,14 +78,14 @@ def extra_hook(monkeypatch):
 
 
 def test_bad_settings_publish_nothing(good_run, kedro_run):
-    project, before = good_run
+    project, before = good_run, snapshot(good_run)
     with pytest.raises(Exception, match="headline_k"):
         kedro_run(project, pipeline="train", params={"evaluation": {"headline_k": 7}})
     assert_nothing_published(project, before)
 
 
 def test_a_diverged_run_publishes_nothing_and_keeps_the_checkpoint(good_run, kedro_run):
-    project, before = good_run
+    project, before = good_run, snapshot(good_run)
     with pytest.raises(ReadableError) as failed:
         kedro_run(project, pipeline="train", params={"training": {"learning_rate": 1e30}})
     message = failed.value.format_message()
@@ -94,7 +96,7 @@ def test_a_diverged_run_publishes_nothing_and_keeps_the_checkpoint(good_run, ked
 
 
 def test_ctrl_c_after_the_model_was_saved_publishes_nothing(good_run, kedro_run, extra_hook):
-    project, before = good_run
+    project, before = good_run, snapshot(good_run)
     extra_hook(_FailBefore("write_report", lambda: os.kill(os.getpid(), signal.SIGINT)))
     with pytest.raises(ReadableError) as failed:
         kedro_run(project, pipeline="train")
@@ -108,7 +110,7 @@ def test_ctrl_c_after_the_model_was_saved_publishes_nothing(good_run, kedro_run,
 
 
 def test_a_crash_in_the_last_node_publishes_nothing(good_run, kedro_run, extra_hook):
-    project, before = good_run
+    project, before = good_run, snapshot(good_run)
 
     def crash() -> None:
         raise RuntimeError("disk full")
@@ -118,3 +120,27 @@ def test_a_crash_in_the_last_node_publishes_nothing(good_run, kedro_run, extra_h
         kedro_run(project, pipeline="train")
     assert_nothing_published(project, before, skip=CHECKPOINTS)
     assert [p.name for p in (project / "data").rglob(".*.keep")] == []
+
+
+def test_ctrl_c_on_the_command_line_is_one_line_exit_130_and_publishes_nothing(good_run):
+    """A real `kedro run`, interrupted with SIGINT while it trains."""
+    project, before = good_run, snapshot(good_run)
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "COLUMNS": "200"}
+    kedro = Path(sys.executable).with_name("kedro")
+    process = subprocess.Popen(
+        [str(kedro), "run", "--env=smoke", "--pipeline=train"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stdout:
+        if "epoch  2/" in line:  # training is under way: the checkpoint of epoch 1 is written
+            process.send_signal(signal.SIGINT)
+            break
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("Error: run interrupted by SIGINT")
+    assert "Traceback" not in stderr
+    assert_nothing_published(project, before, skip=CHECKPOINTS)

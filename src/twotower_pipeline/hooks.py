@@ -202,9 +202,9 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _on_signal(signum: int, frame) -> None:
+def _interruption(signum: int) -> RunInterruptedError:
     name = signal.Signals(signum).name
-    raise RunInterruptedError(
+    return RunInterruptedError(
         f"run interrupted by {name}: nothing of this run was published; every output "
         "is the last successful run's (training can continue with training.resume=true)",
         128 + signum,
@@ -229,12 +229,16 @@ class OutputRollbackHooks:
     SIGINT (Ctrl-C) and SIGTERM are turned into RunInterruptedError while the
     pipeline runs, so an interrupted run is rolled back like any other failure
     (Kedro calls on_pipeline_error for exceptions, not for KeyboardInterrupt).
+    Code that catches every exception (the logging module does, while it
+    writes a record) may swallow it; the interruption is then raised again
+    at the next dataset load or save or node boundary.
     """
 
     def __init__(self) -> None:
         self._kept: dict[Path, Path | None] = {}
         self._new_versions: list[tuple[Path, bool]] = []
         self._handlers: dict[int, object] = {}
+        self._interrupted: RunInterruptedError | None = None
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
@@ -262,7 +266,37 @@ class OutputRollbackHooks:
             else:
                 shutil.copy2(path, kept)
             self._kept[path] = kept
+        self._interrupted = None
         self._catch_signals()
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self._interrupted = _interruption(signum)
+        if _inside_logging(frame):
+            # logging would catch it and print a traceback: deliver it again once
+            # the record is written.
+            threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
+            return
+        raise self._interrupted
+
+    def _raise_if_interrupted(self) -> None:
+        if self._interrupted is not None:
+            raise self._interrupted
+
+    @hook_impl
+    def before_node_run(self) -> None:
+        self._raise_if_interrupted()
+
+    @hook_impl
+    def after_node_run(self) -> None:
+        self._raise_if_interrupted()
+
+    @hook_impl
+    def before_dataset_loaded(self) -> None:
+        self._raise_if_interrupted()
+
+    @hook_impl
+    def before_dataset_saved(self) -> None:
+        self._raise_if_interrupted()
 
     @hook_impl
     def on_pipeline_error(self) -> None:
@@ -291,7 +325,7 @@ class OutputRollbackHooks:
                 restored,
                 removed,
             )
-        self._kept, self._new_versions = {}, []
+        self._kept, self._new_versions, self._interrupted = {}, [], None
         self._restore_signals()
 
     @hook_impl
@@ -307,7 +341,7 @@ class OutputRollbackHooks:
             return  # Python only lets the main thread set signal handlers
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._handlers.setdefault(signum, signal.getsignal(signum))
-            signal.signal(signum, _on_signal)
+            signal.signal(signum, self._on_signal)
 
     def _ignore_signals(self) -> None:
         for signum in self._handlers:
@@ -317,6 +351,15 @@ class OutputRollbackHooks:
         for signum, handler in self._handlers.items():
             signal.signal(signum, handler)
         self._handlers = {}
+
+
+def _inside_logging(frame) -> bool:
+    """Return whether a signal arrived while the logging module was writing a record."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").split(".")[0] == "logging":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _new_version_folder(dataset, run_id: str) -> Path | None:
