@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "Python 3.11 or newer is needed (pandas 3, numpy 2.4 and matplotlib 3.11 require it);" \
+    "$PYTHON is $("$PYTHON" -V 2>&1). Run: PYTHON=python3.11 bash scripts/setup.sh" >&2
+  exit 1
+fi
 "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
