@@ -13,7 +13,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from twotower_pipeline import spark_hooks
 from twotower_pipeline.interactions import IngestionSpec, encode_ids, validate_interactions
 from twotower_pipeline.spark_session import java_executable
 from twotower_pipeline.splitting import SplitSpec, split_interactions
@@ -304,3 +306,43 @@ def test_an_empty_validation_set_is_reported_alike(spark, tmp_path):
     with pytest.raises(ValueError) as spark_error:
         split_interactions_spark(interactions_s, _split_spec(), 7)
     assert str(spark_error.value) == str(pandas_error.value)
+
+
+@pytest.mark.integration
+def test_kedro_run_in_a_spark_environment_writes_what_the_pandas_path_writes(
+    spark, make_project_copy, kedro_run
+):
+    """`data_processing` in a Spark environment (the smoke log), in a project copy."""
+    project = make_project_copy("spark_env")
+    env = project / "conf" / "spark_smoke"
+    shutil.copytree(project / "conf" / "spark", env)
+    for name in ("globals.yml", "parameters.yml"):
+        shutil.copy(project / "conf" / "smoke" / name, env / name)
+    catalog = yaml.safe_load((env / "catalog.yml").read_text())
+    smoke_catalog = yaml.safe_load((project / "conf" / "smoke" / "catalog.yml").read_text())
+    catalog["raw_interactions"]["spec"] = smoke_catalog["raw_interactions"]["spec"]
+    (env / "catalog.yml").write_text(yaml.safe_dump(catalog))
+
+    try:
+        kedro_run(project, pipeline="data_processing", env="spark_smoke")
+    finally:
+        # Later tests of this process that build pipelines without a session get pandas ones.
+        spark_hooks._set_active(False)
+
+    def written(name: str) -> pd.DataFrame:
+        (folder,) = project.glob(f"data/**/spark/{name}.parquet")
+        return pd.read_parquet(folder)
+
+    raw = pd.read_parquet(project / "data" / "01_raw" / "synthetic_interactions_smoke.parquet")
+    params = yaml.safe_load((project / "conf" / "base" / "parameters_ingestion.yml").read_text())
+    spec = IngestionSpec.from_params({**params["ingestion"], "source": "raw"})
+    clean, _ = validate_interactions(raw, spec)
+    interactions, user_index, item_index = encode_ids(clean)
+    expected = {"interactions": interactions, "user_index": user_index, "item_index": item_index}
+    for name, frame in expected.items():
+        _assert_same_table(frame, written(name), name)
+    assert len(written("train_interactions")) + len(written("val_interactions")) <= len(
+        interactions
+    )
+    # The pandas nodes after the split ran on what Spark wrote.
+    assert list(project.glob("data/**/item_feature_tokens.parquet"))
