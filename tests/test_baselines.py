@@ -71,7 +71,7 @@ def test_absent_implicit_is_reported_not_fatal(monkeypatch):
 
     def no_implicit(name, *args, **kwargs):
         if name.startswith("implicit"):
-            raise ImportError(name)
+            raise ModuleNotFoundError(f"No module named {name!r}", name="implicit")
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_implicit)

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from twotower_pipeline.errors import RunFailedError
+
 logger = logging.getLogger(__name__)
 
 Scorer = Callable[[np.ndarray], torch.Tensor]
@@ -38,6 +40,14 @@ def _single_threaded_blas():
         yield
 
 
+def _broken_implicit(error: ImportError) -> RunFailedError:
+    return RunFailedError(
+        f"the ALS baseline cannot import implicit, which is installed: {error}; reinstall it "
+        "(pip install --force-reinstall 'twotower_pipeline[baselines]') or set "
+        "evaluation.als.enabled: false"
+    )
+
+
 def als_scorer(
     train: pd.DataFrame, n_users: int, n_items: int, params: dict, seed: int
 ) -> Scorer | None:
@@ -48,8 +58,12 @@ def als_scorer(
     try:
         from implicit.cpu.als import AlternatingLeastSquares
         from scipy.sparse import csr_matrix
-    except ImportError:
-        return None
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] in ("implicit", "scipy"):
+            return None  # the optional extra is not installed
+        raise _broken_implicit(error) from error
+    except ImportError as error:  # installed, but broken: say so, not "not installed"
+        raise _broken_implicit(error) from error
     confidence = np.full(len(train), params["alpha"], dtype=np.float32)
     if "weight" in train.columns:
         confidence *= train["weight"].to_numpy(np.float32)
