@@ -61,6 +61,7 @@ def make_spec(optimizer: str, device: str) -> TrainingSpec:
         weight_decay=0.1,
         scale_lr_ratio=1.0,
         lr_schedule="constant",
+        warmup_epochs=0.0,
         resample_each_epoch=True,
         eval_k=10,
         eval_chunk_size=1024,

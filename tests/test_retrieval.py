@@ -64,6 +64,7 @@ def trained(tmp_path_factory) -> TwoTowerModel:
         weight_decay=0.0,
         scale_lr_ratio=1.0,
         lr_schedule="constant",
+        warmup_epochs=0.0,
         resample_each_epoch=True,
         eval_k=3,
         eval_chunk_size=64,
@@ -79,7 +80,9 @@ def trained(tmp_path_factory) -> TwoTowerModel:
     return model.eval()
 
 
-ITEM_INDEX = pd.DataFrame({"item": np.arange(N_ITEMS), "item_id": [f"m{i}" for i in range(N_ITEMS)]})
+ITEM_INDEX = pd.DataFrame(
+    {"item": np.arange(N_ITEMS), "item_id": [f"m{i}" for i in range(N_ITEMS)]}
+)
 
 
 def test_a_new_user_gets_items_of_the_taste_its_history_shows(trained):

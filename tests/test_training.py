@@ -82,6 +82,7 @@ def make_spec(tmp_path, **overrides) -> TrainingSpec:
         weight_decay=0.01,
         scale_lr_ratio=1.0,
         lr_schedule="cosine",
+        warmup_epochs=0.0,
         resample_each_epoch=True,
         eval_k=3,
         eval_chunk_size=5,

@@ -77,6 +77,7 @@ class TrainingSpec:
     weight_decay: float  # decoupled (AdamW) decay of the tower weights, not of the scale
     scale_lr_ratio: float  # the logit scale learns at learning_rate x this
     lr_schedule: str  # constant | cosine
+    warmup_epochs: float  # the rate grows linearly from ~0 over this many epochs' steps
     resample_each_epoch: bool
     eval_k: int
     eval_chunk_size: int  # users scored at once by the per-epoch ranking metric
@@ -165,7 +166,7 @@ def draw_groups(
     """
     users = train["user"].to_numpy(np.int64)
     items = item_groups(users, train["item"].to_numpy(), positives, neg_ratio, rng, probabilities)
-    return ExampleGroups(torch.from_numpy(users), torch.from_numpy(items))
+    return ExampleGroups(torch.from_numpy(users.copy()), torch.from_numpy(items))
 
 
 def validation_sample(
@@ -318,21 +319,39 @@ class Optimizers:
         if self.rowwise:
             for table in model.sparse_tables():
                 table.requires_grad_(False)
+        self.base_lr = spec.learning_rate
+        self.warmup_steps = 0  # set by fit from training.warmup_epochs
+        self.steps_taken = 0
 
     def set_lr(self, lr: float) -> None:
+        """Set the epoch's learning rate (scaled down while the warm-up lasts)."""
+        self.base_lr = lr
+        self._apply_lr()
+
+    def _apply_lr(self) -> None:
+        lr = self.base_lr
+        if self.steps_taken < self.warmup_steps:
+            lr *= (self.steps_taken + 1) / self.warmup_steps
         for group in self.dense.param_groups:
             group["lr"] = lr * group["lr_ratio"]
         if self.rows is not None:
             self.rows.lr = lr
 
+    def step_taken(self) -> None:
+        """Count a finished step; during the warm-up the next step's rate grows linearly."""
+        self.steps_taken += 1
+        if self.steps_taken <= self.warmup_steps:
+            self._apply_lr()
+
     def state_dict(self) -> dict:
-        state = {"dense": self.dense.state_dict()}
+        state = {"dense": self.dense.state_dict(), "steps_taken": self.steps_taken}
         if self.rows is not None:
             state["rows"] = self.rows.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.dense.load_state_dict(state["dense"])
+        self.steps_taken = int(state["steps_taken"])
         if self.rows is not None:
             self.rows.load_state_dict(state["rows"])
 
@@ -535,6 +554,7 @@ def train_epoch(
             if touched is not None:
                 optimizers.rows.step(touched)
             model.clamp_scale()
+            optimizers.step_taken()
             if shard is None:
                 total += loss.detach() * logits.numel()
             else:  # the rank's loss is its part of the global mean: this is its sum
@@ -589,6 +609,7 @@ def fit(
     model.to(device)
     n_items = model.config.n_items
     optimizers = make_optimizer(model, spec)
+    optimizers.warmup_steps = round(spec.warmup_epochs * -(-len(train) // spec.batch_size))
     best = None
     if spec.resume:
         history, best = _load_checkpoint(spec, model, optimizers, shard)
