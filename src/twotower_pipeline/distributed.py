@@ -291,6 +291,9 @@ def fit_distributed(
 ) -> pd.DataFrame:
     """Train on settings.world_size processes; return rank 0's history, model set to its best epoch.
 
+    The history's attrs["replica_digests"] maps each rank of this machine to a
+    SHA-256 of its final weights (all equal, or this raises). `entrypoint` runs
+    in each process (distributed._train_rank; replaceable for failure tests).
     Raises DistributedTrainingError naming the rank when a rank fails, and
     when the replicas of this machine end with different weights.
     """
@@ -331,7 +334,9 @@ def fit_distributed(
     lead = min((r for r in mine if "state" in r), key=lambda r: r["rank"])
     model.load_state_dict(lead["state"])
     model.to("cpu")
-    return lead["history"]
+    history = lead["history"]
+    history.attrs["replica_digests"] = digests
+    return history
 
 
 def _failure_message(error, checkpoint, started: float) -> str:

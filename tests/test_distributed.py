@@ -1,0 +1,227 @@
+"""Training on two gloo processes: same answers as one process, one line when a rank dies."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from twotower_pipeline import distributed, training
+from twotower_pipeline.distributed import DistributedSettings, DistributedTrainingError, Shard
+from twotower_pipeline.errors import SettingsError
+from twotower_pipeline.metrics import ranking_metrics
+from twotower_pipeline.model import TwoTowerModel
+from twotower_pipeline.pipelines.training.nodes import build_model, train_two_tower
+from twotower_pipeline.sampling import build_training_examples, item_distribution
+from twotower_pipeline.splitting import SplitSpec, split_interactions
+from twotower_pipeline.synthetic import SyntheticLogSpec, generate_interactions
+from twotower_pipeline.training import TrainingSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED, NEG, K = 42, 5, 10
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    """A small synthetic log split leave-last-out, with epoch 0's examples."""
+    log = generate_interactions(SyntheticLogSpec(n_users=300, n_items=200, seed=5))
+    users, items = np.unique(log["user_id"]), np.unique(log["item_id"])
+    interactions = pd.DataFrame(
+        {
+            "user": np.searchsorted(users, log["user_id"]).astype(np.int32),
+            "item": np.searchsorted(items, log["item_id"]).astype(np.int32),
+            "timestamp": log["timestamp"].to_numpy(np.int64),
+        }
+    )
+    split = split_interactions(interactions, SplitSpec("leave_last_out", 2, (0.8, 0.9), 0.0), SEED)
+    examples = build_training_examples(split.train, items.size, NEG, np.random.default_rng([SEED]))
+    return {
+        "split": split,
+        "examples": examples,
+        "user_index": pd.DataFrame({"user": np.arange(users.size), "user_id": users}),
+        "item_index": pd.DataFrame({"item": np.arange(items.size), "item_id": items}),
+    }
+
+
+def base_parameters() -> dict:
+    return yaml.safe_load((ROOT / "conf" / "base" / "parameters_training.yml").read_text())
+
+
+def training_params(tmp_path: Path, nproc: int, **overrides) -> dict:
+    params = base_parameters()["training"] | {
+        "batch_size": 256,
+        "learning_rate": 0.02,
+        "checkpoint_dir": str(tmp_path / "checkpoints"),
+        "progress_bar": False,
+        "device": "cpu",
+    }
+    params["distributed"] = params["distributed"] | {"nproc_per_node": nproc}
+    return params | overrides
+
+
+def train(data: dict, params: dict, num_epochs: int) -> tuple[TwoTowerModel, pd.DataFrame]:
+    split = data["split"]
+    model, _, history, _, _ = train_two_tower(
+        data["examples"],
+        split.train,
+        split.val,
+        data["user_index"],
+        data["item_index"],
+        seed=SEED,
+        neg_ratio=NEG,
+        logit_scale=1.0,
+        num_epochs=num_epochs,
+        model=base_parameters()["model"],
+        training=params,
+        negative_sampling={"distribution": "uniform", "popularity_alpha": 0.75},
+        evaluation={"headline_k": K, "chunk_size": 4096},
+    )
+    return model, history
+
+
+def heldout_hit_rate(model: TwoTowerModel, data: dict) -> tuple[float, float]:
+    split = data["split"]
+    known = pd.concat([split.train, split.val], ignore_index=True)
+    metrics = ranking_metrics(
+        model.catalogue_scorer(known, split.test),
+        known,
+        split.test,
+        len(data["user_index"]),
+        len(data["item_index"]),
+        [K],
+        4096,
+        SEED,
+    )
+    return metrics[f"hit_rate@{K}"], metrics[f"hit_rate_se@{K}"]
+
+
+def test_two_gloo_processes_reach_the_test_hit_rate_of_one_with_identical_replicas(data, tmp_path):
+    one_model, one = train(data, training_params(tmp_path / "one", 1), num_epochs=4)
+    two_model, two = train(data, training_params(tmp_path / "two", 2), num_epochs=4)
+
+    assert list(two.columns) == list(one.columns)
+    assert two["epoch"].tolist() == [1, 2, 3, 4] and two["chosen"].sum() == 1
+    one_hr, one_se = heldout_hit_rate(one_model, data)
+    two_hr, _ = heldout_hit_rate(two_model, data)
+    assert one_hr > 0.1  # the model learned something, or the comparison says nothing
+    assert abs(two_hr - one_hr) <= one_se
+    # Same global batches, gradients summed over ranks: the curves agree closely.
+    np.testing.assert_allclose(two["train_loss"], one["train_loss"], rtol=0.02)
+    digests = two.attrs["replica_digests"]
+    assert sorted(digests) == [0, 1] and len(set(digests.values())) == 1
+    # Only rank 0 wrote the checkpoint, in the single-process format.
+    state = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=True)
+    assert len(state["history"]) == 4
+
+
+def _rank_one_dies_in_epoch_three(job) -> dict:
+    """Run a rank as fit_distributed does, except that rank 1 fails when epoch 3 starts."""
+    if os.environ["RANK"] == "1":
+        original, calls = training.train_epoch, []
+
+        def dying(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("simulated loss of rank 1")
+            return original(*args, **kwargs)
+
+        training.train_epoch = dying
+    return distributed._train_rank(job)
+
+
+def test_a_dying_rank_is_named_and_the_last_good_checkpoint_resumes(data, tmp_path):
+    split = data["split"]
+    params = training_params(tmp_path, 2)
+    settings = DistributedSettings.from_params(params.pop("distributed"))
+    spec = TrainingSpec(
+        seed=SEED, num_epochs=4, neg_ratio=NEG, eval_k=K, eval_chunk_size=4096, **params
+    )
+    n_items = len(data["item_index"])
+    probabilities = item_distribution(split.train["item"].to_numpy(), n_items, "uniform", 0.75)
+
+    def new_model() -> TwoTowerModel:
+        torch.manual_seed(SEED)
+        n_users = len(data["user_index"])
+        model = build_model(
+            base_parameters()["model"],
+            n_users,
+            n_items,
+            1.0,
+            torch.zeros(n_items, 0, dtype=torch.int64),
+            torch.zeros(n_users, 0, dtype=torch.int64),
+            None,
+        )
+        model.set_side_information(
+            train_users=split.train["user"].to_numpy(np.int64),
+            train_items=split.train["item"].to_numpy(np.int64),
+        )
+        return model
+
+    model = new_model()
+    with pytest.raises(DistributedTrainingError) as failure:
+        distributed.fit_distributed(
+            model,
+            split.train,
+            split.val,
+            data["examples"],
+            spec,
+            probabilities,
+            settings,
+            entrypoint=_rank_one_dies_in_epoch_three,
+        )
+    message = str(failure.value)
+    assert "\n" not in message
+    assert "training rank 1 failed" in message and "simulated loss of rank 1" in message
+    assert "last good checkpoint is kept" in message
+    kept = torch.load(training.checkpoint_path(spec), weights_only=True)
+    assert 1 <= len(kept["history"]) <= 2
+
+    resumed = distributed.fit_distributed(
+        new_model(),
+        split.train,
+        split.val,
+        data["examples"],
+        TrainingSpec(**(vars(spec) | {"resume": True})),
+        probabilities,
+        settings,
+    )
+    assert resumed["epoch"].tolist() == [1, 2, 3, 4]
+    kept_rows = pd.DataFrame(kept["history"])
+    pd.testing.assert_frame_equal(
+        resumed.iloc[: len(kept_rows)][kept_rows.columns].reset_index(drop=True), kept_rows
+    )
+
+
+def test_a_batch_splits_into_contiguous_shares_that_cover_it_once():
+    batch = torch.arange(7)
+    negatives = torch.arange(14).view(7, 2)
+    shares = [Shard(rank, 3).split(batch, negatives) for rank in range(3)]
+    assert torch.equal(torch.cat([rows for rows, _ in shares]), batch)
+    assert torch.equal(torch.cat([negs for _, negs in shares]), negatives)
+    # Fewer positives than ranks: the last rank's share is empty, its loss 0.
+    shard = Shard(2, 3)
+    rows, negs = shard.split(torch.arange(2), torch.zeros(2, 2, dtype=torch.int64))
+    assert rows.numel() == 0 and negs.shape == (0, 2)
+    loss = shard.step_loss(torch.zeros(0, 3), torch.zeros(0, 3))
+    assert float(loss) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "complaint"),
+    [
+        ({"nproc_per_node": 0}, "nproc_per_node must be an integer >= 1"),
+        ({"backend": "mpi"}, "backend must be auto, gloo or nccl"),
+        ({"nnodes": 2}, "rdzv_endpoint is not set"),
+        ({"nprocs": 2}, "unknown keys ['nprocs']"),
+    ],
+)
+def test_distributed_settings_are_checked(changes, complaint):
+    params = base_parameters()["training"]["distributed"] | changes
+    with pytest.raises(SettingsError) as error:
+        DistributedSettings.from_params(params)
+    assert complaint in str(error.value)
