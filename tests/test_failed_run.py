@@ -144,3 +144,17 @@ def test_ctrl_c_on_the_command_line_is_one_line_exit_130_and_publishes_nothing(g
     assert stderr.strip().splitlines()[-1].startswith("Error: run interrupted by SIGINT")
     assert "Traceback" not in stderr
     assert_nothing_published(project, before, skip=CHECKPOINTS)
+
+
+def test_resume_without_a_checkpoint_is_an_error_and_publishes_nothing(good_run, kedro_run):
+    project, before = good_run, snapshot(good_run)
+    with pytest.raises(ReadableError) as failed:
+        kedro_run(
+            project,
+            pipeline="train",
+            params={"training": {"resume": True, "checkpoint_dir": "data/smoke/06_models/none"}},
+        )
+    message = failed.value.format_message()
+    assert message.startswith("training.resume is true but there is no checkpoint at ")
+    assert "data/smoke/06_models/none/last.pt" in message
+    assert_nothing_published(project, before)

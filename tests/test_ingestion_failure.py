@@ -18,7 +18,7 @@ import pytest
 from kedro.io import DatasetError
 
 from twotower_pipeline.datasets import AtomicJSONDataset, AtomicParquetDataset
-from twotower_pipeline.hooks import ReadableError
+from twotower_pipeline.hooks import MissingPreparedDataError, ReadableError
 from twotower_pipeline.synthetic import SyntheticLogSpec, generate_interactions
 
 OUTPUTS = [
@@ -207,3 +207,17 @@ def test_the_encoding_parameter_reads_a_latin1_log(make_project_copy, kedro_run)
     )
     users = pd.read_parquet(project / "data/user_csv/03_primary/user_index.parquet")
     assert users["user_id"].str.startswith("José-").all()
+
+
+def test_a_missing_raw_file_is_named_before_anything_runs(make_project_copy, kedro_run):
+    project = make_project_copy("missing_raw")
+    env = project / "conf" / "user_csv"
+    env.mkdir()
+    for name, text in USER_CSV_ENV.items():
+        (env / name).write_text(text)
+    with pytest.raises(MissingPreparedDataError) as failed:
+        kedro_run(project, pipeline="data_processing", env="user_csv")
+    message = failed.value.format_message()
+    assert message.startswith("The raw data does not exist: raw_interactions (")
+    assert "data/01_raw/events.csv" in message and failed.value.exit_code == 1
+    assert not any((project / "data" / "user_csv").rglob("*.*"))
