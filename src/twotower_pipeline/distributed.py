@@ -27,8 +27,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -38,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-from twotower_pipeline.errors import RunFailedError, SettingsError
+from twotower_pipeline.errors import RunFailedError, RunInterruptedError, SettingsError
 from twotower_pipeline.model import TwoTowerModel
 from twotower_pipeline.training import TrainingSpec, checkpoint_path, fit, resolve_device
 
@@ -171,8 +175,10 @@ class Shard:
         gathered = torch.cat([g[:n] for g, n in zip(all_grads, counts, strict=True)])
         union, inverse = torch.unique(gathered_ids, return_inverse=True)
         merged = torch.zeros(union.numel(), table.shape[1], dtype=grad.dtype, device=device)
-        # Every rank sums the same rows in the same order, so the replicas stay bitwise equal.
-        merged.index_add_(0, inverse, gathered)
+        # Every rank sums the same rows in the same order, so the replicas stay bitwise equal
+        # (on CUDA, index_add_ adds atomically in any order unless told to be deterministic).
+        with _deterministic(device):
+            merged.index_add_(0, inverse, gathered)
         if union.numel() == table.shape[0]:  # every row touched: update the table in place
             merged_leaf = table.detach().requires_grad_()
             merged_leaf.grad = merged
@@ -192,6 +198,18 @@ class Shard:
         box = [value if self.rank == 0 else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+
+@contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    if device.type != "cuda" or torch.are_deterministic_algorithms_enabled():
+        yield
+        return
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def state_digest(model: TwoTowerModel) -> str:
@@ -252,9 +270,10 @@ def _train_rank(job: _Job) -> dict:
 
 
 def _log_from_rank(rank: int) -> None:
-    # Spawned processes do not inherit the run's logging set-up: rank 0 logs the epochs.
+    # A spawned process has the logging set up on import (Kedro's, under kedro run) or none:
+    # then rank 0 gets a handler of its own. Rank 0 logs the epochs, the others warnings only.
     package = logging.getLogger("twotower_pipeline")
-    if not package.handlers:
+    if not package.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(f"[rank {rank}] %(name)s: %(message)s"))
         package.addHandler(handler)
@@ -297,6 +316,7 @@ def fit_distributed(
     Raises DistributedTrainingError naming the rank when a rank fails, and
     when the replicas of this machine end with different weights.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
 
@@ -318,12 +338,27 @@ def fit_distributed(
         settings.backend,
     )
     started = time.time()
+    # The launcher installs its own SIGINT/SIGTERM handlers (they stop the workers); the
+    # run's own handlers (a Ctrl-C rolls the run back) come back when it returns.
+    handlers = _signal_handlers()
     try:
         results = elastic_launch(launch_config(settings), entrypoint)(job)
     except ChildFailedError as error:
         raise DistributedTrainingError(
             _failure_message(error, checkpoint_path(spec), started)
         ) from None
+    except SignalException as error:
+        _restore(handlers)
+        previous = handlers.get(error.sigval)
+        if callable(previous):
+            previous(error.sigval, None)  # the run's handler raises its interruption
+        raise RunInterruptedError(
+            f"training interrupted by {signal.Signals(error.sigval).name}; the workers were "
+            "stopped and the last good checkpoint is kept",
+            128 + error.sigval,
+        ) from None
+    finally:
+        _restore(handlers)
     mine = [r for r in results.values() if r is not None]
     digests = {r["rank"]: r["digest"] for r in mine}
     if len(set(digests.values())) > 1:
@@ -337,6 +372,18 @@ def fit_distributed(
     history = lead["history"]
     history.attrs["replica_digests"] = digests
     return history
+
+
+def _signal_handlers() -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: dict) -> None:
+    for signum, handler in handlers.items():
+        if handler is not None:
+            signal.signal(signum, handler)
 
 
 def _failure_message(error, checkpoint, started: float) -> str:

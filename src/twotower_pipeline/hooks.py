@@ -305,7 +305,10 @@ class OutputRollbackHooks:
         restored = 0
         for path, kept in self._kept.items():
             if kept is None:
-                path.unlink(missing_ok=True)
+                if path.is_dir():  # a Spark dataset writes a folder of part files
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
             elif path.exists() and _unchanged(kept, path):
                 kept.unlink()  # never rewritten (and a rename between two links does nothing)
             else:
