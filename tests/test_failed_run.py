@@ -79,8 +79,25 @@ def extra_hook(monkeypatch):
 
 def test_bad_settings_publish_nothing(good_run, kedro_run):
     project, before = good_run, snapshot(good_run)
-    with pytest.raises(Exception, match="headline_k"):
+    with pytest.raises(ReadableError) as failed:
         kedro_run(project, pipeline="train", params={"evaluation": {"headline_k": 7}})
+    assert failed.value.format_message() == (
+        "bad settings (1): evaluation: headline_k=7 must be one of ks=[10, 50] "
+        "(conf/*/parameters*.yml or --params)"
+    )
+    assert failed.value.exit_code == 2
+    assert_nothing_published(project, before)  # the checkpoint included: nothing ran
+
+
+def test_a_neg_ratio_the_catalogue_cannot_supply_publishes_nothing(good_run, kedro_run):
+    project, before = good_run, snapshot(good_run)
+    with pytest.raises(ReadableError) as failed:
+        kedro_run(project, pipeline="train", params={"neg_ratio": 500})
+    assert failed.value.format_message().startswith(
+        "bad settings (1): neg_ratio=500 must be below the number of items ("
+    )
+    assert failed.value.exit_code == 2
+    assert_nothing_published(project, before)
     assert_nothing_published(project, before)
 
 

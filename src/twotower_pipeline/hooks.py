@@ -6,9 +6,11 @@ import codecs
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import threading
+import tomllib
 from pathlib import Path
 
 import click
@@ -20,6 +22,7 @@ from kedro_datasets.pandas import CSVDataset
 from twotower_pipeline import manifest
 from twotower_pipeline.datasets import AtomicJSONDataset, AtomicParquetDataset
 from twotower_pipeline.errors import RunFailedError, RunInterruptedError, SettingsError
+from twotower_pipeline.schema import check_neg_ratio, check_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +119,8 @@ class ReadableErrorHooks:
     def on_pipeline_error(self, error: Exception) -> None:
         if isinstance(error, RunFailedError):
             raise ReadableError(str(error), error.exit_code) from error
+        if isinstance(error, ModuleNotFoundError) and (missing := describe_missing_extra(error)):
+            raise ReadableError(missing, SettingsError.exit_code) from error
         if isinstance(error, DatasetError) and self._loading and self._catalog is not None:
             dataset = self._catalog.get(self._loading)
             raise ReadableError(describe_load_failure(dataset, error)) from error
@@ -531,3 +536,76 @@ def _producer(manifests: list[dict], dataset, path: str | None) -> dict | None:
             return None
         return next((m for m in manifests if m.get("run_id") == version), None)
     return manifest.producer(manifests, path)
+
+
+class SettingsHooks:
+    """Every parameter is checked against one schema before anything runs (schema.py).
+
+    The check runs as the context is created, before any pipeline, catalog or
+    other hook sees the parameters; a bad setting ends the run with one line
+    and exit code 2. The one rule that needs the data (neg_ratio below the
+    number of items) is checked as the node that draws negatives starts.
+    """
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        try:
+            check_parameters(context.params)
+        except SettingsError as error:
+            raise ReadableError(str(error), error.exit_code) from None
+
+    @hook_impl
+    def before_node_run(self, inputs: dict) -> None:
+        if "params:neg_ratio" in inputs and "item_index" in inputs:
+            check_neg_ratio(inputs["params:neg_ratio"], len(inputs["item_index"]))
+
+
+def describe_missing_extra(error: ModuleNotFoundError) -> str | None:
+    """Return the one line for an optional library that is not installed, or None."""
+    module = (error.name or "").split(".")[0]
+    extra = _optional_modules().get(module)
+    if extra is None:
+        return None
+    return (
+        f"the optional library {module} is not installed; it comes with the [{extra}] "
+        f"extra: pip install -e '.[{extra}]'"
+    )
+
+
+def _optional_modules() -> dict[str, str]:
+    """Return {module: extra} for the libraries of the project's optional extras.
+
+    Read from pyproject.toml in a checkout (an editable install's metadata is
+    as old as the install), else from the installed package's metadata.
+    """
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    if pyproject.is_file():
+        project = tomllib.loads(pyproject.read_text())["project"]
+        core = {re.split(r"[\[<>=~; ]", r)[0].lower() for r in project.get("dependencies", [])}
+        requirements = [
+            f"{requirement}; extra == '{extra}'"
+            for extra, listed in project.get("optional-dependencies", {}).items()
+            for requirement in listed
+            if re.split(r"[\[<>=~; ]", requirement)[0].lower() not in core
+        ]
+    else:
+        from importlib import metadata
+
+        try:
+            requirements = metadata.requires("twotower_pipeline") or []
+        except metadata.PackageNotFoundError:
+            return {}
+    modules = {}
+    for requirement in requirements:
+        found = _EXTRA_REQUIREMENT.match(requirement)
+        if not found or found[2] == "dev":
+            continue
+        distribution = found[1].lower()
+        module = _MODULE_OF.get(distribution, distribution.replace("-", "_"))
+        modules.setdefault(module, found[2])
+    return modules
+
+
+_EXTRA_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9_.-]+)[^;]*;\s*extra\s*==\s*['\"]([^'\"]+)['\"]")
+# Distributions whose module has another name than theirs.
+_MODULE_OF = {"faiss-cpu": "faiss", "faiss-gpu": "faiss", "scikit-learn": "sklearn"}

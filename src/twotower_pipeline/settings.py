@@ -6,6 +6,7 @@ from twotower_pipeline.hooks import (
     PreparedDataHooks,
     ReadableErrorHooks,
     RunManifestHooks,
+    SettingsHooks,
 )
 from twotower_pipeline.logging_hooks import NodeSummaryHooks
 from twotower_pipeline.mlflow_hooks import MlflowTrackingHooks
@@ -23,6 +24,9 @@ HOOKS = (
     PreparedDataHooks(),
     NodeSummaryHooks(),
     SparkHooks(),  # a SparkSession, only in an environment with a spark.yml (conf/spark)
+    # Last registered, so called first: no SparkSession, MLflow run or kept file for a
+    # run whose parameters are wrong (schema.py).
+    SettingsHooks(),
 )
 
 # Every environment but the default writes under data/<env>/ (environments.py).

@@ -1,0 +1,319 @@
+"""One schema for every parameter, checked before any node runs (hooks.SettingsHooks).
+
+Types, ranges, allowed values and rules across fields are declared here with
+pydantic; every block forbids keys it does not know, and an unknown key is
+reported with the closest valid name. The values themselves live in
+conf/base/parameters*.yml only: no field has a default here, so a key that
+disappears from the yml is reported as missing rather than filled in
+silently.
+
+`check_parameters` returns nothing or raises SettingsError with every problem
+on one line; `check_neg_ratio` is the one rule that needs the data (the
+number of items), checked when the negatives are about to be drawn.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from twotower_pipeline.errors import SettingsError
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+OpenFraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class Block(BaseModel):
+    """A parameter block: strict types, every key required, no unknown key."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --- ingestion ---------------------------------------------------------------------
+
+
+class Columns(Block):
+    user: str
+    item: str
+    timestamp: str
+    rating: str | None = None  # optional roles: a log may have no rating or weight column
+    weight: str | None = None
+
+
+class TimestampWindow(Block):
+    earliest: str | None
+    latest: str | None
+
+
+class Ingestion(Block):
+    source: str
+    columns: Columns
+    encoding: str
+    id_type: Literal["auto", "int", "text"]
+    timestamp_unit: Literal["auto", "s", "ms", "iso"]
+    timestamp_window: TimestampWindow
+    rating_threshold: float | None
+    rating_range: list[float] | None
+
+    @model_validator(mode="after")
+    def _rules(self) -> Ingestion:
+        import codecs
+
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"encoding {self.encoding!r} is not one Python knows") from None
+        if self.rating_range is not None:
+            if len(self.rating_range) != 2 or self.rating_range[0] >= self.rating_range[1]:
+                raise ValueError(f"rating_range must be [low, high], not {self.rating_range}")
+        return self
+
+
+# --- features ----------------------------------------------------------------------
+
+
+class SideFeatures(Block):
+    source: str
+    id: str
+    categorical: list[str]
+    multi_valued: list[str]
+    delimiter: str | None
+    multi_hot: dict[str, list[str]]
+    numeric: list[str]
+    buckets: Annotated[int, Field(ge=2)]
+    missing_values: Literal["error", "unknown"]
+
+
+class Features(Block):
+    item: SideFeatures | None
+    user: SideFeatures | None
+
+
+class Oracle(Block):
+    enabled: bool
+
+
+# --- split and sampling ------------------------------------------------------------
+
+
+class Split(Block):
+    strategy: Literal["leave_last_out", "global_temporal"]
+    min_train_interactions: NonNegativeInt
+    temporal_quantiles: list[OpenFraction]
+    cold_item_fraction: Annotated[float, Field(ge=0, lt=1)]
+
+    @model_validator(mode="after")
+    def _rules(self) -> Split:
+        quantiles = self.temporal_quantiles
+        if len(quantiles) != 2 or not quantiles[0] < quantiles[1]:
+            raise ValueError(
+                f"temporal_quantiles must be [validation, test] with validation < test, "
+                f"not {quantiles}"
+            )
+        return self
+
+
+class NegativeSampling(Block):
+    distribution: Literal["uniform", "popularity"]
+    popularity_alpha: NonNegativeFloat
+
+
+# --- model and training ------------------------------------------------------------
+
+
+class Model(Block):
+    embedding_dim: PositiveInt
+    hidden_dims: list[PositiveInt]
+    init_std: PositiveFloat
+    max_logit_scale: PositiveFloat
+    user_id: bool
+    history_length: NonNegativeInt
+    history_pooling: Literal["mean", "recency"]
+    item_id_dropout: Annotated[float, Field(ge=0, lt=1)]
+
+
+class Distributed(Block):
+    nproc_per_node: PositiveInt
+    backend: Literal["auto", "gloo", "nccl"]
+    nnodes: PositiveInt
+    rdzv_endpoint: str | None
+    rdzv_id: str
+    timeout_minutes: PositiveFloat
+
+    @model_validator(mode="after")
+    def _rules(self) -> Distributed:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of the rendezvous)")
+        return self
+
+
+class Training(Block):
+    batch_size: PositiveInt
+    learning_rate: PositiveFloat
+    weight_decay: NonNegativeFloat
+    scale_lr_ratio: NonNegativeFloat
+    lr_schedule: Literal["constant", "cosine"]
+    warmup_epochs: NonNegativeFloat
+    resample_each_epoch: bool
+    checkpoint_dir: str
+    resume: bool
+    progress_bar: bool
+    chunk_positives: PositiveInt
+    optimizer: Literal["rowwise", "dense"]
+    device: Literal["auto", "cpu", "cuda"]
+    distributed: Distributed
+
+
+# --- evaluation and index ----------------------------------------------------------
+
+
+class Als(Block):
+    enabled: bool
+    factors: PositiveInt
+    regularization: NonNegativeFloat
+    alpha: PositiveFloat
+    iterations: PositiveInt
+
+
+class Health(Block):
+    collapse_loss: PositiveFloat
+    early_epochs: PositiveInt
+    clamp_fraction: Annotated[float, Field(gt=0, le=1)]
+    frozen_relative_change: PositiveFloat
+    parallel_cosine: Annotated[float, Field(gt=0, le=1)]
+    min_lift: PositiveFloat
+    overfit_epochs: PositiveInt
+    overfit_min_rise: PositiveFloat
+    overfit_ranking_drop: Fraction
+    still_improving_gain: Fraction
+    scale_drop_ratio: Annotated[float, Field(gt=0, le=1)]
+
+
+class Evaluation(Block):
+    ks: Annotated[list[PositiveInt], Field(min_length=1)]
+    headline_k: PositiveInt
+    chunk_size: PositiveInt
+    recommendations_k: PositiveInt
+    als: Als
+    health: Health
+
+    @model_validator(mode="after")
+    def _rules(self) -> Evaluation:
+        if self.headline_k not in self.ks:
+            raise ValueError(f"headline_k={self.headline_k} must be one of ks={self.ks}")
+        if len(set(self.ks)) != len(self.ks):
+            raise ValueError(f"ks={self.ks} repeats a value")
+        return self
+
+
+class Hnsw(Block):
+    m: PositiveInt
+    ef_construction: PositiveInt
+    ef_search: PositiveInt
+
+
+class Ivf(Block):
+    nlist: PositiveInt
+    nprobe: PositiveInt
+
+
+class Index(Block):
+    kind: Literal["hnsw", "ivf"]
+    hnsw: Hnsw
+    ivf: Ivf
+    recall_k: PositiveInt
+    recommend_above_n_items: NonNegativeInt
+
+
+# --- the whole -----------------------------------------------------------------------
+
+
+class Parameters(Block):
+    """Every parameter of conf/base/parameters*.yml, after environment and run overrides."""
+
+    neg_ratio: PositiveInt
+    logit_scale: PositiveFloat
+    num_epochs: PositiveInt
+    seed: NonNegativeInt
+    ingestion: Ingestion
+    features: Features
+    oracle: Oracle
+    split: Split
+    negative_sampling: NegativeSampling
+    model: Model
+    training: Training
+    evaluation: Evaluation
+    index: Index
+
+    @model_validator(mode="after")
+    def _rules(self) -> Parameters:
+        if self.logit_scale > self.model.max_logit_scale:
+            raise ValueError(
+                f"logit_scale={self.logit_scale} is above its clamp "
+                f"model.max_logit_scale={self.model.max_logit_scale}"
+            )
+        return self
+
+
+def _model_at(path: tuple) -> type[BaseModel] | None:
+    """Return the schema block at a location of an error (None when it is not a block)."""
+    model: Any = Parameters
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None:
+            return None
+        candidates = [field.annotation, *getattr(field.annotation, "__args__", ())]
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if model is None:
+            return None
+    return model
+
+
+def _describe(error: dict) -> str:
+    location = tuple(error["loc"])
+    dotted = ".".join(str(part) for part in location) or "parameters"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = _model_at(location[:-1])
+        valid = list(parent.model_fields) if parent is not None else []
+        close = difflib.get_close_matches(str(location[-1]), valid, n=1)
+        hint = f" (did you mean {'.'.join([*map(str, location[:-1]), close[0]])}?)" if close else ""
+        return f"unknown parameter {dotted}{hint}"
+    if kind == "missing":
+        return f"missing parameter {dotted}"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind.startswith("value_error") or kind == "assertion_error":
+        where = f"{dotted}: " if location else ""
+        return f"{where}{message}"
+    return f"{dotted}={error.get('input')!r}: {message[0].lower()}{message[1:]}"
+
+
+def check_parameters(parameters: dict) -> Parameters:
+    """Return the parameters as the schema's object; raise SettingsError listing every problem."""
+    try:
+        return Parameters.model_validate(parameters)
+    except ValidationError as error:
+        problems = [_describe(e) for e in error.errors(include_url=False)]
+        raise SettingsError(
+            f"bad settings ({len(problems)}): " + "; ".join(problems) + " (conf/*/parameters*.yml "
+            "or --params)"
+        ) from None
+
+
+def check_neg_ratio(neg_ratio: int, n_items: int) -> None:
+    """Raise SettingsError when neg_ratio negatives cannot be drawn from n_items items."""
+    if neg_ratio >= n_items:
+        raise SettingsError(
+            f"bad settings (1): neg_ratio={neg_ratio} must be below the number of items "
+            f"({n_items}): each positive needs neg_ratio other items as negatives"
+        )
