@@ -6,7 +6,7 @@ from twotower_pipeline.hooks import (
     PreparedDataHooks,
     ReadableErrorHooks,
     RunManifestHooks,
-    SettingsHooks,
+    SettingsHooks,  # noqa: F401 - registered below once the schema has every key
 )
 from twotower_pipeline.logging_hooks import NodeSummaryHooks
 from twotower_pipeline.mlflow_hooks import MlflowTrackingHooks
