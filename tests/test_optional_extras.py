@@ -9,6 +9,7 @@ import pytest
 
 from twotower_pipeline.baselines import als_scorer
 from twotower_pipeline.errors import RunFailedError
+from twotower_pipeline.hooks import ReadableError, ReadableErrorHooks, describe_missing_extra
 
 TRAIN = pd.DataFrame({"user": [0, 1], "item": [0, 1], "timestamp": [1, 2]})
 ALS = {"factors": 2, "regularization": 0.1, "alpha": 1.0, "iterations": 1}
@@ -44,3 +45,18 @@ def test_a_broken_implicit_is_reported_as_broken_not_as_absent(monkeypatch, erro
     message = str(raised.value)
     assert message.startswith("the ALS baseline cannot import implicit, which is installed: ")
     assert str(error) in message and "evaluation.als.enabled: false" in message
+
+
+def test_a_missing_optional_library_names_its_extra_in_one_line():
+    missing = ModuleNotFoundError("No module named 'faiss'", name="faiss")
+    with pytest.raises(ReadableError) as raised:
+        ReadableErrorHooks().on_pipeline_error(missing)
+    assert raised.value.format_message() == (
+        "the optional library faiss is not installed; it comes with the [ann] extra: "
+        "pip install -e '.[ann]'"
+    )
+    assert raised.value.exit_code == 2
+
+
+def test_a_missing_module_that_is_no_extra_is_left_as_it_is():
+    assert describe_missing_extra(ModuleNotFoundError("x", name="not_a_dependency")) is None
