@@ -133,32 +133,51 @@ def _kth_smallest(frame: DataFrame, column: str, ranks: list[int], n: int) -> li
 # --- ingestion ---------------------------------------------------------------------------
 
 
-def _timestamp_seconds(raw: DataFrame, column: str, unit: str) -> tuple[Column, Column, str]:
-    """Return (epoch seconds, unparsable flag, unit used), decided as parse_timestamps does."""
+def _as_number(raw: DataFrame, column: str) -> Column:
+    values = F.col(column)
+    if isinstance(raw.schema[column].dataType, NumericType):
+        return values.cast("double")
+    return values.try_cast("double")
+
+
+def _timestamp_facts(raw: DataFrame, column: str) -> list[Column]:
+    """Return the aggregates that decide the timestamp unit (asked in the first pass)."""
+    as_number = _as_number(raw, column)
+    finite = F.when(_finite(as_number), as_number)
+    return [
+        F.avg(as_number.isNotNull().cast("double")).alias("_ts_share"),
+        F.count(finite).alias("_ts_count"),
+        F.min(finite).alias("_ts_min"),
+        F.max(finite).alias("_ts_max"),
+    ]
+
+
+def _timestamp_seconds(
+    raw: DataFrame, column: str, unit: str, facts: Any
+) -> tuple[Column, Column, str]:
+    """Return (epoch seconds, unparsable flag, unit used), decided as parse_timestamps does.
+
+    `facts` is the row that holds _timestamp_facts's aggregates.
+    """
     values = F.col(column)
     numeric_type = isinstance(raw.schema[column].dataType, NumericType)
-    as_number = values.cast("double") if numeric_type else values.try_cast("double")
+    as_number = _as_number(raw, column)
     if unit == "auto":
-        if numeric_type:
-            unit = "s_or_ms"
-        else:
-            # A text column of numbers with a few bad cells is still a numeric column.
-            share = raw.agg(F.avg(as_number.isNotNull().cast("double"))).first()[0]
-            unit = "s_or_ms" if share >= 0.5 else "iso"
+        # A text column of numbers with a few bad cells is still a numeric column.
+        unit = "s_or_ms" if numeric_type or facts["_ts_share"] >= 0.5 else "iso"
     if unit == "iso":
         parsed = values.cast("string").try_cast("timestamp")  # naive times: session zone, UTC
         seconds = F.coalesce(F.unix_seconds(parsed), F.lit(0)).cast("long")
         return seconds, parsed.isNull(), "iso"
     bad = ~_finite(as_number)
     if unit == "s_or_ms":
-        finite = raw.filter(~bad).select(as_number.alias("_t"))
-        extent = finite.agg(F.count(F.lit(1)), F.min("_t"), F.max("_t")).first()
-        count, smallest, largest = int(extent[0]), extent[1], extent[2]
-        if count == 0 or largest <= _MS_THRESHOLD:
+        count = int(facts["_ts_count"])
+        if count == 0 or facts["_ts_max"] <= _MS_THRESHOLD:
             unit = "s"
-        elif smallest > _MS_THRESHOLD:
+        elif facts["_ts_min"] > _MS_THRESHOLD:
             unit = "ms"
         else:  # the median decides; it needs the exact middle values
+            finite = raw.filter(~bad).select(as_number.alias("_t"))
             low, high = _kth_smallest(finite, "_t", [(count - 1) // 2, count // 2], count)
             unit = "ms" if (low + high) / 2 > _MS_THRESHOLD else "s"
     scaled = as_number / 1000.0 if unit == "ms" else as_number
@@ -174,9 +193,7 @@ def _typed_ids(raw: DataFrame, column: str, role: str, spec: IngestionSpec) -> C
         return values.cast("string")
     if isinstance(data_type, IntegralType):
         return values
-    as_number = values.cast("double") if isinstance(data_type, NumericType) else None
-    if as_number is None:
-        as_number = values.try_cast("double")
+    as_number = _as_number(raw, column)
     is_number = _finite(as_number)
     text_stored = isinstance(data_type, StringType)
     counts = raw.agg(
@@ -220,20 +237,25 @@ def validate_interactions_spark(raw: DataFrame, spec: IngestionSpec) -> tuple[Da
     columns = list(raw.columns)
     wanted = {role: spec.column(role) for role in ("user", "item", "timestamp", "rating", "weight")}
     wanted = {role: column for role, column in wanted.items() if column}
-    rows_read = raw.count()
-    if rows_read == 0:
-        _fail(spec, "the file holds no rows")
     missing = [f"{col!r} ({role})" for role, col in wanted.items() if col not in columns]
+    if missing and raw.isEmpty():
+        _fail(spec, "the file holds no rows")
     if missing:
         _fail(
             spec,
             f"missing column(s) {', '.join(missing)}; the file has {list(map(str, columns))}. "
             "Map your columns with ingestion.columns in parameters.",
         )
-
+    # One pass for the row count, the nulls and what decides the timestamp unit.
+    ts_column = wanted["timestamp"]
     nulls = raw.agg(
-        *[_count_if(F.col(wanted[r]).isNull()).alias(r) for r in ("user", "item", "timestamp")]
+        F.count(F.lit(1)).alias("rows"),
+        *[_count_if(F.col(wanted[r]).isNull()).alias(r) for r in ("user", "item", "timestamp")],
+        *_timestamp_facts(raw, ts_column),
     ).first()
+    rows_read = int(nulls["rows"])
+    if rows_read == 0:
+        _fail(spec, "the file holds no rows")
     for role in ("user", "item", "timestamp"):
         if nulls[role]:
             first, _ = _first_row(raw, F.col(wanted[role]).isNull())
@@ -243,8 +265,7 @@ def validate_interactions_spark(raw: DataFrame, spec: IngestionSpec) -> tuple[Da
                 f"{rows_read} rows (first at {spec.where(first)})",
             )
 
-    ts_column = wanted["timestamp"]
-    seconds, unparsed, unit = _timestamp_seconds(raw, ts_column, spec.timestamp_unit)
+    seconds, unparsed, unit = _timestamp_seconds(raw, ts_column, spec.timestamp_unit, nulls)
     checks: dict[str, Column] = {"unparsable": _count_if(unparsed)}
     rating = weight = None
     if "rating" in wanted:
@@ -462,8 +483,8 @@ def split_interactions_spark(
     ).persist()
 
     train = labelled.filter(F.col("_role") == "train")
-    train_users = train.select("user").distinct().withColumn("_warm_user", F.lit(True))
-    train_items = train.select("item").distinct().withColumn("_warm_item", F.lit(True))
+    train_users = train.select("user").distinct().withColumn("_warm_user", F.lit(True)).persist()
+    train_items = train.select("item").distinct().withColumn("_warm_item", F.lit(True)).persist()
     held = (
         labelled.filter(F.col("_role").isin("val", "test"))
         .join(train_users, "user", "left")
@@ -507,8 +528,6 @@ def split_interactions_spark(
     train_counts = labelled.agg(
         _count_if(role == "train").alias("rows"),
         _count_if(role == "removed").alias("removed"),
-        distinct_where("user", role == "train").alias("users"),
-        distinct_where("item", role == "train").alias("items"),
         F.min(F.when(role == "train", F.col("timestamp"))).alias("first"),
         F.max(F.when(role == "train", F.col("timestamp"))).alias("last"),
     ).first()
@@ -536,14 +555,14 @@ def split_interactions_spark(
         )
 
     all_users = int(extent["users"])
-    train_items_count = int(train_counts["items"])
+    train_items_count = train_items.count()
     report = {
         "strategy": spec.strategy,
         "train_interactions": int(train_counts["rows"]),
         "val_interactions": count("val"),
         "test_interactions": count("test"),
         "test_cold_interactions": count("test_cold"),
-        "train_users": int(train_counts["users"]),
+        "train_users": train_users.count(),
         "train_items": train_items_count,
         "val_users": count("val_users"),
         "val_items": count("val_items"),
