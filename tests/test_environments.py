@@ -14,6 +14,7 @@ import pytest
 
 from twotower_pipeline.environments import EnvironmentConfigLoader, relocate_path
 from twotower_pipeline.hooks import MissingPreparedDataError, ReadableError
+from twotower_pipeline.manifest import provenance_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,3 +128,11 @@ def test_data_prepared_by_another_environment_is_refused(smoke_run, kedro_run):
             path.unlink()
         other.rmdir()
     assert snapshot(smoke_run) == before
+
+
+def test_evaluation_may_change_what_it_reports_but_not_what_chose_the_model():
+    made = {"neg_ratio": 5, "evaluation": {"ks": [10], "headline_k": 10, "als": {"factors": 8}}}
+    now = {"neg_ratio": 5, "evaluation": {"ks": [10, 50], "headline_k": 10, "als": {"factors": 4}}}
+    assert provenance_differences(made, now, {"neg_ratio", "evaluation"}) == {}
+    now["evaluation"]["headline_k"] = 50  # training keeps the best epoch by recall@headline_k
+    assert provenance_differences(made, now, {"evaluation"}) == {"evaluation.headline_k": (10, 50)}

@@ -24,15 +24,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-# Parameters that change how a run behaves, not what it produces.
-NOT_PROVENANCE = frozenset(
-    {
-        "training.progress_bar",
-        "training.resume",
-        "training.checkpoint_dir",
-        "evaluation.chunk_size",
-    }
+# Parameters (and blocks) that change how a run behaves, not what it produces, or
+# that a node reads as part of a block without their shaping its output: training
+# reads `evaluation` for headline_k (the epoch it keeps), not for the K list, the
+# baselines or the health thresholds, which evaluation may change on its own.
+NOT_PROVENANCE = (
+    "training.progress_bar",
+    "training.resume",
+    "training.checkpoint_dir",
+    "training.device",
+    "training.distributed",
+    "evaluation.chunk_size",
+    "evaluation.ks",
+    "evaluation.recommendations_k",
+    "evaluation.als",
+    "evaluation.health",
 )
+
+
+def _counts(key: str) -> bool:
+    return not any(key == p or key.startswith(f"{p}.") for p in NOT_PROVENANCE)
+
+
 MANIFEST_GLOB = "**/run_manifest.json/*/run_manifest.json"
 
 
@@ -102,7 +115,7 @@ def provenance_differences(
         before = flatten(lookup(made_with, name), name)
         after = flatten(lookup(running_with, name), name)
         for key in sorted(set(before) | set(after)):
-            if key in NOT_PROVENANCE:
+            if not _counts(key):
                 continue
             if before.get(key) != after.get(key):
                 differences[key] = (before.get(key), after.get(key))
