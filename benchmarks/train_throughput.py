@@ -62,6 +62,7 @@ def make_spec(optimizer: str, device: str) -> TrainingSpec:
         scale_lr_ratio=1.0,
         lr_schedule="constant",
         warmup_epochs=0.0,
+        eval_max_users=None,
         resample_each_epoch=True,
         eval_k=10,
         eval_chunk_size=1024,

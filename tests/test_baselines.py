@@ -21,6 +21,7 @@ INDEX = pd.DataFrame({"user_id": ["a", "b", "c"]}), pd.DataFrame({"item_id": lis
 EVALUATION = {
     "ks": [1, 2],
     "chunk_size": 2,
+    "max_users": None,
     "als": {"enabled": False, "factors": 4, "regularization": 0.01, "alpha": 1.0, "iterations": 2},
 }
 

@@ -16,7 +16,7 @@ TRAIN = pd.DataFrame({"user": [0, 0, 1, 1, 2, 2], "item": [0, 1, 0, 2, 0, 3]})
 VAL = pd.DataFrame({"user": [0, 1, 2], "item": [2, 1, 1]})
 TEST = pd.DataFrame({"user": [0, 2], "item": [3, 2]})
 TEST_COLD = pd.DataFrame({"user": [1], "item": [4]})
-EVALUATION = {"ks": [1, 2], "chunk_size": 2}
+EVALUATION = {"ks": [1, 2], "chunk_size": 2, "max_users": None}
 
 
 def pairs(frame: pd.DataFrame) -> set[tuple[int, int]]:
@@ -76,3 +76,16 @@ def test_the_model_is_scored_with_what_is_known_when_predicting_each_set(monkeyp
         )
         assert 0.0 <= results[section][f"{prefix}_auc"] <= 1.0
         assert np.isfinite(results[section][f"{prefix}_log_loss"])
+
+
+def test_a_sample_of_users_is_seeded_and_still_masks_every_validation_row():
+    train = pd.DataFrame({"user": [0, 1, 2, 3, 4, 5], "item": [0] * 6, "timestamp": [1] * 6})
+    val = pd.DataFrame({"user": [0, 1, 2, 3, 4, 5], "item": [1] * 6, "timestamp": [2] * 6})
+    test = pd.DataFrame({"user": [0, 1, 2, 3, 4, 5], "item": [2] * 6, "timestamp": [3] * 6})
+    cold = test.iloc[:0]
+    a = held_out_sets(train, val, test, cold, 3, max_users=2, seed=7)
+    b = held_out_sets(train, val, test, cold, 3, max_users=2, seed=7)
+    assert a["test"].positives["user"].nunique() == 2
+    assert a["test"].positives.equals(b["test"].positives)
+    assert len(a["test"].known) == len(train) + len(val)  # every validation item stays masked
+    assert held_out_sets(train, val, test, cold, 3, max_users=None)["test"].positives.equals(test)

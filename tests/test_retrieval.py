@@ -65,6 +65,7 @@ def trained(tmp_path_factory) -> TwoTowerModel:
         scale_lr_ratio=1.0,
         lr_schedule="constant",
         warmup_epochs=0.0,
+        eval_max_users=None,
         resample_each_epoch=True,
         eval_k=3,
         eval_chunk_size=64,

@@ -83,6 +83,7 @@ def make_spec(tmp_path, **overrides) -> TrainingSpec:
         scale_lr_ratio=1.0,
         lr_schedule="cosine",
         warmup_epochs=0.0,
+        eval_max_users=None,
         resample_each_epoch=True,
         eval_k=3,
         eval_chunk_size=5,
@@ -589,7 +590,14 @@ def test_training_node_returns_embeddings_keyed_by_original_ids(data, tmp_path):
     item_tokens = pd.DataFrame({"item": np.arange(N_ITEMS), "tokens": [[1]] * 5 + [[2]] * 5})
     user_tokens = pd.DataFrame({"user": np.arange(N_USERS), "tokens": [[]] * N_USERS})
     spec = make_spec(tmp_path, num_epochs=2)
-    not_training_keys = {"seed", "num_epochs", "neg_ratio", "eval_k", "eval_chunk_size"}
+    not_training_keys = {
+        "seed",
+        "num_epochs",
+        "neg_ratio",
+        "eval_k",
+        "eval_chunk_size",
+        "eval_max_users",
+    }
     model, config, history, users, items = train_two_tower(
         first_examples(train, seed=1),
         train,
@@ -609,7 +617,7 @@ def test_training_node_returns_embeddings_keyed_by_original_ids(data, tmp_path):
         },
         training={k: v for k, v in vars(spec).items() if k not in not_training_keys},
         negative_sampling={"distribution": "uniform", "popularity_alpha": 0.75},
-        evaluation={"headline_k": 3, "chunk_size": 5},
+        evaluation={"headline_k": 3, "chunk_size": 5, "max_users": None},
         item_feature_tokens=item_tokens,
         user_feature_tokens=user_tokens,
         feature_encoders={"item": {"vocab_size": 3}, "user": {"vocab_size": 1}},

@@ -39,6 +39,7 @@ from twotower_pipeline.errors import PipelineInputError, RunFailedError
 from twotower_pipeline.history import HistoryTable, training_history_ends
 from twotower_pipeline.metrics import binary_log_loss, ranking_metrics, roc_auc
 from twotower_pipeline.model import TwoTowerModel, full_rows
+from twotower_pipeline.protocol import sample_users
 from twotower_pipeline.sampling import PositiveSet, item_groups, sample_negatives
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class TrainingSpec:
     resample_each_epoch: bool
     eval_k: int
     eval_chunk_size: int  # users scored at once by the per-epoch ranking metric
+    eval_max_users: int | None  # a seeded sample of validation users ranked per epoch (None: all)
     chunk_positives: int  # positives whose negatives are drawn at once
     optimizer: str  # rowwise (sparse rows) | dense (AdamW over whole tables, the reference)
     device: str  # auto | cpu | cuda
@@ -390,7 +392,14 @@ def _save_checkpoint(spec: TrainingSpec, state: dict) -> None:
 
 def _resumable_settings(spec: TrainingSpec) -> dict:
     """Return the settings a resumed run must share with the run it continues."""
-    skip = {"resume", "progress_bar", "checkpoint_dir", "device", "eval_chunk_size"}
+    skip = {
+        "resume",
+        "progress_bar",
+        "checkpoint_dir",
+        "device",
+        "eval_chunk_size",
+        "eval_max_users",
+    }
     return {key: value for key, value in vars(spec).items() if key not in skip}
 
 
@@ -462,11 +471,13 @@ def evaluate_epoch(
     k: int,
     seed: int,
     chunk_size: int,
+    max_users: int | None = None,
 ) -> dict[str, float]:
     """Return validation loss/AUC on the fixed sample and Recall/NDCG@k on the full catalogue."""
     model.eval()
     logits = sample_logits(model, sample, train, val)
     labels = sample.labels.numpy()
+    val = sample_users(val, max_users, seed)
     ranking = ranking_metrics(
         model.catalogue_scorer(train, val),
         train,
@@ -679,7 +690,16 @@ def fit(
             row = {
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
-                **evaluate_epoch(model, train, val, sample, k, spec.seed, spec.eval_chunk_size),
+                **evaluate_epoch(
+                    model,
+                    train,
+                    val,
+                    sample,
+                    k,
+                    spec.seed,
+                    spec.eval_chunk_size,
+                    spec.eval_max_users,
+                ),
                 "logit_scale": model.logit_scale,
                 "learning_rate": lr,
                 "examples_per_second": n_examples / step_seconds,

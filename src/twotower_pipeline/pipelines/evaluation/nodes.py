@@ -65,7 +65,13 @@ def evaluate_model(
     model = TwoTowerModel.from_state(model_config, two_tower_model)
     n_users, n_items = int(model_config["n_users"]), int(model_config["n_items"])
     sets = held_out_sets(
-        train_interactions, val_interactions, test_interactions, test_cold_interactions, n_items
+        train_interactions,
+        val_interactions,
+        test_interactions,
+        test_cold_interactions,
+        n_items,
+        evaluation["max_users"],
+        seed,
     )
     scorers: dict[tuple[int, int], Scorer] = {}
 
@@ -108,7 +114,13 @@ def evaluate_baselines(
     """
     n_users, n_items = len(user_index), len(item_index)
     sets = held_out_sets(
-        train_interactions, val_interactions, test_interactions, test_cold_interactions, n_items
+        train_interactions,
+        val_interactions,
+        test_interactions,
+        test_cold_interactions,
+        n_items,
+        evaluation["max_users"],
+        seed,
     )
     scorers = {
         "popularity": popularity_scorer(train_interactions, n_items),

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from twotower_pipeline.distributed import DistributedSettings, fit_distributed
+from twotower_pipeline.features import padded_tokens
 from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
 from twotower_pipeline.sampling import item_distribution
 from twotower_pipeline.training import TrainingSpec, fit
@@ -20,14 +21,13 @@ def token_matrix(tokens: pd.DataFrame | None, key: str, n_rows: int) -> torch.Te
     """Return an (n_rows, width) int64 matrix of feature tokens, 0-padded, from a token table."""
     if tokens is None or len(tokens) == 0:
         return torch.zeros(n_rows, 0, dtype=torch.int64)
-    lists = tokens["tokens"].to_numpy()
-    lengths = np.fromiter((len(t) for t in lists), dtype=np.int64, count=len(lists))
-    matrix = np.zeros((n_rows, int(lengths.max(initial=0))), dtype=np.int64)
-    if lengths.sum():
-        rows = np.repeat(tokens[key].to_numpy(np.int64), lengths)
-        slots = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        matrix[rows, slots] = np.concatenate([np.asarray(t) for t in lists if len(t)])
-    return torch.from_numpy(matrix)
+    ordered = tokens.sort_values(key)
+    if not np.array_equal(ordered[key].to_numpy(), np.arange(n_rows)):
+        raise ValueError(
+            f"{key}_feature_tokens does not hold one row per {key} index 0..{n_rows - 1}: "
+            "re-run the features pipeline"
+        )
+    return torch.from_numpy(padded_tokens(ordered["tokens"], n_rows).astype(np.int64))
 
 
 def build_model(
@@ -102,6 +102,7 @@ def train_two_tower(
         neg_ratio=neg_ratio,
         eval_k=evaluation["headline_k"],
         eval_chunk_size=evaluation["chunk_size"],
+        eval_max_users=evaluation["max_users"],
         **training,
     )
     probabilities = item_distribution(
