@@ -100,10 +100,16 @@ class ReadableErrorHooks:
         self._catalog = None
 
     @hook_impl
-    def before_pipeline_run(self, pipeline, catalog) -> None:
+    def after_catalog_created(self, catalog) -> None:
+        # Before any before_pipeline_run hook: nothing is kept aside or started yet.
         self._catalog, self._loading = catalog, None
-        if "raw_interactions" in pipeline.inputs() and "params:ingestion" in catalog:
-            _configure_raw_reader(catalog.get("raw_interactions"), catalog.load("params:ingestion"))
+        if "raw_interactions" in catalog and "params:ingestion" in catalog:
+            try:
+                _configure_raw_reader(
+                    catalog.get("raw_interactions"), catalog.load("params:ingestion")
+                )
+            except SettingsError as error:
+                raise ReadableError(str(error), error.exit_code) from None
 
     @hook_impl
     def before_dataset_loaded(self, dataset_name: str) -> None:
