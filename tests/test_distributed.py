@@ -52,6 +52,12 @@ def base_parameters() -> dict:
     return yaml.safe_load((ROOT / "conf" / "base" / "parameters_training.yml").read_text())
 
 
+def evaluation_parameters() -> dict:
+    return yaml.safe_load((ROOT / "conf" / "base" / "parameters_evaluation.yml").read_text())[
+        "evaluation"
+    ]
+
+
 def training_params(tmp_path: Path, nproc: int, **overrides) -> dict:
     params = base_parameters()["training"] | {
         "batch_size": 256,
@@ -79,7 +85,7 @@ def train(data: dict, params: dict, num_epochs: int) -> tuple[TwoTowerModel, pd.
         model=base_parameters()["model"],
         training=params,
         negative_sampling={"distribution": "uniform", "popularity_alpha": 0.75},
-        evaluation={"headline_k": K, "chunk_size": 4096},
+        evaluation=evaluation_parameters() | {"headline_k": K, "chunk_size": 4096},
     )
     return model, history
 
