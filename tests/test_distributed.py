@@ -145,7 +145,13 @@ def test_a_dying_rank_is_named_and_the_last_good_checkpoint_resumes(data, tmp_pa
     params = training_params(tmp_path, 2)
     settings = DistributedSettings.from_params(params.pop("distributed"))
     spec = TrainingSpec(
-        seed=SEED, num_epochs=4, neg_ratio=NEG, eval_k=K, eval_chunk_size=4096, **params
+        seed=SEED,
+        num_epochs=4,
+        neg_ratio=NEG,
+        eval_k=K,
+        eval_chunk_size=4096,
+        eval_max_users=None,
+        **params,
     )
     n_items = len(data["item_index"])
     probabilities = item_distribution(split.train["item"].to_numpy(), n_items, "uniform", 0.75)
