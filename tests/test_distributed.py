@@ -237,3 +237,27 @@ def test_distributed_settings_are_checked(changes, complaint):
     with pytest.raises(SettingsError) as error:
         DistributedSettings.from_params(params)
     assert complaint in str(error.value)
+
+
+def test_more_processes_than_gpus_is_refused_before_any_process_starts(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    params = training_params(tmp_path, 2, device="cuda")
+    settings = DistributedSettings.from_params(params.pop("distributed"))
+    spec = TrainingSpec(
+        seed=SEED,
+        num_epochs=1,
+        neg_ratio=NEG,
+        eval_k=K,
+        eval_chunk_size=4096,
+        eval_max_users=None,
+        **params,
+    )
+
+    def never_launched(job):
+        raise AssertionError("no process should start")
+
+    with pytest.raises(SettingsError, match="1 CUDA device"):
+        distributed.fit_distributed(
+            None, None, None, None, spec, None, settings, entrypoint=never_launched
+        )

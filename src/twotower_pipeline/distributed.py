@@ -320,6 +320,14 @@ def fit_distributed(
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
 
+    device = resolve_device(spec.device)
+    if device.type == "cuda" and settings.nproc_per_node > torch.cuda.device_count():
+        # nccl needs one GPU per process: two ranks on one device fail deep inside NCCL.
+        raise SettingsError(
+            f"training.distributed.nproc_per_node is {settings.nproc_per_node} but this machine "
+            f"has {torch.cuda.device_count()} CUDA device(s): use one process per GPU, "
+            "or training.device=cpu"
+        )
     job = _Job(
         model_config=model.config.to_dict(),
         initial_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
