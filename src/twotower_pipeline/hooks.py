@@ -49,8 +49,9 @@ class PreparedDataHooks:
             return
         from kedro.framework.project import pipelines
 
-        prepared = pipelines["__default__"].all_outputs()
-        raw = [name for name in missing if name not in prepared]
+        # A Spark environment writes `x@spark` and reads `x@pandas`: one dataset (transcoding).
+        prepared = {name.split("@")[0] for name in pipelines["__default__"].all_outputs()}
+        raw = [name for name in missing if name.split("@")[0] not in prepared]
         if raw:
             files = ", ".join(f"{name} ({_describe_path(catalog.get(name))})" for name in raw)
             message = (
