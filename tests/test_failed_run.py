@@ -175,3 +175,35 @@ def test_resume_without_a_checkpoint_is_an_error_and_publishes_nothing(good_run,
     assert message.startswith("training.resume is true but there is no checkpoint at ")
     assert "data/smoke/06_models/none/last.pt" in message
     assert_nothing_published(project, before)
+
+
+def test_a_run_killed_outright_is_rolled_back_before_the_next_one_reads(good_run):
+    """SIGKILL runs no hook: the run's journal lets the next session put everything back."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    project, before = good_run, snapshot(good_run)
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "COLUMNS": "200"}
+    kedro = Path(sys.executable).with_name("kedro")
+    process = subprocess.Popen(
+        [str(kedro), "run", "--env=smoke", "--pipeline=train"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in process.stdout:
+        if "evaluate_model (" in line:  # the model and the history are saved by now
+            process.kill()
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    killed = snapshot(project, skip=CHECKPOINTS)
+    assert any(name.endswith(".journal.json") for name in killed)
+    assert killed != {k: v for k, v in before.items() if not k.startswith(CHECKPOINTS)}
+
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env="smoke") as session:
+        session.load_context()
+    assert_nothing_published(project, before, skip=CHECKPOINTS)

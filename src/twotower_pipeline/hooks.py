@@ -251,6 +251,13 @@ class OutputRollbackHooks:
         self._new_versions: list[tuple[Path, bool]] = []
         self._handlers: dict[int, object] = {}
         self._interrupted: RunInterruptedError | None = None
+        self._journal: Path | None = None
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        # A run killed outright (SIGKILL, power cut) ran no error hook: its journal
+        # says what to put back, before anything reads the outputs.
+        recover_killed_runs(Path(context.project_path) / "data")
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
@@ -278,6 +285,9 @@ class OutputRollbackHooks:
             else:
                 shutil.copy2(path, kept)
             self._kept[path] = kept
+        data = Path(run_params["project_path"]) / "data"
+        self._journal = data / f".run-{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}.journal.json"
+        _write_journal(self._journal, self._kept, self._new_versions)
         self._interrupted = None
         self._catch_signals()
 
@@ -341,15 +351,22 @@ class OutputRollbackHooks:
                 removed,
             )
         self._kept, self._new_versions, self._interrupted = {}, [], None
+        self._close_journal()
         self._restore_signals()
 
     @hook_impl
     def after_pipeline_run(self) -> None:
         self._restore_signals()
+        self._close_journal()  # the run is published: a kill from here on changes nothing
         for kept in self._kept.values():
             if kept is not None:
                 kept.unlink(missing_ok=True)
         self._kept, self._new_versions = {}, []
+
+    def _close_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.unlink(missing_ok=True)
+            self._journal = None
 
     def _catch_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -366,6 +383,75 @@ class OutputRollbackHooks:
         for signum, handler in self._handlers.items():
             signal.signal(signum, handler)
         self._handlers = {}
+
+
+def _write_journal(
+    journal: Path, kept: dict[Path, Path | None], new_versions: list[tuple[Path, bool]]
+) -> None:
+    """Write what a rollback of this run would do, for the next run if this one is killed."""
+    record = {
+        "pid": os.getpid(),
+        "kept": [[str(path), None if keep is None else str(keep)] for path, keep in kept.items()],
+        "new_versions": [[str(folder), existed] for folder, existed in new_versions],
+    }
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    tmp = journal.with_name(journal.name + ".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, journal)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a journal of this process is left by a run that ended without hooks
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_killed_runs(data: Path) -> int:
+    """Roll back every run whose journal is left by a process that no longer runs.
+
+    Returns how many runs were rolled back. Files the run replaced get their
+    kept copies back, files it created and version folders it added go.
+    """
+    recovered = 0
+    for journal in sorted(data.glob(".run-*.journal.json")):
+        try:
+            record = json.loads(journal.read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(int(record.get("pid", -1))):
+            continue  # another run, still going
+        for path_text, kept_text in record.get("kept", []):
+            path = Path(path_text)
+            if kept_text is None:
+                path.unlink(missing_ok=True)
+                continue
+            kept = Path(kept_text)
+            if not kept.exists():
+                continue
+            if path.exists() and os.path.samefile(kept, path):
+                kept.unlink()  # never rewritten (a rename between two links does nothing)
+            else:
+                os.replace(kept, path)
+        for folder_text, parent_existed in record.get("new_versions", []):
+            folder = Path(folder_text)
+            if folder.exists():
+                shutil.rmtree(folder)
+            if not parent_existed and folder.parent.is_dir() and not any(folder.parent.iterdir()):
+                folder.parent.rmdir()
+        journal.unlink()
+        recovered += 1
+        logger.warning(
+            "a run killed before it ended (%s) was rolled back: every output is the last "
+            "successful run's",
+            journal.name.removeprefix(".run-").removesuffix(".journal.json"),
+        )
+    return recovered
 
 
 def _inside_logging(frame) -> bool:
@@ -420,7 +506,12 @@ class RunManifestHooks:
 
     @hook_impl
     def after_catalog_created(self, catalog, save_version) -> None:
-        catalog["run_id"] = save_version
+        if save_version is None:  # a catalog made to read (a notebook, a script), not a run
+            return
+        if "run_id" in catalog:  # a catalog entry (for kedro-viz's layer): fill it, not replace it
+            catalog.save("run_id", save_version)
+        else:
+            catalog["run_id"] = save_version
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
