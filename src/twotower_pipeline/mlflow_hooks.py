@@ -9,6 +9,7 @@ run manifest (written after the run) is logged to that id.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from typing import Any
@@ -23,6 +24,12 @@ logger = logging.getLogger(__name__)
 # like the other libraries there, it speaks only when something is wrong. Set
 # before kedro-mlflow imports mlflow: settings.py imports this module first.
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+# kedro-mlflow sets its logger to INFO when it is imported, over conf/logging.yml:
+# import it first, here, and put it back to WARNING.
+if importlib.util.find_spec("kedro_mlflow") is not None:
+    import kedro_mlflow  # noqa: F401
+
+    logging.getLogger("kedro_mlflow").setLevel(logging.WARNING)
 
 PLOTS = ("learning_curve_png", "ranking_curve_png", "model_vs_baselines_png")
 JSON_REPORTS = ("ingestion_report", "split_report", "ann_metrics")
