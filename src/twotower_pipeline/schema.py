@@ -199,6 +199,7 @@ class Evaluation(Block):
     ks: Annotated[list[PositiveInt], Field(min_length=1)]
     headline_k: PositiveInt
     chunk_size: PositiveInt
+    max_users: PositiveInt | None
     recommendations_k: PositiveInt
     als: Als
     health: Health

@@ -6,7 +6,7 @@ from twotower_pipeline.hooks import (
     PreparedDataHooks,
     ReadableErrorHooks,
     RunManifestHooks,
-    SettingsHooks,  # noqa: F401 - registered below once the schema has every key
+    SettingsHooks,
 )
 from twotower_pipeline.logging_hooks import NodeSummaryHooks
 from twotower_pipeline.mlflow_hooks import MlflowTrackingHooks
@@ -26,7 +26,7 @@ HOOKS = (
     SparkHooks(),  # a SparkSession, only in an environment with a spark.yml (conf/spark)
     # Last registered, so called first: no SparkSession, MLflow run or kept file for a
     # run whose parameters are wrong (schema.py).
-    # SettingsHooks(),  (registered once every owner's parameter keys are in schema.py)
+    SettingsHooks(),
 )
 
 # Every environment but the default writes under data/<env>/ (environments.py).
