@@ -591,20 +591,22 @@ def _dataset_file(catalog, name: str, project: Path) -> str | None:
 
 
 def _provenance_problems(pipelines, pipeline, catalog, project, env, parameters) -> list[str]:
-    """Return one sentence per prepared input made by another environment or other settings."""
+    """Return one sentence per way prepared inputs differ from this run (env, settings)."""
     default = pipelines["__default__"]
     produced = default.all_outputs()
     manifests = manifest.read_manifests(project)
     if not manifests:
         return []
-    problems = []
+    # {(made by, how it differs): [inputs]}: one sentence for inputs that differ alike.
+    grouped: dict[tuple[str, str], list[str]] = {}
     for name in sorted(pipeline.inputs() & produced):
         path = _dataset_file(catalog, name, project)
         made_by = _producer(manifests, catalog.get(name), path)
         if made_by is None:
             continue  # made before manifests existed, or by a run that was killed
         if (made_by.get("env") or "") != (env or ""):
-            problems.append(f"{name} was made by environment {made_by.get('env')!r}")
+            key = (f"environment {made_by.get('env')!r}", "")
+            grouped.setdefault(key, []).append(name)
             continue
         names = {
             source.removeprefix("params:")
@@ -619,7 +621,14 @@ def _provenance_problems(pipelines, pipeline, catalog, project, env, parameters)
             settings = ", ".join(
                 f"{key}={old!r} (now {new!r})" for key, (old, new) in differences.items()
             )
-            problems.append(f"{name} was made with {settings} by run {made_by['run_id']}")
+            grouped.setdefault((f"run {made_by['run_id']}", settings), []).append(name)
+    problems = []
+    for (made_by, settings), names in grouped.items():
+        verb = "was" if len(names) == 1 else "were"
+        if settings:
+            problems.append(f"{', '.join(names)} {verb} made with {settings} by {made_by}")
+        else:
+            problems.append(f"{', '.join(names)} {verb} made by {made_by}")
     return problems
 
 
