@@ -12,6 +12,7 @@ shared machine.
     python benchmarks/evaluation.py                # 150k x 50k and 160k x 60k
     python benchmarks/evaluation.py --quick        # 20k x 10k, a few seconds
     python benchmarks/evaluation.py --counting     # ways of counting ranks, side by side
+    python benchmarks/evaluation.py --sizes 2000x1000000,10000x1000000   # a 10^6-item catalogue
 
 Writes benchmarks/results/evaluation.json.
 """
@@ -143,6 +144,12 @@ def main() -> None:
         action="store_true",
         help="only compare ways of counting ranks on one 1024 x 60k chunk",
     )
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        help="users x items to measure, e.g. 2000x1000000,10000x1000000 (written to "
+        "evaluation_sizes.json)",
+    )
     parser.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.counting:
@@ -160,6 +167,8 @@ def main() -> None:
         return
 
     sizes = [(20_000, 10_000)] if args.quick else [(150_000, 50_000), (160_000, 60_000)]
+    if args.sizes:
+        sizes = [tuple(int(n) for n in size.split("x")) for size in args.sizes.split(",")]
     rows = []
     for n_users, n_items in sizes:
         out = subprocess.run(
@@ -190,8 +199,9 @@ def main() -> None:
             f"{row['users_per_second']:>9} {row['peak_rss_mib']:>13}"
         )
     if not args.quick:
+        target = RESULTS.with_name("evaluation_sizes.json") if args.sizes else RESULTS
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(
+        target.write_text(
             json.dumps(
                 {
                     "machine": f"{platform.processor() or platform.machine()}, "
