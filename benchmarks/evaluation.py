@@ -212,7 +212,7 @@ def main() -> None:
             )
             + "\n"
         )
-        print(f"wrote {RESULTS.name}")
+        print(f"wrote {target.name}")
 
 
 if __name__ == "__main__":
