@@ -132,7 +132,13 @@ def assert_same_weights(a: TwoTowerModel, b: TwoTowerModel) -> None:
 
 
 # --- row-wise updates -----------------------------------------------------------------------
-def test_sparse_rows_give_the_gradient_rows_of_a_dense_embedding():
+@pytest.fixture
+def sparse_small_tables(monkeypatch):
+    """Row-wise updates even for the tiny tables of these tests (no whole-table shortcut)."""
+    monkeypatch.setattr(training, "WHOLE_TABLE_VALUES", 0)
+
+
+def test_sparse_rows_give_the_gradient_rows_of_a_dense_embedding(sparse_small_tables):
     torch.manual_seed(0)
     table = torch.nn.Parameter(torch.randn(10, 3))
     ids = torch.tensor([[2, 7, 2], [9, 7, 7]])  # 6 lookups < 10 rows: only rows 2, 7, 9
@@ -149,7 +155,9 @@ def test_sparse_rows_give_the_gradient_rows_of_a_dense_embedding():
     assert table.grad[[0, 1, 3, 4, 5, 6, 8]].eq(0).all()  # nobody else has a gradient
 
 
-def test_a_table_smaller_than_the_lookups_is_taken_whole_with_the_dense_gradient():
+def test_a_table_smaller_than_the_lookups_is_taken_whole_with_the_dense_gradient(
+    sparse_small_tables,
+):
     torch.manual_seed(0)
     table = torch.nn.Parameter(torch.randn(4, 3))
     ids = torch.tensor([0, 3, 3, 1, 0])
@@ -174,7 +182,7 @@ def rowwise_and_reference_tables(lr=0.01, weight_decay=0.1):
 
 
 @pytest.mark.parametrize("through", ["sparse_rows", "distinct_ids"])
-def test_rowwise_adamw_equals_torch_adamw_when_every_row_is_touched(through):
+def test_rowwise_adamw_equals_torch_adamw_when_every_row_is_touched(through, sparse_small_tables):
     rowwise, reference, optimizer, adamw = rowwise_and_reference_tables()
     for step in range(5):
         ids = torch.randperm(6, generator=torch.Generator().manual_seed(step)).repeat(2)
@@ -194,7 +202,7 @@ def test_rowwise_adamw_equals_torch_adamw_when_every_row_is_touched(through):
         assert torch.allclose(rowwise, reference.detach(), rtol=1e-6, atol=1e-7), step
 
 
-def test_rows_a_step_does_not_touch_keep_their_values_exactly():
+def test_rows_a_step_does_not_touch_keep_their_values_exactly(sparse_small_tables):
     torch.manual_seed(0)
     table = torch.randn(10, 3)
     before = table.clone()
@@ -212,6 +220,14 @@ def test_rows_a_step_does_not_touch_keep_their_values_exactly():
     rows(table, torch.tensor([0])).sum().backward()
     optimizer.step(rows.touched)
     assert torch.equal(table[[2, 5]], after_first)
+
+
+def test_a_table_of_few_values_is_updated_whole_whatever_the_lookups():
+    table = torch.randn(10, 3)
+    rows = SparseRows()
+    rows(table, torch.tensor([2])).sum().backward()
+    [(_, touched_ids, leaf)] = rows.touched
+    assert touched_ids is None and leaf.shape == (10, 3)  # 30 values <= WHOLE_TABLE_VALUES
 
 
 def test_the_logit_scale_is_not_weight_decayed_and_learns_at_its_ratio(tmp_path):

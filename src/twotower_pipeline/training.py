@@ -207,22 +207,27 @@ def learning_rate_at(spec: TrainingSpec, epoch: int) -> float:
 
 
 # --- row-wise updates -------------------------------------------------------------------------
+# Tables of at most this many values are updated whole (2^18 float32: 1 MiB).
+WHOLE_TABLE_VALUES = 2**18
+
+
 class SparseRows:
     """A `rows` function for the model that gathers only the rows a step touches.
 
     Each call takes the distinct ids of one table, copies their rows into a small
     leaf tensor and records it; after backward, the leaf's gradient is the
     gradient of exactly those rows. Each table is read once per step. A table
-    with fewer rows than the step's lookups is taken whole (all rows touched).
+    with fewer rows than the step's lookups, or of at most WHOLE_TABLE_VALUES
+    values, is taken whole (all rows touched).
     """
 
     def __init__(self) -> None:
         self.touched: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
 
     def __call__(self, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        if ids.numel() >= table.shape[0]:
-            # More lookups than rows (a small table): every row counts as touched, and the
-            # table itself is the leaf, which saves finding the distinct ids.
+        if ids.numel() >= table.shape[0] or table.numel() <= WHOLE_TABLE_VALUES:
+            # A small table, or more lookups than rows: every row counts as touched and the
+            # table itself is the leaf; updating it whole costs less than finding the rows.
             leaf = table.detach().requires_grad_()
             self.touched.append((table, None, leaf))
             return F.embedding(ids, leaf)
