@@ -32,6 +32,8 @@ OUTPUTS = [
     "data/user_csv/08_reporting/split_report.json",
 ]
 
+SPLIT_DROPS = [("val", "items"), ("val", "users"), ("test", "items"), ("test", "users")]
+
 # An environment that reads a user's CSV, as the docs tell users to set one up.
 USER_CSV_ENV = {
     "globals.yml": "raw_interactions_path: data/01_raw/events.csv\n",
@@ -89,10 +91,14 @@ def test_outputs_of_the_good_run_still_load_and_agree(project_after_a_failed_run
     train = pd.read_parquet(project / OUTPUTS[4])
     val = pd.read_parquet(project / OUTPUTS[5])
     report = json.loads((project / OUTPUTS[7]).read_text())
-    assert len(train) + len(val) + report["val_dropped_cold_items"] + report[
-        "val_dropped_cold_users"
-    ] == len(interactions)
+    # Every interaction is in one split, or counted as dropped from validation or test.
+    held_out = report["test_interactions"] + report["test_cold_interactions"]
+    dropped = sum(
+        report[f"{s}_dropped_cold_{w}"] for s, w in SPLIT_DROPS if f"{s}_dropped_cold_{w}" in report
+    )
+    assert len(train) + len(val) + held_out + dropped == len(interactions)
     assert report["val_interactions"] == len(val)
+    assert report["train_interactions"] == len(train)
 
 
 def test_a_parquet_save_that_fails_half_way_keeps_the_old_file(tmp_path):
