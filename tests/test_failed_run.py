@@ -63,7 +63,7 @@ class _FailBefore:
 
     @hook_impl
     def before_node_run(self, node) -> None:
-        if node.name == self.node_name:
+        if node.name.rsplit(".", 1)[-1] == self.node_name:  # without its stage's namespace
             self.action()
 
 
