@@ -682,7 +682,7 @@ def fit(
             kept = (
                 f"the last good checkpoint (epoch {len(history)}) is kept at {where}"
                 if history
-                else "no epoch finished, so there is no checkpoint"
+                else "no epoch of this run finished, so it wrote no checkpoint"
             )
             raise TrainingDivergedError(
                 f"training diverged in epoch {epoch + 1}: {error}; {kept}. "
