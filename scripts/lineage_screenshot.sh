@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Screenshot of the project's kedro-viz lineage (the README image).
 #   bash scripts/lineage_screenshot.sh [OUTPUT.png]      (default docs/img/lineage.png)
+#   VIEW='?pid=__default__&fid=evaluation&expandAllPipelines=true' bash scripts/lineage_screenshot.sh X.png
+#     (kedro-viz's URL parameters: fid focuses a stage, expandAllPipelines opens the stages)
 # Run it after `kedro run` (set KEDRO_ENV=smoke for the small run): it builds the
 # static site with previews, serves it on 127.0.0.1 and lets headless Chromium
 # draw the graph in the light theme without the sidebar.
@@ -16,7 +18,7 @@ cat > build/_lineage_view.html <<'HTML'
 <!doctype html><script>
 localStorage.setItem("KedroViz", JSON.stringify(
   {theme: "light", showFeatureHints: false, visible: {sidebar: false, miniMap: false}}));
-location.replace("/");
+location.replace("/" + location.search);
 </script>
 HTML
 
@@ -33,7 +35,7 @@ mkdir -p "$(dirname "$OUTPUT")"
   --hide-scrollbars --virtual-time-budget=20000 --user-data-dir="$PROFILE" \
   --window-size="${WINDOW_SIZE:-1150,1900}" --force-device-scale-factor="${SCALE:-2}" \
   --screenshot="$OUTPUT" \
-  "http://127.0.0.1:$PORT/_lineage_view.html" 2>/dev/null
+  "http://127.0.0.1:$PORT/_lineage_view.html${VIEW:-}" 2>/dev/null
 # A 256-colour palette keeps the (grey, flat) image a fraction of the size; Pillow comes with matplotlib.
 python - "$OUTPUT" <<'PY'
 import sys

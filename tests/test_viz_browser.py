@@ -217,14 +217,21 @@ def rendered_graph(chromium, site_url) -> RenderedViz:
     return render(chromium, site_url)
 
 
-def test_the_rendered_graph_shows_every_node_and_dataset_of_the_default_pipeline(rendered_graph):
+@pytest.fixture(scope="module")
+def expanded_graph(chromium, site_url) -> RenderedViz:
+    """The graph with every stage expanded (kedro-viz's expandAllPipelines)."""
+    return render(chromium, f"{site_url}?pid=__default__&expandAllPipelines=true")
+
+
+def test_the_expanded_graph_shows_every_node_and_dataset_of_the_default_pipeline(expanded_graph):
     from twotower_pipeline.pipeline_registry import register_pipelines
 
     pipeline = register_pipelines()["__default__"]
-    page = rendered_graph
+    page = expanded_graph
 
     tasks = {name for name, kind in page.graph_nodes.items() if kind == "task"}
-    assert {node.name for node in pipeline.nodes} <= tasks
+    # kedro-viz labels a node by its name within its stage (namespace).
+    assert {node.name.removeprefix(f"{node.namespace}.") for node in pipeline.nodes} <= tasks
     assert {"train_two_tower", "sample_negatives", "validate_interactions"} <= tasks
     datasets = {name for name, kind in page.graph_nodes.items() if kind == "data"}
     expected = {d for d in pipeline.datasets() if d != "parameters" and not d.startswith("params:")}
@@ -232,8 +239,12 @@ def test_the_rendered_graph_shows_every_node_and_dataset_of_the_default_pipeline
     assert {"raw_interactions", "evaluation_metrics"} <= datasets
 
 
-def test_the_rendered_graph_draws_the_data_layers_from_raw_to_reporting(rendered_graph):
-    assert rendered_graph.layers == LAYERS
+def test_the_rendered_graph_draws_the_data_layers_from_raw_to_reporting(expanded_graph):
+    # kedro-viz orders the bands by the stage graph, where some pairs are unordered or
+    # reversed (features are fitted on the training split: model_input before feature).
+    layers = expanded_graph.layers
+    assert sorted(layers) == sorted(LAYERS)
+    assert layers[0] == "raw" and layers[-1] == "reporting"
 
 
 def test_every_dataset_has_a_layer_and_a_preview_of_its_kind(viz_site, smoke_project):
@@ -292,3 +303,43 @@ def test_a_selected_plot_shows_its_image_or_chart_in_the_browser(
         assert page.preview_images >= 1, f"{name}: no image in the side panel"
     else:
         assert page.plotly_charts >= 1, f"{name}: no plotly chart in the side panel"
+
+
+# --- The stages as modular pipelines (namespaces): collapsed, and one expanded ---------
+
+
+def stage_names() -> set[str]:
+    """Return the namespaces of the default pipeline's nodes: one per stage."""
+    from twotower_pipeline.pipeline_registry import register_pipelines
+
+    return {node.namespace for node in register_pipelines()["__default__"].nodes}
+
+
+def test_the_overview_shows_each_stage_as_one_collapsed_node(rendered_graph, viz_site):
+    page = rendered_graph
+    stages = {name for name, kind in page.graph_nodes.items() if kind == "modularPipeline"}
+    assert stages == stage_names()
+    assert {"ingestion", "split", "negative_sampling", "training", "evaluation"} <= stages
+    # Collapsed: no node of a stage is drawn, and the stages' internal datasets are
+    # inside them, so the overview holds far fewer boxes than the expanded graph.
+    assert [name for name, kind in page.graph_nodes.items() if kind == "task"] == []
+    everything = [n for n in site_nodes(viz_site).values() if n["type"] in ("task", "data")]
+    assert len(page.graph_nodes) < len(everything) * 0.7
+    assert {
+        "raw_interactions",
+        "interactions",
+        "train_examples",
+        "recommendations",
+        "run_report",
+    } <= set(page.graph_nodes)
+
+
+def test_an_expanded_stage_shows_its_nodes_and_datasets(chromium, site_url):
+    from twotower_pipeline.pipeline_registry import register_pipelines
+
+    evaluation = register_pipelines()["evaluation"]
+    page = render(chromium, f"{site_url}?pid=__default__&fid=evaluation&expandAllPipelines=true")
+    tasks = {name for name, kind in page.graph_nodes.items() if kind == "task"}
+    expected = {node.name.removeprefix("evaluation.") for node in evaluation.nodes}
+    assert expected <= tasks, f"missing: {sorted(expected - tasks)}"
+    assert {"model_metrics", "baseline_metrics", "evaluation_metrics"} <= set(page.graph_nodes)
