@@ -44,6 +44,25 @@ def _active_run_id() -> str | None:
     return run.info.run_id if run is not None else None
 
 
+# Runs that a session of this process opened through kedro-mlflow. kedro-mlflow
+# leaves its run open when a check stops the session before the pipeline starts
+# (Kedro calls no error hook then), and the next session of the same process (a
+# notebook, a test) would log into it; such a leftover is ended when the next
+# session starts. A run the user opened before the session is never touched.
+_SESSION_RUNS: set[str] = set()
+
+
+def _end_leftover_run() -> None:
+    try:
+        import mlflow
+    except ImportError:
+        return
+    run = mlflow.active_run()
+    while run is not None and run.info.run_id in _SESSION_RUNS:
+        mlflow.end_run("FAILED")
+        run = mlflow.active_run()
+
+
 class MlflowTrackingHooks:
     """Sends the history, metrics, health, reports, plots and model to the active MLflow run."""
 
@@ -51,9 +70,16 @@ class MlflowTrackingHooks:
         self._run_id: str | None = None
         self._model: dict[str, Any] = {}
 
-    @hook_impl
+    @hook_impl(tryfirst=True)
+    def after_context_created(self) -> None:
+        _end_leftover_run()
+
+    @hook_impl(trylast=True)
     def before_pipeline_run(self) -> None:
         self._run_id, self._model = None, {}
+        run_id = _active_run_id()  # kedro-mlflow's hook has run: this session's run
+        if run_id is not None:
+            _SESSION_RUNS.add(run_id)
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
