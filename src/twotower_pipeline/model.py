@@ -97,6 +97,8 @@ class TwoTowerConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TwoTowerConfig:
+        """Return the config of a model_config JSON (its `run_id`, the run that made it, aside)."""
+        values = {key: value for key, value in values.items() if key != "run_id"}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         missing = sorted(known - set(values))

@@ -73,11 +73,13 @@ def train_two_tower(
     item_feature_tokens: pd.DataFrame | None = None,
     user_feature_tokens: pd.DataFrame | None = None,
     feature_encoders: dict | None = None,
+    run_id: str | None = None,
 ) -> tuple[dict, dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Return the trained model's state, its config, the per-epoch history and both embeddings.
 
     Recall/NDCG are tracked per epoch at evaluation.headline_k, the K the health
-    report and the ranking curve read; the model kept is the best epoch's.
+    report and the ranking curve read; the model kept is the best epoch's. The
+    config names the run that made it (run_id: its run_manifest's version).
     """
     torch.manual_seed(seed)
     n_users, n_items = len(user_index), len(item_index)
@@ -136,7 +138,7 @@ def train_two_tower(
         item_vectors = two_tower.all_item_vectors().numpy()
     return (
         two_tower,
-        two_tower.config.to_dict(),
+        {**two_tower.config.to_dict(), **({"run_id": run_id} if run_id else {})},
         history,
         _embedding_table(user_index, "user_id", user_vectors),
         _embedding_table(item_index, "item_id", item_vectors),

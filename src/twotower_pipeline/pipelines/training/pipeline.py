@@ -25,6 +25,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "item_feature_tokens",
                     "user_feature_tokens",
                     "feature_encoders",
+                    "run_id",
                 ],
                 outputs=[
                     "two_tower_model",
