@@ -114,6 +114,7 @@ def test_a_diverged_run_publishes_nothing_and_keeps_the_checkpoint(good_run, ked
 
 def test_ctrl_c_after_the_model_was_saved_publishes_nothing(good_run, kedro_run, extra_hook):
     project, before = good_run, snapshot(good_run)
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when started in the background
     extra_hook(_FailBefore("write_report", lambda: os.kill(os.getpid(), signal.SIGINT)))
     with pytest.raises(ReadableError) as failed:
         kedro_run(project, pipeline="train")
@@ -123,7 +124,7 @@ def test_ctrl_c_after_the_model_was_saved_publishes_nothing(good_run, kedro_run,
     assert_nothing_published(project, before, skip=CHECKPOINTS)
     state = torch.load(project / "data" / CHECKPOINTS / "last.pt", weights_only=True)
     assert len(state["history"]) == 6
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the run put its handler back
 
 
 def test_a_crash_in_the_last_node_publishes_nothing(good_run, kedro_run, extra_hook):

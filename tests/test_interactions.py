@@ -290,9 +290,10 @@ def test_id_maps_round_trip_to_the_original_pairs():
 @pytest.mark.skipif(not ML_100K.exists(), reason="MovieLens 100K not found (set ML100K_PATH)")
 def test_movielens_env_prepares_real_ml_100k_end_to_end(make_project_copy, kedro_run):
     project = make_project_copy("movielens")
-    target = project / "data" / "01_raw" / "ml-100k" / "u.data"
-    target.parent.mkdir()
-    target.symlink_to(ML_100K)  # linked, never copied
+    folder = project / "data" / "01_raw" / "ml-100k"
+    folder.mkdir()
+    for name in ("u.data", "u.item", "u.user"):  # linked, never copied
+        (folder / name).symlink_to(ML_100K.parent / name)
     kedro_run(project, pipeline="data_processing", env="movielens")
     reports = project / "data/movielens/08_reporting"
     ingestion = yaml.safe_load((reports / "ingestion_report.json").read_text())
@@ -303,9 +304,12 @@ def test_movielens_env_prepares_real_ml_100k_end_to_end(make_project_copy, kedro
         943,
         1682,
     )
-    assert split["val_candidates"] == 943  # every ML-100K user has at least 20 ratings
+    # Every ML-100K user has at least 20 ratings: each holds out a test and a validation one.
+    assert split["val_candidates"] == split["test_candidates"] == 943
     assert split["val_interactions"] + split["val_dropped_cold_items"] == 943
-    assert split["train_interactions"] == 100_000 - 943
+    held_out = split["test_interactions"] + split["test_cold_interactions"]
+    assert held_out + split["test_dropped_cold_users"] == 943
+    assert split["train_interactions"] == 100_000 - 2 * 943
 
 
 def test_a_rating_threshold_without_a_rating_column_is_an_error():
