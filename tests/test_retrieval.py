@@ -9,10 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
+# Shared builders (pytest puts tests/ on the import path).
+from test_model import ID_ONLY
+from test_training import make_spec
 from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
 from twotower_pipeline.retrieval import recommend_from_histories
 from twotower_pipeline.sampling import build_training_examples
-from twotower_pipeline.training import TrainingSpec, fit
+from twotower_pipeline.training import fit
 
 N_USERS, N_ITEMS, NEG = 40, 10, 3
 
@@ -30,22 +33,9 @@ def two_taste_groups() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def history_config(**overrides) -> TwoTowerConfig:
-    values = dict(
-        n_users=N_USERS,
-        n_items=N_ITEMS,
-        embedding_dim=8,
-        hidden_dims=[],
-        init_std=0.1,
-        logit_scale=1.0,
-        max_logit_scale=100.0,
-        user_id=False,
-        history_length=3,
-        history_pooling="mean",
-        item_id_dropout=0.0,
-        item_feature_vocab=1,
-        item_feature_width=0,
-        user_feature_vocab=1,
-        user_feature_width=0,
+    # test_model's id-only towers, sized for this log, with a 3-item mean-pooled history.
+    values = ID_ONLY | dict(
+        n_users=N_USERS, n_items=N_ITEMS, embedding_dim=8, user_id=False, history_length=3
     )
     return TwoTowerConfig(**(values | overrides))
 
@@ -55,26 +45,15 @@ def trained(tmp_path_factory) -> TwoTowerModel:
     train, val = two_taste_groups()
     torch.manual_seed(0)
     model = TwoTowerModel(history_config())
-    spec = TrainingSpec(
+    spec = make_spec(
+        tmp_path_factory.mktemp("run"),
         seed=3,
         num_epochs=30,
-        neg_ratio=NEG,
         batch_size=16,
-        learning_rate=0.05,
         weight_decay=0.0,
-        scale_lr_ratio=1.0,
         lr_schedule="constant",
-        warmup_epochs=0.0,
-        eval_max_users=None,
-        resample_each_epoch=True,
-        eval_k=3,
         eval_chunk_size=64,
         chunk_positives=64,
-        optimizer="rowwise",
-        device="cpu",
-        checkpoint_dir=str(tmp_path_factory.mktemp("checkpoints")),
-        resume=False,
-        progress_bar=False,
     )
     examples = build_training_examples(train, N_ITEMS, NEG, np.random.default_rng([3, 0]))
     fit(model, train, val, examples, spec)
