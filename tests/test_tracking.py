@@ -43,11 +43,13 @@ def test_history_metrics_are_stepped_by_epoch():
 @pytest.fixture
 def tracking_store(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     yield uri, experiment
     if mlflow.active_run():
         mlflow.end_run()
+    mlflow.set_tracking_uri(previous)  # later sessions track where their own settings say
 
 
 def test_hooks_log_history_metrics_health_and_the_model_state(tracking_store):

@@ -74,12 +74,18 @@ class MlflowTrackingHooks:
     def after_context_created(self) -> None:
         _end_leftover_run()
 
-    @hook_impl(trylast=True)
-    def before_pipeline_run(self) -> None:
+    @hook_impl(hookwrapper=True)
+    def before_pipeline_run(self):
+        """Remember the run kedro-mlflow opens; end it when a check stops the run first."""
         self._run_id, self._model = None, {}
-        run_id = _active_run_id()  # kedro-mlflow's hook has run: this session's run
-        if run_id is not None:
-            _SESSION_RUNS.add(run_id)
+        before = _active_run_id()
+        outcome = yield
+        opened = _active_run_id()
+        if opened is None or opened == before:
+            return
+        _SESSION_RUNS.add(opened)
+        if outcome.excinfo is not None:  # Kedro calls no error hook for this: close it here
+            _end_leftover_run()
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
