@@ -34,8 +34,21 @@ ML_100K = Path(
 )
 
 
+# conf/base's ingestion settings, without the time window (these logs use small times;
+# the window has tests of its own).
+BASE_INGESTION = {
+    "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp"},
+    "encoding": "utf-8",
+    "id_type": "auto",
+    "timestamp_unit": "auto",
+    "timestamp_window": None,
+    "rating_threshold": None,
+    "rating_range": None,
+}
+
+
 def spec(source: str = "log.csv", **params) -> IngestionSpec:
-    return IngestionSpec.from_params({"source": source, **params})
+    return IngestionSpec.from_params({**BASE_INGESTION, "source": source, **params})
 
 
 def env_conf(env: str, name: str) -> dict:
@@ -262,8 +275,10 @@ def test_a_threshold_that_drops_every_row_is_an_error():
 def test_unknown_parameters_and_roles_are_rejected():
     with pytest.raises(ValueError, match="unknown ingestion parameter"):
         IngestionSpec.from_params({"source": "x", "colums": {}})
+    with pytest.raises(ValueError, match=r"missing ingestion parameter\(s\): \['encoding'"):
+        IngestionSpec.from_params({"source": "x", "columns": {}})  # no code defaults
     with pytest.raises(ValueError, match="unknown role"):
-        IngestionSpec.from_params({"source": "x", "columns": {"customer": "c"}})
+        spec("x", columns={"customer": "c"})
 
 
 # --- encoding -----------------------------------------------------------------------

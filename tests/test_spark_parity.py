@@ -59,7 +59,15 @@ def spark():
 
 def _spec(source: str, **params) -> IngestionSpec:
     columns = params.pop("columns", {"user": "u", "item": "i", "timestamp": "t"})
-    return IngestionSpec.from_params({"source": source, "columns": columns, **params})
+    base = {
+        "encoding": "utf-8",
+        "id_type": "auto",
+        "timestamp_unit": "auto",
+        "timestamp_window": None,  # small synthetic times; the window is tested on pandas
+        "rating_threshold": None,
+        "rating_range": None,
+    }
+    return IngestionSpec.from_params({**base, "source": source, "columns": columns, **params})
 
 
 def _split_spec(**params) -> SplitSpec:

@@ -9,7 +9,7 @@ vectorised (pandas hashing, numpy sorts): no Python loop runs per row, so a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -43,47 +43,51 @@ class InvalidInteractionsError(PipelineInputError, ValueError):
 class IngestionSpec:
     """How to read the raw log: which column is which, and how to turn it into positives."""
 
+    # No defaults: the values come from conf/base (parameters_ingestion.yml).
     source: str
-    columns: dict[str, str | None] = field(default_factory=dict)
-    timestamp_unit: str = "auto"  # auto | s | ms | iso
-    rating_threshold: float | None = None
-    rating_range: tuple[float, float] | None = None
-    encoding: str = "utf-8"  # of a text file; the catalog's reader is given it (hooks.py)
-    id_type: str = "auto"  # auto | int | text
+    columns: dict[str, str | None]
+    timestamp_unit: str  # auto | s | ms | iso
+    rating_threshold: float | None
+    rating_range: tuple[float, float] | None
+    encoding: str  # of a text file; the catalog's reader is given it (hooks.py)
+    id_type: str  # auto | int | text
     # Plausible time span, epoch seconds; None: unchecked. From parameters:
     # timestamp_window.earliest (a date) and .latest (a date, or null: the run's clock + 1 day).
-    earliest: int | None = None
-    latest: int | None = None
-    first_line: int | None = None  # file line of the first data row (CSV); None: rows
+    earliest: int | None
+    latest: int | None
+    first_line: int | None = None  # file line of the first data row (CSV), known at load time
 
     @classmethod
     def from_params(cls, params: dict) -> IngestionSpec:
         unknown = set(params) - set(_PARAMETERS)
         if unknown:
             raise ValueError(f"unknown ingestion parameter(s): {sorted(unknown)}")
-        columns = dict(params.get("columns") or {})
+        missing = [key for key in _PARAMETERS if key not in params]
+        if missing:
+            raise ValueError(f"missing ingestion parameter(s): {missing} (see conf/base)")
+        columns = dict(params["columns"] or {})
         bad_roles = set(columns) - set(ROLES)
         if bad_roles:
             raise ValueError(
                 f"ingestion.columns has unknown role(s) {sorted(bad_roles)}; roles are {ROLES}"
             )
-        unit = params.get("timestamp_unit", "auto")
+        unit = params["timestamp_unit"]
         if unit not in TIMESTAMP_UNITS:
             raise ValueError(
                 f"ingestion.timestamp_unit must be one of {TIMESTAMP_UNITS}, not {unit!r}"
             )
-        id_type = params.get("id_type", "auto")
+        id_type = params["id_type"]
         if id_type not in ID_TYPES:
             raise ValueError(f"ingestion.id_type must be one of {ID_TYPES}, not {id_type!r}")
-        rating_range = params.get("rating_range")
-        earliest, latest = _window(params.get("timestamp_window"))
+        rating_range = params["rating_range"]
+        earliest, latest = _window(params["timestamp_window"])
         return cls(
             source=params["source"],
             columns=columns,
             timestamp_unit=unit,
-            rating_threshold=params.get("rating_threshold"),
+            rating_threshold=params["rating_threshold"],
             rating_range=tuple(rating_range) if rating_range else None,
-            encoding=params.get("encoding", "utf-8"),
+            encoding=params["encoding"],
             id_type=id_type,
             earliest=earliest,
             latest=latest,
