@@ -74,9 +74,20 @@ def run_pipeline(
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(project)
+    _end_active_tracking_runs()
     with _working_directory(project):
         with KedroSession.create(project_path=project, env=env, runtime_params=params) as session:
             return session.run(pipeline_names=[pipeline] if pipeline else None)
+
+
+def _end_active_tracking_runs() -> None:
+    """End any MLflow run an earlier test left active, so each session tracks into its own."""
+    try:
+        import mlflow
+    except ImportError:
+        return
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """Project settings: config loading and hooks."""
 
+from pathlib import Path
+
 from twotower_pipeline.environments import EnvironmentConfigLoader
 from twotower_pipeline.hooks import (
     OutputRollbackHooks,
@@ -39,4 +41,8 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft", "catalog": "soft", "globals": "soft"},
     # conf/<env>/spark.yml configures the SparkSession of a Spark environment (spark_hooks.py).
     "config_patterns": {"spark": ["spark*", "spark*/**"]},
+    # ${cwd:} is the folder the session starts in (the project root for `kedro run`). The
+    # tracking store is named by it: MLflow caches a store per URI string, so a relative
+    # sqlite URI would send a second project's runs in the same process to the first one's.
+    "custom_resolvers": {"cwd": lambda: Path.cwd().as_posix()},
 }
