@@ -10,6 +10,7 @@ import torch
 
 from twotower_pipeline.distributed import DistributedSettings, fit_distributed
 from twotower_pipeline.features import padded_tokens
+from twotower_pipeline.history import HistoryTable
 from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
 from twotower_pipeline.sampling import item_distribution
 from twotower_pipeline.training import TrainingSpec, fit
@@ -149,8 +150,6 @@ def _whole_histories(model: TwoTowerModel, train: pd.DataFrame, val: pd.DataFram
     """Return (histories, ends) over everything known after training: train + validation."""
     if model.config.history_length == 0:
         return None, None
-    from twotower_pipeline.history import HistoryTable
-
     known = pd.concat([train, val], ignore_index=True)
     histories = HistoryTable.from_interactions(known, model.config.n_users)
     return histories, histories.ends_before(np.arange(model.config.n_users), None)
