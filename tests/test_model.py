@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
+from twotower_pipeline.model import ScaledCosine, TwoTowerConfig, TwoTowerModel
 
 N_USERS, N_ITEMS, DIM = 5, 7, 4
 
@@ -95,6 +95,31 @@ def test_logit_is_scale_times_cosine_and_not_squashed_by_a_sigmoid():
         logits = model(torch.tensor([1, 1]), torch.tensor([2, 5]))
         # Same direction: cosine 1, logit 50; opposite: -50. A sigmoid would give (0, 1).
         assert torch.allclose(logits, torch.tensor([50.0, -50.0]), atol=1e-4)
+
+
+def test_the_written_out_cosine_gradient_is_the_gradient_of_normalise_then_dot():
+    generator = torch.Generator().manual_seed(0)
+    user = torch.randn(3, 4, dtype=torch.float64, generator=generator) * 2.0
+    item = torch.randn(3, 5, 4, dtype=torch.float64, generator=generator)
+    log_scale = torch.tensor(0.7, dtype=torch.float64)
+    torch.autograd.gradcheck(
+        ScaledCosine.apply,
+        (user.requires_grad_(), item.requires_grad_(), log_scale.requires_grad_()),
+    )
+    # Against autograd through F.normalize, with a loss that weighs every logit differently.
+    weights = torch.randn(3, 5, dtype=torch.float64, generator=generator)
+    grads = []
+    for logits in (
+        lambda u, v, s: ScaledCosine.apply(u, v, s),
+        lambda u, v, s: (
+            s.exp() * (F.normalize(v, dim=-1) * F.normalize(u, dim=-1)[:, None]).sum(-1)
+        ),
+    ):
+        u, v, s = (t.detach().clone().requires_grad_() for t in (user, item, log_scale))
+        (logits(u, v, s) * weights).sum().backward()
+        grads.append((u.grad, v.grad, s.grad))
+    for ours, reference in zip(*grads, strict=True):
+        assert torch.allclose(ours, reference, atol=1e-12)
 
 
 def test_grouped_items_score_like_one_pair_at_a_time():

@@ -121,6 +121,42 @@ def _mlp(config: TwoTowerConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class ScaledCosine(torch.autograd.Function):
+    """exp(log_scale) x cos(user_b, item_bk) for a (B, d) user block and a (B, k, d) item block.
+
+    The same values and gradients as normalising both sides and taking dot
+    products, in five passes over the item block instead of autograd's twenty
+    or so: the backward pass is written out. With u = |u| û, v = |v| v̂,
+    c = û·v̂ and h = dL/dc:
+        dL/du = (sum_k h_k v̂_k - (sum_k h_k c_k) û) / |u|
+        dL/dv_k = h_k (û - c_k v̂_k) / |v_k|
+    Norms are clamped at 1e-12, as F.normalize does.
+    """
+
+    @staticmethod
+    def forward(ctx, user: torch.Tensor, item: torch.Tensor, log_scale: torch.Tensor):
+        user_norm = torch.linalg.vector_norm(user, dim=-1).clamp_(min=1e-12)
+        item_norm = torch.linalg.vector_norm(item, dim=-1).clamp_(min=1e-12)
+        cosine = (item * user.unsqueeze(1)).sum(-1).div_(item_norm * user_norm.unsqueeze(-1))
+        scale = log_scale.exp()
+        ctx.save_for_backward(user, item, user_norm, item_norm, cosine, scale)
+        return cosine * scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        user, item, user_norm, item_norm, cosine, scale = ctx.saved_tensors
+        h = grad * scale  # dL/dcosine
+        per_item = h / item_norm  # (B, k)
+        user_unit = user / user_norm.unsqueeze(-1)
+        grad_user = (per_item.unsqueeze(-1) * item).sum(1)
+        grad_user.addcmul_((h * cosine).sum(-1, keepdim=True), user_unit, value=-1.0)
+        grad_user.div_(user_norm.unsqueeze(-1))
+        grad_item = per_item.unsqueeze(-1) * user_unit.unsqueeze(1)
+        grad_item.addcmul_((per_item * cosine / item_norm).unsqueeze(-1), item, value=-1.0)
+        grad_scale = (grad * cosine).sum() * scale  # d logit / d log_scale = logit
+        return grad_user, grad_item, grad_scale
+
+
 def _table(rows: int, config: TwoTowerConfig, padded: bool = False) -> nn.Parameter:
     weight = torch.randn(rows, config.embedding_dim) * config.init_std
     if padded:
@@ -226,6 +262,10 @@ class TwoTowerModel(nn.Module):
         self, items: torch.Tensor, rows: Rows = full_rows, drop_ids: bool = False
     ) -> torch.Tensor:
         """Return normalised item vectors, shape items.shape + (d,)."""
+        return F.normalize(self._item_tower(items, rows, drop_ids), dim=-1)
+
+    def _item_tower(self, items: torch.Tensor, rows: Rows, drop_ids: bool) -> torch.Tensor:
+        """Return the item tower's vectors before normalisation."""
         vector = rows(self.item_id, items)
         if drop_ids:
             # Training: ids are left out at random when there are features to stand on;
@@ -238,7 +278,7 @@ class TwoTowerModel(nn.Module):
             vector = vector * self.item_warm[items].unsqueeze(-1)
         if self.item_feature_table is not None:
             vector = vector + _token_mean(rows, self.item_feature_table, self.item_tokens[items])
-        return F.normalize(self.item_mlp(vector), dim=-1)
+        return self.item_mlp(vector)
 
     def user_vectors(
         self,
@@ -251,6 +291,16 @@ class TwoTowerModel(nn.Module):
 
         An anonymous user (one the model was not trained with) is its history alone.
         """
+        return F.normalize(self._user_tower(users, history, rows, anonymous), dim=-1)
+
+    def _user_tower(
+        self,
+        users: torch.Tensor,
+        history: tuple[torch.Tensor, torch.Tensor] | None,
+        rows: Rows,
+        anonymous: bool,
+    ) -> torch.Tensor:
+        """Return the user tower's vectors before normalisation."""
         vector = torch.zeros((), device=users.device)
         if anonymous:
             if history is None or self.history_table is None:
@@ -273,7 +323,7 @@ class TwoTowerModel(nn.Module):
         if self.user_feature_table is not None and not anonymous:
             vector = vector + _token_mean(rows, self.user_feature_table, self.user_tokens[users])
         vector = vector.expand(users.numel(), self.config.embedding_dim)
-        return F.normalize(self.user_mlp(vector), dim=-1)
+        return self.user_mlp(vector)
 
     def forward(
         self,
@@ -289,13 +339,11 @@ class TwoTowerModel(nn.Module):
         each user vector is computed once and the result has shape (B, k).
         history is (items, mask), each (B, history_length), or None.
         """
-        user = self.user_vectors(users, history, rows)
-        item = self.item_vectors(items, rows, drop_ids=self.training)
+        user = self._user_tower(users, history, rows, anonymous=False)
+        item = self._item_tower(items, rows, drop_ids=self.training)
         if items.dim() == users.dim() + 1:
-            cosine = torch.bmm(item, user.unsqueeze(-1)).squeeze(-1)
-        else:
-            cosine = (user * item).sum(-1)
-        return self.log_scale.exp() * cosine
+            return ScaledCosine.apply(user, item, self.log_scale)
+        return ScaledCosine.apply(user, item.unsqueeze(1), self.log_scale).squeeze(1)
 
     # --- scoring ------------------------------------------------------------------------------
     @classmethod
