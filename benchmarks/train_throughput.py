@@ -39,7 +39,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from twotower_pipeline.history import HistoryTable
 from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
-from twotower_pipeline.training import Optimizers, Positives, TrainingSpec, train_epoch
+from twotower_pipeline.training import (
+    Optimizers,
+    Positives,
+    TrainingSpec,
+    keep_freed_memory,
+    train_epoch,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NEG_RATIO, BATCH_POSITIVES = 5, 2048
@@ -123,6 +129,8 @@ def project_rate(
     history, optimizer = METHODS[method]
     spec = make_spec(optimizer, device)
     target = torch.device(device)
+    if target.type == "cpu":
+        keep_freed_memory()  # as training.fit does on the CPU
     model = make_model(n_users, n_items, dim, history).to(target)
     optimizers = Optimizers(model, spec)
     positives, negatives = random_positives(n_users, n_items, n_positives, history, target)

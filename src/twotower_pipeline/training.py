@@ -20,6 +20,7 @@ every epoch and marks that one `chosen`.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -221,8 +222,10 @@ class SparseRows:
     values, is taken whole (all rows touched).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, scratch: dict[int, torch.Tensor] | None = None) -> None:
         self.touched: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
+        # Per table, one int64 per row, reused step after step to find distinct ids.
+        self.scratch = {} if scratch is None else scratch
 
     def __call__(self, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if ids.numel() >= table.shape[0] or table.numel() <= WHOLE_TABLE_VALUES:
@@ -231,10 +234,30 @@ class SparseRows:
             leaf = table.detach().requires_grad_()
             self.touched.append((table, None, leaf))
             return F.embedding(ids, leaf)
-        distinct, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+        scratch = self.scratch.get(id(table))
+        if scratch is None:
+            scratch = self.scratch[id(table)] = table.new_zeros(table.shape[0], dtype=torch.int64)
+        distinct, inverse = distinct_ids(ids.reshape(-1), scratch)
         leaf = table.detach().index_select(0, distinct).requires_grad_()
         self.touched.append((table, distinct, leaf))
-        return F.embedding(inverse.view(ids.shape), leaf)
+        # index_select's backward is a scattered add into the small leaf: cheaper than
+        # F.embedding's, which sorts the lookups (measured).
+        return leaf.index_select(0, inverse).view(*ids.shape, table.shape[1])
+
+
+def distinct_ids(ids: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (distinct ids, inverse) with distinct[inverse] == ids, in O(len(ids)).
+
+    scratch has one slot per possible id; each id's slot receives the last position
+    it occurs at (a max, so the result does not depend on thread order), which
+    names one representative per id. No sort, unlike torch.unique.
+    """
+    positions = torch.arange(ids.numel(), device=ids.device)
+    scratch.scatter_reduce_(0, ids, positions, reduce="amax", include_self=False)
+    representative = scratch[ids]
+    is_representative = representative == positions
+    compact = torch.cumsum(is_representative, 0) - 1
+    return ids[is_representative], compact[representative]
 
 
 class RowwiseAdamW:
@@ -341,6 +364,7 @@ class Optimizers:
         if self.rowwise:
             for table in model.sparse_tables():
                 table.requires_grad_(False)
+        self.scratch: dict[int, torch.Tensor] = {}  # SparseRows' per-table scratch
         self.base_lr = spec.learning_rate
         self.warmup_steps = 0  # set by fit from training.warmup_epochs
         self.steps_taken = 0
@@ -381,6 +405,31 @@ class Optimizers:
 def make_optimizer(model: TwoTowerModel, spec: TrainingSpec) -> Optimizers:
     """Return the optimizers: tables row-wise (or dense AdamW), the scale undecayed at its rate."""
     return Optimizers(model, spec)
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc reuse freed blocks of a few MB instead of mapping them afresh.
+
+    A training step allocates and frees the same temporaries (a few MB each) every
+    step. By default glibc maps blocks that large freshly and unmaps them on free,
+    so each step pays page faults on memory it just gave back; raising the mmap
+    threshold to 32 MB and the trim threshold to 256 MB keeps them in the heap
+    (measured: the default shape's step 35% faster on one thread, see README).
+    Returns whether it applied: only on Linux with glibc; elsewhere nothing changes.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(
+            libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+        )
+    except (OSError, AttributeError):
+        return False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -561,7 +610,7 @@ def train_epoch(
             if labels is None or labels.shape != items.shape:
                 labels = torch.zeros(items.shape, device=device)
                 labels[:, 0] = 1.0
-            sparse = SparseRows() if optimizers.rowwise else None
+            sparse = SparseRows(optimizers.scratch) if optimizers.rowwise else None
             logits = model(
                 positives.users[batch],
                 items,
@@ -637,6 +686,8 @@ def fit(
     """
     writes = shard is None or shard.writes
     device = resolve_device(spec.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     model.to(device)
     n_items = model.config.n_items
     optimizers = make_optimizer(model, spec)
