@@ -228,21 +228,31 @@ class SparseRows:
         self.scratch = {} if scratch is None else scratch
 
     def __call__(self, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        leaf, index = self.local(table, ids)
+        # index_select's backward is a scattered add into the small leaf: cheaper than
+        # F.embedding's, which sorts the lookups (measured).
+        return leaf.index_select(0, index.reshape(-1)).view(*ids.shape, table.shape[1])
+
+    def local(self, table: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (leaf, index): leaf[index] are the rows table[ids], leaf records the gradient.
+
+        Each table is read once per step (a second call on the same table is an error).
+        """
+        if any(touched is table for touched, _, _ in self.touched):
+            raise ValueError("SparseRows reads each table once per step")
         if ids.numel() >= table.shape[0] or table.numel() <= WHOLE_TABLE_VALUES:
             # A small table, or more lookups than rows: every row counts as touched and the
             # table itself is the leaf; updating it whole costs less than finding the rows.
             leaf = table.detach().requires_grad_()
             self.touched.append((table, None, leaf))
-            return F.embedding(ids, leaf)
+            return leaf, ids
         scratch = self.scratch.get(id(table))
         if scratch is None:
             scratch = self.scratch[id(table)] = table.new_zeros(table.shape[0], dtype=torch.int64)
         distinct, inverse = distinct_ids(ids.reshape(-1), scratch)
         leaf = table.detach().index_select(0, distinct).requires_grad_()
         self.touched.append((table, distinct, leaf))
-        # index_select's backward is a scattered add into the small leaf: cheaper than
-        # F.embedding's, which sorts the lookups (measured).
-        return leaf.index_select(0, inverse).view(*ids.shape, table.shape[1])
+        return leaf, inverse.view(ids.shape)
 
 
 def distinct_ids(ids: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
