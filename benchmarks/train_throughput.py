@@ -92,6 +92,7 @@ def make_model(n_users: int, n_items: int, dim: int, history: int) -> TwoTowerMo
         logit_scale=1.0,
         max_logit_scale=100.0,
         user_id=history == 0,
+        user_id_dropout=0.0,
         history_length=history,
         history_pooling="recency" if history else "mean",
         item_id_dropout=0.0,

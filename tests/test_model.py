@@ -23,6 +23,7 @@ ID_ONLY = dict(
     logit_scale=1.0,
     max_logit_scale=100.0,
     user_id=True,
+    user_id_dropout=0.0,
     history_length=0,
     history_pooling="mean",
     item_id_dropout=0.0,
@@ -170,6 +171,7 @@ def test_config_round_trips_through_a_dict_and_rejects_other_keys():
         ({"n_items": 0}, "must be positive"),
         ({"history_pooling": "max"}, "history_pooling"),
         ({"item_id_dropout": 1.0}, "item_id_dropout"),
+        ({"user_id_dropout": -0.1}, "user_id_dropout"),
         ({"user_id": False, "history_length": 0}, "the user tower has nothing to read"),
     ],
 )
@@ -249,6 +251,33 @@ def test_item_ids_are_dropped_in_training_mode_only():
 
 def test_without_item_features_no_id_is_dropped_in_training():
     model = make_model(item_id_dropout=0.5).train()
+    users, items = torch.zeros(50, dtype=torch.int64), torch.full((50,), 4)
+    logits = model(users, items).detach()
+    assert torch.equal(logits, logits[:1].expand(50))
+
+
+def test_user_ids_are_dropped_in_training_when_features_carry_the_user():
+    # User features, no history: a dropped id leaves the user's feature vector.
+    model = make_model(**(WITH_EVERYTHING | {"history_length": 0, "user_id_dropout": 0.5}))
+    users, items = torch.full((200,), 1), torch.full((200,), 4)
+    model.eval()
+    with_id = model(users, items)
+    assert torch.equal(with_id, with_id[:1].expand(200))  # eval: always the id
+    model.user_warm[1] = False  # the same user without its id row
+    features_only = model(users, items)[0]
+    model.user_warm[1] = True
+
+    model.train()
+    torch.manual_seed(1)
+    logits = model(users, items).detach()
+    dropped = torch.isclose(logits, features_only, atol=1e-6)
+    kept = torch.isclose(logits, with_id[0], atol=1e-6)
+    assert (dropped | kept).all()
+    assert 60 < int(dropped.sum()) < 140  # about half of 200 at dropout 0.5
+
+
+def test_a_user_tower_of_the_id_alone_never_drops_it():
+    model = make_model(user_id_dropout=0.5).train()  # id-only towers
     users, items = torch.zeros(50, dtype=torch.int64), torch.full((50,), 4)
     logits = model(users, items).detach()
     assert torch.equal(logits, logits[:1].expand(50))

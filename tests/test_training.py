@@ -37,6 +37,7 @@ N_USERS, N_ITEMS, NEG = 12, 10, 3
 # so item ids are also dropped at random in training.
 HISTORY_TOWER = dict(
     user_id=False,
+    user_id_dropout=0.0,
     history_length=3,
     history_pooling="recency",
     item_id_dropout=0.2,
@@ -45,6 +46,7 @@ HISTORY_TOWER = dict(
 )
 ID_ONLY = dict(
     user_id=True,
+    user_id_dropout=0.0,
     history_length=0,
     history_pooling="mean",
     item_id_dropout=0.0,

@@ -16,7 +16,8 @@ then L2-normalised):
 
 With history_length 0 and a user id, the model is matrix factorisation (the
 id-only towers). Item ids are dropped at random in training (item_id_dropout)
-so the item tower also learns to stand on its features; items with no
+so the item tower also learns to stand on its features, and so are user ids
+(user_id_dropout) when the user tower has a history or features to stand on; items with no
 training interaction (cold) are always scored through their features only,
 and users with no training interaction through their history and features.
 
@@ -60,6 +61,7 @@ class TwoTowerConfig:
     logit_scale: float
     max_logit_scale: float
     user_id: bool  # a user-id embedding in the user tower
+    user_id_dropout: float  # probability that a user's id is left out in a training step
     history_length: int  # items pooled into the user vector; 0: no history
     history_pooling: str  # mean | recency (a learned weight per position)
     item_id_dropout: float  # probability that an item's id is left out in a training step
@@ -88,8 +90,9 @@ class TwoTowerConfig:
             raise ValueError(
                 f"model.history_pooling must be mean or recency, not {self.history_pooling!r}"
             )
-        if not 0.0 <= self.item_id_dropout < 1.0:
-            raise ValueError(f"model.item_id_dropout must be in [0, 1), not {self.item_id_dropout}")
+        for name in ("item_id_dropout", "user_id_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), not {getattr(self, name)}")
         self.hidden_dims = [int(width) for width in self.hidden_dims]
 
     def to_dict(self) -> dict:
@@ -335,6 +338,11 @@ class TwoTowerModel(nn.Module):
             vector = rows(self.user_id_table, users)
             if not self.training:  # a user unseen in training has an untrained id row
                 vector = vector * self.user_warm[users].unsqueeze(-1)
+            elif self.config.user_id_dropout > 0 and self._user_has_more_than_an_id(history):
+                # Training: ids are left out at random, so the rest of the tower carries
+                # the user on its own and the id only refines it.
+                kept = torch.rand(users.shape, device=users.device) >= self.config.user_id_dropout
+                vector = vector * kept.unsqueeze(-1)
         if self.history_table is not None and history is not None:
             items, mask = history
             weights = mask.to(vector.dtype)
@@ -347,6 +355,11 @@ class TwoTowerModel(nn.Module):
             vector = vector + _token_mean(rows, self.user_feature_table, self.user_tokens[users])
         vector = vector.expand(users.numel(), self.config.embedding_dim)
         return self.user_mlp(vector)
+
+    def _user_has_more_than_an_id(self, history) -> bool:
+        return (self.history_table is not None and history is not None) or (
+            self.user_feature_table is not None
+        )
 
     def forward(
         self,

@@ -133,6 +133,7 @@ class Model(Block):
     init_std: PositiveFloat
     max_logit_scale: PositiveFloat
     user_id: bool
+    user_id_dropout: Annotated[float, Field(ge=0, lt=1)]
     history_length: NonNegativeInt
     history_pooling: Literal["mean", "recency"]
     item_id_dropout: Annotated[float, Field(ge=0, lt=1)]
