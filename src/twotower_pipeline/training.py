@@ -678,6 +678,61 @@ def training_positives(
     )
 
 
+class EpochNegatives:
+    """Each epoch's negatives, a chunk at a time: epoch 0's are the persisted examples'."""
+
+    def __init__(
+        self,
+        train: pd.DataFrame,
+        first_examples: pd.DataFrame,
+        n_items: int,
+        spec: TrainingSpec,
+        probabilities: np.ndarray | None,
+    ) -> None:
+        self.first = groups_from_examples(first_examples, spec.neg_ratio)
+        if self.first.users.numel() != len(train) or not torch.equal(
+            self.first.items[:, 0], torch.as_tensor(train["item"].to_numpy(np.int64).copy())
+        ):
+            raise ValueError(
+                "train_examples do not match train_interactions (other positives or another "
+                "order): re-run the negative_sampling pipeline"
+            )
+        self.users = train["user"].to_numpy(np.int64)
+        self.known = PositiveSet(train["user"].to_numpy(), train["item"].to_numpy(), n_items)
+        self.spec = spec
+        self.probabilities = probabilities
+
+    def of_epoch(self, epoch: int):
+        """Return negatives_of(chunk, rows) for train_epoch, seeded by (seed, epoch, chunk)."""
+        spec = self.spec
+        if epoch == 0 or not spec.resample_each_epoch:
+            return lambda chunk, rows: self.first.items[rows, 1:]
+
+        def negatives_of(chunk: int, rows: torch.Tensor) -> torch.Tensor:
+            rng = np.random.default_rng([spec.seed, epoch, chunk])
+            drawn = sample_negatives(
+                self.users[rows.numpy()], self.known, spec.neg_ratio, rng, self.probabilities
+            )
+            return torch.from_numpy(drawn)
+
+        return negatives_of
+
+
+def _diverged(
+    error: TrainingDivergedError, epoch: int, finished: int, spec: TrainingSpec
+) -> TrainingDivergedError:
+    """Return the error naming the epoch and what became of the checkpoint."""
+    kept = (
+        f"the last good checkpoint (epoch {finished}) is kept at {checkpoint_path(spec)}"
+        if finished
+        else "no epoch of this run finished, so it wrote no checkpoint"
+    )
+    return TrainingDivergedError(
+        f"training diverged in epoch {epoch + 1}: {error}; {kept}. "
+        "Lower training.learning_rate or model.max_logit_scale."
+    )
+
+
 def fit(
     model: TwoTowerModel,
     train: pd.DataFrame,
@@ -709,33 +764,14 @@ def fit(
         # A fresh run: an earlier checkpoint stays until this run writes a newer one.
         history = []
     sample = validation_sample(train, val, n_items, spec.neg_ratio, spec.seed)
-    known = PositiveSet(train["user"].to_numpy(), train["item"].to_numpy(), n_items)
-    first_groups = groups_from_examples(first_examples, spec.neg_ratio)
-    if first_groups.users.numel() != len(train) or not torch.equal(
-        first_groups.items[:, 0], torch.as_tensor(train["item"].to_numpy(np.int64).copy())
-    ):
-        raise ValueError(
-            "train_examples do not match train_interactions (other positives or another order): "
-            "re-run the negative_sampling pipeline"
-        )
+    negatives = EpochNegatives(train, first_examples, n_items, spec, probabilities)
     positives = training_positives(train, model.config.n_users, model.config.history_length, device)
-    train_users = train["user"].to_numpy(np.int64)
     k = spec.eval_k
 
     for epoch in range(len(history), spec.num_epochs):
         started = time.perf_counter()
         lr = learning_rate_at(spec, epoch)
         optimizers.set_lr(lr)
-        fresh = epoch > 0 and spec.resample_each_epoch
-
-        def negatives_of(chunk: int, rows: torch.Tensor, epoch: int = epoch, fresh: bool = fresh):
-            if not fresh:
-                return first_groups.items[rows, 1:]
-            rng = np.random.default_rng([spec.seed, epoch, chunk])
-            picked = rows.numpy()
-            drawn = sample_negatives(train_users[picked], known, spec.neg_ratio, rng, probabilities)
-            return torch.from_numpy(drawn)
-
         # Item-id dropout draws from torch's global generator: seed it by (seed, epoch) too,
         # so a resumed run draws what an uninterrupted one would, whatever ran before it.
         torch.manual_seed(int(np.random.SeedSequence([spec.seed, epoch]).generate_state(1)[0]))
@@ -745,7 +781,7 @@ def fit(
                 model,
                 optimizers,
                 positives,
-                negatives_of,
+                negatives.of_epoch(epoch),
                 spec.batch_size,
                 spec.chunk_positives,
                 torch.Generator().manual_seed(spec.seed * 100_003 + epoch),
@@ -754,16 +790,7 @@ def fit(
                 shard,
             )
         except TrainingDivergedError as error:
-            where = checkpoint_path(spec)
-            kept = (
-                f"the last good checkpoint (epoch {len(history)}) is kept at {where}"
-                if history
-                else "no epoch of this run finished, so it wrote no checkpoint"
-            )
-            raise TrainingDivergedError(
-                f"training diverged in epoch {epoch + 1}: {error}; {kept}. "
-                "Lower training.learning_rate or model.max_logit_scale."
-            ) from error
+            raise _diverged(error, epoch, len(history), spec) from error
         step_seconds = time.perf_counter() - step_started
 
         row = None
