@@ -46,6 +46,21 @@ def test_another_environment_writes_under_its_own_folder_and_reads_raw_files_whe
     assert parameters["ingestion"]["source"].startswith("data/01_raw/")
 
 
+def test_the_mlflow_store_is_under_the_project_root_whatever_folder_the_session_starts_in(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # e.g. a notebook's folder
+    mlflow = EnvironmentConfigLoader(
+        conf_source=str(ROOT / "conf"),
+        base_env="base",
+        default_run_env="local",
+        config_patterns={"mlflow": ["mlflow*", "mlflow*/**"]},
+    )["mlflow"]
+    assert (
+        mlflow["server"]["mlflow_tracking_uri"] == f"sqlite:///{ROOT.as_posix()}/mlruns/mlflow.db"
+    )
+
+
 def test_paths_outside_data_and_already_moved_paths_are_left_alone():
     assert relocate_path("/abs/data/x.parquet", "smoke") == "/abs/data/x.parquet"
     assert relocate_path("data/smoke/03_primary/x", "smoke") == "data/smoke/03_primary/x"

@@ -12,9 +12,11 @@ are the user's files and stay where the docs say. The default environment
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from kedro.config import OmegaConfigLoader
+from omegaconf import OmegaConf
 
 DEFAULT_ENVIRONMENTS = frozenset({"", "local", "base"})
 DATA = "data/"
@@ -54,9 +56,17 @@ def relocate(config: Any, env: str | None, catalog: bool) -> Any:
 
 
 class EnvironmentConfigLoader(OmegaConfigLoader):
-    """OmegaConfigLoader whose non-default environments write under data/<env>/."""
+    """OmegaConfigLoader whose non-default environments write under data/<env>/.
+
+    `${project_root:}` in any config file is the absolute path of the project whose
+    conf/ this loader reads (the MLflow store is named by it: conf/base/mlflow.yml),
+    whatever folder the session was started from (a notebook's, a benchmark's).
+    """
 
     def __getitem__(self, key: str) -> dict[str, Any]:
+        # OmegaConf's resolvers are global: bind this loader's root just before resolving.
+        root = Path(self.conf_source).resolve().parent.as_posix()
+        OmegaConf.register_new_resolver("project_root", lambda: root, replace=True)
         config = super().__getitem__(key)
         if key in ("catalog", "parameters"):
             env = self.env or self.default_run_env

@@ -1,7 +1,5 @@
 """Project settings: config loading and hooks."""
 
-from pathlib import Path
-
 from twotower_pipeline.environments import EnvironmentConfigLoader
 from twotower_pipeline.hooks import (
     OutputRollbackHooks,
@@ -41,8 +39,8 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft", "catalog": "soft", "globals": "soft"},
     # conf/<env>/spark.yml configures the SparkSession of a Spark environment (spark_hooks.py).
     "config_patterns": {"spark": ["spark*", "spark*/**"]},
-    # ${cwd:} is the folder the session starts in (the project root for `kedro run`). The
-    # tracking store is named by it: MLflow caches a store per URI string, so a relative
-    # sqlite URI would send a second project's runs in the same process to the first one's.
-    "custom_resolvers": {"cwd": lambda: Path.cwd().as_posix()},
+    # ${project_root:} (environments.py) names the MLflow store by the project's absolute
+    # path: MLflow caches a store per URI string, so a relative sqlite URI would send a
+    # second project's runs in the same process to the first one's, and a session started
+    # from notebooks/ would open a store there.
 }
