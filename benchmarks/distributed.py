@@ -86,7 +86,7 @@ def measure(data: dict, nproc: int, epochs: int, checkpoints: Path, threads: int
     training["distributed"] = training["distributed"] | {"nproc_per_node": nproc}
     split = data["split"]
     started = time.perf_counter()
-    model, _, history, _, _ = train_two_tower(
+    model, _, history, _, _, _ = train_two_tower(
         data["examples"],
         split.train,
         split.val,

@@ -182,7 +182,7 @@ def run_setting(data: dict, params: dict, workdir: str) -> dict:
     )
     training = {**params["training"], "checkpoint_dir": workdir, "progress_bar": False}
     started = time.perf_counter()
-    model, _, history, _, _ = train_two_tower(
+    model, _, history, _, _, _ = train_two_tower(
         examples,
         train,
         val,

@@ -83,7 +83,7 @@ def training_params(tmp_path: Path, nproc: int, **overrides) -> dict:
 
 def train(data: dict, params: dict, num_epochs: int) -> tuple[TwoTowerModel, pd.DataFrame]:
     split = data["split"]
-    model, _, history, _, _ = train_two_tower(
+    model, _, history, _, _, _ = train_two_tower(
         data["examples"],
         split.train,
         split.val,

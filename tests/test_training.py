@@ -14,7 +14,8 @@ from torch.nn import functional as F
 from twotower_pipeline import training
 from twotower_pipeline.errors import PipelineInputError
 from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel, full_rows, weighted_rows
-from twotower_pipeline.pipelines.training.nodes import train_two_tower
+from twotower_pipeline.pipelines.training import nodes as training_nodes
+from twotower_pipeline.pipelines.training.nodes import model_candidates, train_two_tower
 from twotower_pipeline.sampling import PositiveSet, build_training_examples
 from twotower_pipeline.training import (
     RowwiseAdamW,
@@ -650,7 +651,7 @@ def test_training_node_returns_embeddings_keyed_by_original_ids(data, tmp_path):
         "eval_chunk_size",
         "eval_max_users",
     }
-    model, config, history, users, items = train_two_tower(
+    model, config, history, users, items, _ = train_two_tower(
         first_examples(train, seed=1),
         train,
         val,
@@ -687,3 +688,86 @@ def test_training_node_returns_embeddings_keyed_by_original_ids(data, tmp_path):
     # A user's vector reads everything known after training: train and validation.
     scores = model.catalogue_scorer(pd.concat([train, val]))(np.arange(N_USERS)).numpy()
     assert np.allclose(model.logit_scale * user_vectors @ item_vectors.T, scores, atol=1e-5)
+
+
+# --- model selection on validation ----------------------------------------------------------
+def test_candidates_are_the_configured_block_then_each_alternative_that_changes_something():
+    model = {"user_id": False, "history_length": 3}
+    selection = {
+        "enabled": True,
+        "alternatives": {"same": {"user_id": False}, "with_id": {"user_id": True}},
+    }
+    assert model_candidates(model, selection) == [
+        ("configured", model),
+        ("with_id", {"user_id": True, "history_length": 3}),
+    ]
+    assert model_candidates(model, {**selection, "enabled": False}) == [("configured", model)]
+
+
+@pytest.mark.parametrize(
+    ("recalls", "chosen"),
+    [({False: 0.2, True: 0.3}, "user_id"), ({False: 0.2, True: 0.2}, "configured")],
+    ids=["the_better_validation_wins", "a_tie_keeps_the_configured_block"],
+)
+def test_the_node_keeps_the_candidate_with_the_best_validation_recall(
+    data, tmp_path, monkeypatch, recalls, chosen
+):
+    train, val = data
+    folders = []
+
+    def trained(training, block, *args):  # a real model, a history with a known recall
+        folders.append(training["checkpoint_dir"])
+        model = training_nodes.build_model(
+            block,
+            N_USERS,
+            N_ITEMS,
+            1.0,
+            torch.zeros(N_ITEMS, 0, dtype=torch.int64),
+            torch.zeros(N_USERS, 0, dtype=torch.int64),
+            None,
+        )
+        recall = recalls[block["user_id"]]
+        history = pd.DataFrame(
+            {"epoch": [1, 2], "recall@3": [0.1, recall], "chosen": [False, True]}
+        )
+        return model, history
+
+    monkeypatch.setattr(training_nodes, "_train_candidate", trained)
+    block = {
+        "embedding_dim": 8,
+        "hidden_dims": [],
+        "init_std": 0.1,
+        "max_logit_scale": 100.0,
+        **{k: v for k, v in HISTORY_TOWER.items() if not k.startswith("item_feature")},
+    }
+    index = {
+        "user": pd.DataFrame({"user": np.arange(N_USERS), "user_id": np.arange(N_USERS)}),
+        "item": pd.DataFrame({"item": np.arange(N_ITEMS), "item_id": np.arange(N_ITEMS)}),
+    }
+    model, config, history, _, _, selection = train_two_tower(
+        first_examples(train),
+        train,
+        val,
+        index["user"],
+        index["item"],
+        1,
+        NEG,
+        1.0,
+        2,
+        block,
+        {"checkpoint_dir": str(tmp_path)},
+        {},
+        {"headline_k": 3},
+        model_selection={"enabled": True, "alternatives": {"user_id": {"user_id": True}}},
+    )
+    assert selection["chosen"] == chosen and config["user_id"] == (chosen == "user_id")
+    assert [
+        (c["name"], c["validation_recall@3"], c["chosen"]) for c in selection["candidates"]
+    ] == [
+        ("configured", 0.2, chosen == "configured"),
+        ("user_id", recalls[True], chosen == "user_id"),
+    ]
+    assert selection["candidates"][1]["model"] == {"user_id": True}
+    assert history["recall@3"].iloc[-1] == recalls[config["user_id"]]
+    # Each candidate checkpoints in its own folder.
+    assert folders == [f"{tmp_path}/configured", f"{tmp_path}/user_id"]

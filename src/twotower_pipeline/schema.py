@@ -139,6 +139,11 @@ class Model(Block):
     item_id_dropout: Annotated[float, Field(ge=0, lt=1)]
 
 
+class ModelSelection(Block):
+    enabled: bool
+    alternatives: dict[str, dict[str, Any]]
+
+
 class Distributed(Block):
     nproc_per_node: PositiveInt
     backend: Literal["auto", "gloo", "nccl"]
@@ -249,6 +254,7 @@ class Parameters(Block):
     split: Split
     negative_sampling: NegativeSampling
     model: Model
+    model_selection: ModelSelection
     training: Training
     evaluation: Evaluation
     index: Index
@@ -260,6 +266,21 @@ class Parameters(Block):
                 f"logit_scale={self.logit_scale} is above its clamp "
                 f"model.max_logit_scale={self.model.max_logit_scale}"
             )
+        for name, overrides in self.model_selection.alternatives.items():
+            unknown = sorted(set(overrides) - set(Model.model_fields))
+            if unknown:
+                raise ValueError(
+                    f"model_selection.alternatives.{name} sets {unknown}, which are not model keys"
+                )
+            try:
+                Model.model_validate({**self.model.model_dump(), **overrides})
+            except ValidationError as error:
+                first = error.errors(include_url=False)[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise ValueError(
+                    f"model_selection.alternatives.{name}.{where}={first.get('input')!r}: "
+                    f"{first['msg']}"
+                ) from None
         return self
 
 

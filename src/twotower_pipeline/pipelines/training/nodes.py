@@ -57,6 +57,22 @@ def build_model(
     return two_tower
 
 
+def model_candidates(model: dict, model_selection: dict) -> list[tuple[str, dict]]:
+    """Return [(name, model block)]: the configured block first, then each alternative's.
+
+    An alternative is a set of overrides of `model` keys; one that changes nothing
+    is left out. With model_selection.enabled false, the configured block alone.
+    """
+    candidates = [("configured", dict(model))]
+    if not model_selection["enabled"]:
+        return candidates
+    for name, overrides in model_selection["alternatives"].items():
+        values = {**model, **overrides}
+        if all(values != block for _, block in candidates):
+            candidates.append((name, values))
+    return candidates
+
+
 def train_two_tower(
     train_examples: pd.DataFrame,
     train_interactions: pd.DataFrame,
@@ -75,15 +91,102 @@ def train_two_tower(
     user_feature_tokens: pd.DataFrame | None = None,
     feature_encoders: dict | None = None,
     run_id: str | None = None,
-) -> tuple[dict, dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Return the trained model's state, its config, the per-epoch history and both embeddings.
+    model_selection: dict | None = None,
+) -> tuple[TwoTowerModel, dict, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """Return the chosen model, its config, its per-epoch history, both embeddings, the choice.
 
-    Recall/NDCG are tracked per epoch at evaluation.headline_k, the K the health
-    report and the ranking curve read; the model kept is the best epoch's. The
-    config names the run that made it (run_id: its run_manifest's version).
+    Each candidate model block (the configured one and model_selection's
+    alternatives) is trained with the same seed, keeping its best validation
+    epoch; the candidate whose kept epoch has the best validation Recall@K (K =
+    evaluation.headline_k; ties go to the earlier) is the model. Test is never
+    looked at. The config names the run that made it (run_id: its run_manifest's
+    version); the choice lists every candidate's figure.
     """
+    selection = model_selection or {"enabled": False, "alternatives": {}}
+    candidates = model_candidates(model, selection)
+    k = evaluation["headline_k"]
+    chosen, report = None, []
+    for name, block in candidates:
+        # Several candidates keep their checkpoints apart; one keeps the documented folder.
+        folder = training["checkpoint_dir"]
+        if len(candidates) > 1:
+            folder = f"{folder}/{name}"
+        two_tower, history = _train_candidate(
+            {**training, "checkpoint_dir": folder},
+            block,
+            train_examples,
+            train_interactions,
+            val_interactions,
+            len(user_index),
+            len(item_index),
+            seed,
+            neg_ratio,
+            logit_scale,
+            num_epochs,
+            negative_sampling,
+            evaluation,
+            item_feature_tokens,
+            user_feature_tokens,
+            feature_encoders,
+        )
+        kept = history.loc[history["chosen"]].iloc[0]
+        report.append(
+            {
+                "name": name,
+                "model": {key: value for key, value in block.items() if value != model.get(key)},
+                "kept_epoch": int(kept["epoch"]),
+                f"validation_recall@{k}": float(kept[f"recall@{k}"]),
+            }
+        )
+        if chosen is None or report[-1][f"validation_recall@{k}"] > chosen[2]:
+            chosen = (two_tower, history, report[-1][f"validation_recall@{k}"], name)
+    two_tower, history, _, chosen_name = chosen
+    for row in report:
+        row["chosen"] = row["name"] == chosen_name
+    if len(candidates) > 1:
+        logger.info(
+            "model selection on validation recall@%d: %s -> %s",
+            k,
+            ", ".join(f"{r['name']} {r[f'validation_recall@{k}']:.4f}" for r in report),
+            chosen_name,
+        )
+    two_tower.eval()
+    with torch.no_grad():
+        user_vectors = two_tower.user_vectors_from(
+            np.arange(len(user_index)),
+            *_whole_histories(two_tower, train_interactions, val_interactions),
+        ).numpy()
+        item_vectors = two_tower.all_item_vectors().numpy()
+    return (
+        two_tower,
+        {**two_tower.config.to_dict(), **({"run_id": run_id} if run_id else {})},
+        history,
+        _embedding_table(user_index, "user_id", user_vectors),
+        _embedding_table(item_index, "item_id", item_vectors),
+        {"metric": f"validation recall@{k}", "chosen": chosen_name, "candidates": report},
+    )
+
+
+def _train_candidate(
+    training: dict,
+    model: dict,
+    train_examples: pd.DataFrame,
+    train_interactions: pd.DataFrame,
+    val_interactions: pd.DataFrame,
+    n_users: int,
+    n_items: int,
+    seed: int,
+    neg_ratio: int,
+    logit_scale: float,
+    num_epochs: int,
+    negative_sampling: dict,
+    evaluation: dict,
+    item_feature_tokens: pd.DataFrame | None,
+    user_feature_tokens: pd.DataFrame | None,
+    feature_encoders: dict | None,
+) -> tuple[TwoTowerModel, pd.DataFrame]:
+    """Return one model block's trained model (its best validation epoch) and its history."""
     torch.manual_seed(seed)
-    n_users, n_items = len(user_index), len(item_index)
     two_tower = build_model(
         model,
         n_users,
@@ -130,20 +233,7 @@ def train_two_tower(
                 probabilities,
                 settings,
             )
-    two_tower.eval()
-    scorer_users = np.arange(n_users)
-    with torch.no_grad():
-        user_vectors = two_tower.user_vectors_from(
-            scorer_users, *_whole_histories(two_tower, train_interactions, val_interactions)
-        ).numpy()
-        item_vectors = two_tower.all_item_vectors().numpy()
-    return (
-        two_tower,
-        {**two_tower.config.to_dict(), **({"run_id": run_id} if run_id else {})},
-        history,
-        _embedding_table(user_index, "user_id", user_vectors),
-        _embedding_table(item_index, "item_id", item_vectors),
-    )
+    return two_tower, history
 
 
 def _whole_histories(model: TwoTowerModel, train: pd.DataFrame, val: pd.DataFrame):

@@ -26,6 +26,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "user_feature_tokens",
                     "feature_encoders",
                     "run_id",
+                    "params:model_selection",
                 ],
                 outputs=[
                     "two_tower_model",
@@ -33,6 +34,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "training_history",
                     "user_embeddings",
                     "item_embeddings",
+                    "model_selection",
                 ],
                 name="train_two_tower",
             ),
