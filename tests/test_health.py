@@ -231,6 +231,18 @@ def test_a_scale_the_model_had_to_shrink_means_an_over_confident_start():
     assert numbers(result, "scale_overconfident_start")["ratio"] == pytest.approx(0.48)
 
 
+def test_a_first_epoch_worse_than_saying_one_half_means_an_over_confident_start():
+    # The seed's scale 10 with a warm-up: the scale barely moves (10 -> 8.7), but the first
+    # epoch's loss, 0.914, is above the 0.693 of logits at 0.
+    history = with_column("logit_scale", [9.0, 8.7, 8.6, 8.7, 8.7, 8.7])
+    history["train_loss"] = [0.914, 0.535, 0.479, 0.451, 0.437, 0.43]
+    result = report(history, initial_scale=10.0)
+    assert "scale_overconfident_start" in raised(result)
+    assert numbers(result, "scale_overconfident_start")["first_epoch_loss"] == 0.914
+    # The default's start, 0.64 in the first epoch, is not.
+    assert "scale_overconfident_start" not in raised(report(initial_scale=1.0))
+
+
 def test_a_model_below_another_baseline_is_flagged_even_with_lift_over_popularity():
     comparison = {**COMPARISON, "als": {"hit_rate@10": 0.27, "ndcg@10": 0.16}}
     result = report(comparison=comparison)

@@ -354,24 +354,41 @@ def check_still_improving(history: pd.DataFrame, k: int, t: HealthThresholds) ->
 def check_scale_start(
     history: pd.DataFrame, initial_scale: float | None, t: HealthThresholds
 ) -> dict:
-    """Flag a logit scale that the model shrank well below its initial value."""
+    """Flag an over-confident start: a first epoch worse than saying 0.5, or a shrunk scale.
+
+    A model whose logits start near 0 begins at log 2 = 0.693 whatever neg_ratio
+    is, and its first epoch's mean loss falls under that; a first epoch *above* it
+    means the starting logits were confidently wrong (the scale saturates the
+    sigmoid). A scale that training pulled well below its initial value says the
+    same after the fact (a warm-up can hide that one: the rate is low while it
+    should be shrinking).
+    """
     final = float(history["logit_scale"].iloc[-1])
+    first_loss = float(history["train_loss"].iloc[0]) if len(history) else math.nan
+    worse_than_half = bool(math.isfinite(first_loss) and first_loss > math.log(2))
+    loss_note = (
+        f"first epoch's loss {first_loss:.3f} above log 2 = 0.693 (predicting 0.5 everywhere)"
+        if worse_than_half
+        else f"first epoch's loss {first_loss:.3f}"
+    )
     if not initial_scale:
         return _flag(
             "scale_overconfident_start",
-            False,
-            "initial logit scale unknown",
+            worse_than_half,
+            f"initial logit scale unknown; {loss_note}",
             initial_logit_scale=None,
             final_logit_scale=final,
+            first_epoch_loss=first_loss,
         )
     ratio = final / initial_scale
     return _flag(
         "scale_overconfident_start",
-        ratio < t.scale_drop_ratio,
-        f"logit scale went from {initial_scale:g} to {final:.2f} (x{ratio:.2f})",
+        ratio < t.scale_drop_ratio or worse_than_half,
+        f"logit scale went from {initial_scale:g} to {final:.2f} (x{ratio:.2f}); {loss_note}",
         initial_logit_scale=float(initial_scale),
         final_logit_scale=final,
         ratio=ratio,
+        first_epoch_loss=first_loss,
     )
 
 
