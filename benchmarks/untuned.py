@@ -141,6 +141,7 @@ def run(project: Path, name: str, files: dict[str, dict]) -> dict:
     metrics = latest(reporting / "evaluation_metrics.json")
     oracle = latest(reporting / "oracle_metrics.json")
     health = latest(reporting / "training_health.json")
+    selection = latest(reporting / "model_selection.json")
     row = {"dataset": name, "seconds": seconds, "users": metrics["model"]["users"]}
     for scorer in ("model", "als", "popularity", "random"):
         test, validation = metrics[scorer], metrics["validation"][scorer]
@@ -155,6 +156,10 @@ def run(project: Path, name: str, files: dict[str, dict]) -> dict:
     if oracle.get("available", True) and "test" in oracle:
         row["oracle"] = {"test_hr10": oracle["test"]["hit_rate@10"]}
     row["health"] = health["verdict"]
+    row["model_selection"] = {
+        c["name"]: c[next(key for key in c if key.startswith("validation_"))]
+        for c in selection["candidates"]
+    } | {"chosen": selection["chosen"]}
     return row
 
 
@@ -176,7 +181,8 @@ def main() -> None:
                 f"  ALS {als.get('test_hr10', float('nan')):.4f}"
                 f"  popularity {row['popularity']['test_hr10']:.4f}"
                 + (f"  oracle {oracle:.4f}" if oracle else "")
-                + f"  ({row['users']} users, {row['seconds']:.0f}s)  {row['health']}",
+                + f"  ({row['users']} users, {row['seconds']:.0f}s)  {row['health']}"
+                + f"  towers: {row['model_selection']['chosen']}",
                 flush=True,
             )
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -769,5 +769,5 @@ def test_the_node_keeps_the_candidate_with_the_best_validation_recall(
     ]
     assert selection["candidates"][1]["model"] == {"user_id": True}
     assert history["recall@3"].iloc[-1] == recalls[config["user_id"]]
-    # Each candidate checkpoints in its own folder.
-    assert folders == [f"{tmp_path}/configured", f"{tmp_path}/user_id"]
+    # The configured block checkpoints where the docs say, an alternative in its own folder.
+    assert folders == [str(tmp_path), f"{tmp_path}/user_id"]

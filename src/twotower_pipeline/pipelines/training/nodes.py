@@ -107,9 +107,10 @@ def train_two_tower(
     k = evaluation["headline_k"]
     chosen, report = None, []
     for name, block in candidates:
-        # Several candidates keep their checkpoints apart; one keeps the documented folder.
+        # The configured block checkpoints in the documented folder, each alternative in a
+        # folder of its own inside it.
         folder = training["checkpoint_dir"]
-        if len(candidates) > 1:
+        if name != "configured":
             folder = f"{folder}/{name}"
         two_tower, history = _train_candidate(
             {**training, "checkpoint_dir": folder},
