@@ -86,7 +86,7 @@ def test_a_run_writes_a_manifest_its_versioned_outputs_point_to(smoke_run):
     assert manifest["run_id"] == manifests[0].name
     assert manifest["env"] == "smoke"
     assert manifest["parameters"]["neg_ratio"] == 5
-    assert manifest["parameters"]["num_epochs"] == 6  # after the environment's override
+    assert manifest["parameters"]["num_epochs"] == 8  # after the environment's override
     assert manifest["started"] <= manifest["ended"]
     raw = manifest["raw_inputs"]["raw_interactions"]
     assert raw["path"] == "data/01_raw/synthetic_interactions_smoke.parquet"

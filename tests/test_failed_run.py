@@ -123,7 +123,7 @@ def test_ctrl_c_after_the_model_was_saved_publishes_nothing(good_run, kedro_run,
     # The training finished, so its checkpoint is a newer complete one: allowed to differ.
     assert_nothing_published(project, before, skip=CHECKPOINTS)
     state = torch.load(project / "data" / CHECKPOINTS / "last.pt", weights_only=True)
-    assert len(state["history"]) == 6
+    assert len(state["history"]) == 8
     assert signal.getsignal(signal.SIGINT) is handler_before  # the run put its handler back
 
 

@@ -28,6 +28,8 @@ PUBLIC_DATASETS = {
     "train_examples": "data/smoke/05_model_input/train_examples.parquet",
     "two_tower_model": "data/smoke/06_models/two_tower_model.pt",
     "training_history": "data/smoke/08_reporting/training_history.parquet",
+    "model_selection": "data/smoke/08_reporting/model_selection.json",
+    "model_config": "data/smoke/06_models/model_config.json",
     "evaluation_metrics": "data/smoke/08_reporting/evaluation_metrics.json",
     "training_health": "data/smoke/08_reporting/training_health.json",
     "run_report": "data/smoke/08_reporting/report.md",
@@ -50,6 +52,23 @@ def smoke_run(make_project_copy, kedro_run) -> Path:
 def test_full_run_writes_a_file_for_every_public_dataset(smoke_run):
     for name, relative in PUBLIC_DATASETS.items():
         assert (smoke_run / relative).exists(), f"{name} was not written to {relative}"
+
+
+def test_validation_chose_the_towers_and_the_persisted_model_is_the_chosen_one(smoke_run):
+    selection = json.loads((smoke_run / PUBLIC_DATASETS["model_selection"]).read_text())
+    config = json.loads((smoke_run / PUBLIC_DATASETS["model_config"]).read_text())
+    history = pd.read_parquet(smoke_run / PUBLIC_DATASETS["training_history"])
+    candidates = {c["name"]: c for c in selection["candidates"]}
+    assert set(candidates) == {"configured", "user_id"}  # conf/base's one alternative
+    best = max(c["validation_recall@10"] for c in candidates.values())
+    chosen = candidates[selection["chosen"]]
+    assert chosen["chosen"] and chosen["validation_recall@10"] == best
+    assert config["user_id"] == (selection["chosen"] == "user_id")
+    kept = history.loc[history["chosen"]].iloc[0]
+    assert (kept["epoch"], kept["recall@10"]) == (
+        chosen["kept_epoch"],
+        pytest.approx(chosen["validation_recall@10"]),
+    )
 
 
 def latest_metrics(project: Path) -> dict:
@@ -123,7 +142,7 @@ def test_report_and_summary_are_on_test(smoke_run):
 
 def test_training_history_has_one_row_per_epoch_of_the_smoke_env(smoke_run):
     history = pd.read_parquet(smoke_run / PUBLIC_DATASETS["training_history"])
-    assert history["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert history["epoch"].tolist() == list(range(1, 9))
     assert history[["train_loss", "val_loss"]].gt(0.05).all().all()
     assert history["chosen"].sum() == 1  # the persisted model is one epoch's, chosen on validation
 
