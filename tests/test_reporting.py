@@ -253,3 +253,20 @@ def test_learning_curve_starts_the_scale_at_its_initial_value():
     _, plot = learning_curve(HISTORY, 5, initial_scale=10.0)
     scale = next(trace for trace in plot.data if trace.name == "logit scale")
     assert list(scale.x) == [0, 1, 2, 3] and list(scale.y) == [10.0, 1.2, 1.8, 2.5]
+
+
+def test_the_report_says_which_towers_validation_chose():
+    configured = {"name": "configured", "model": {}, "kept_epoch": 13, "chosen": False}
+    user_id = {"name": "user_id", "model": {"user_id": True}, "kept_epoch": 19, "chosen": True}
+    configured["validation_recall@10"], user_id["validation_recall@10"] = 0.1902, 0.1945
+    selection = {"metric": "validation recall@10", "candidates": [configured, user_id]}
+    report = build_report(
+        INGESTION, SPLIT, HISTORY, COMPARISON, HEALTH, 5, [10], 10, model_selection=selection
+    )
+    assert "| user_id | user_id: True | 19 | 0.1945 | ✓ |" in report
+    assert "| configured | (conf as given) | 13 | 0.1902 |  |" in report
+    # One candidate (model_selection off): nothing to say.
+    one = {**selection, "candidates": [configured]}
+    assert "Validation chose the towers" not in build_report(
+        INGESTION, SPLIT, HISTORY, COMPARISON, HEALTH, 5, [10], 10, model_selection=one
+    )

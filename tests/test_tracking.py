@@ -105,11 +105,11 @@ def test_a_kedro_run_is_tracked_and_its_model_loads(smoke_project):
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
-    # Parameters after overrides: conf/smoke sets num_epochs 6 over base's 20.
-    assert run.data.params["num_epochs"] == "6"
+    # Parameters after overrides: conf/smoke sets num_epochs 8 over base's 20.
+    assert run.data.params["num_epochs"] == "8"
     assert run.data.params["neg_ratio"] == "5"
     steps = client.get_metric_history(run.info.run_id, "epoch.train_loss")
-    assert [m.step for m in steps] == [1, 2, 3, 4, 5, 6]
+    assert [m.step for m in steps] == list(range(1, 9))
     assert any(name.startswith("eval.") and "popularity" in name for name in run.data.metrics)
     assert any(name.startswith("health.") for name in run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}

@@ -273,6 +273,31 @@ def _plot_images(version: str | None) -> list[str]:
     return [f"![{title}]({name}.png/{version}/{name}.png)" for name, title in PLOTS.items()]
 
 
+def _selection_lines(selection: dict | None) -> list[str]:
+    """Return the report's lines on which model block validation chose (none for one)."""
+    if not selection or len(selection.get("candidates", [])) < 2:
+        return []
+    metric = selection["metric"]
+    lines = [
+        f"Validation chose the towers: each candidate trained with the same seed, the best "
+        f"{metric} of its kept epoch wins; the curve below is the chosen one's.",
+        "",
+    ]
+    rows = []
+    for candidate in selection["candidates"]:
+        changes = ", ".join(f"{key}: {value}" for key, value in candidate["model"].items())
+        rows.append(
+            [
+                candidate["name"],
+                changes or "(conf as given)",
+                candidate["kept_epoch"],
+                float(candidate[next(key for key in candidate if key.startswith("validation_"))]),
+                "✓" if candidate["chosen"] else "",
+            ]
+        )
+    return [*lines, *_table(["towers", "model", "kept epoch", metric, "chosen"], rows), ""]
+
+
 def build_report(
     ingestion_report: dict,
     split_report: dict,
@@ -283,11 +308,13 @@ def build_report(
     ks: Sequence[int],
     k: int,
     plot_version: str | None = None,
+    model_selection: dict | None = None,
 ) -> str:
     """Return report.md: data and split, the curve, model vs baselines, health with advice.
 
     With plot_version (the run id, the name of this run's plot version folders)
-    the plots are embedded as images by their path relative to report.md.
+    the plots are embedded as images by their path relative to report.md. With
+    model_selection (the training node's choice), which towers validation chose.
     """
     lines = ["# Two-tower run report", "", f"**{headline(comparison, health, k)}**", ""]
 
@@ -377,6 +404,7 @@ def build_report(
         )
         if c in history
     ]
+    lines += _selection_lines(model_selection)
     chosen = chosen_epoch(history)
     if chosen is not None:
         lines += [

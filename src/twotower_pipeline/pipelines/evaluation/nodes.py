@@ -314,6 +314,7 @@ def write_report(
     neg_ratio: int,
     evaluation: dict,
     run_id: str,
+    model_selection: dict | None = None,
 ) -> str:
     """Return report.md, and log the run's one-line summary (the pipeline's last node).
 
@@ -335,4 +336,5 @@ def write_report(
         evaluation["ks"],
         k,
         plot_version=run_id,
+        model_selection=model_selection,
     )

@@ -134,6 +134,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:neg_ratio",
                     "params:evaluation",
                     "run_id",
+                    "model_selection",
                 ],
                 outputs="run_report",
                 name="write_report",
