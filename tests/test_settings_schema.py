@@ -85,6 +85,19 @@ def message_for(**changes) -> str:
             {"split__temporal_quantiles": [0.9, 0.8]},
             "temporal_quantiles must be [validation, test] with validation < test",
         ),
+        (
+            {"model_selection__alternatives": {"wide": {"embeding_dim": 32}}},
+            "model_selection.alternatives.wide sets ['embeding_dim'], which are not model keys",
+        ),
+        (
+            {"model_selection__alternatives": {"wide": {"embedding_dim": 0}}},
+            "model_selection.alternatives.wide.embedding_dim=0: input should be greater than or "
+            "equal to 1",
+        ),
+        (
+            {"model_selection__alternatives": {"a/b": {"user_id": True}}},
+            "model_selection.alternatives.a/b: a name of letters, digits, _ or -",
+        ),
     ],
 )
 def test_each_bad_setting_is_named_in_one_line(changes, expected):

@@ -771,3 +771,32 @@ def test_the_node_keeps_the_candidate_with_the_best_validation_recall(
     assert history["recall@3"].iloc[-1] == recalls[config["user_id"]]
     # The configured block checkpoints where the docs say, an alternative in its own folder.
     assert folders == [str(tmp_path), f"{tmp_path}/user_id"]
+
+
+def test_a_candidate_that_diverges_is_named_in_the_error(data, tmp_path, monkeypatch):
+    train, val = data
+
+    def diverging(training, block, *args):  # the configured block trains, the wide one not
+        if block["embedding_dim"] == 32:
+            raise TrainingDivergedError("training diverged in epoch 3: loss is nan")
+        history = pd.DataFrame({"epoch": [1], "recall@3": [0.2], "chosen": [True]})
+        return None, history
+
+    monkeypatch.setattr(training_nodes, "_train_candidate", diverging)
+    with pytest.raises(TrainingDivergedError, match=r"candidate 'wide' \(model.embedding_dim=32\)"):
+        train_two_tower(
+            first_examples(train),
+            train,
+            val,
+            pd.DataFrame({"user": np.arange(N_USERS)}),
+            pd.DataFrame({"item": np.arange(N_ITEMS)}),
+            1,
+            NEG,
+            1.0,
+            2,
+            {"embedding_dim": 8, "user_id": False},
+            {"checkpoint_dir": str(tmp_path)},
+            {},
+            {"headline_k": 3},
+            model_selection={"enabled": True, "alternatives": {"wide": {"embedding_dim": 32}}},
+        )

@@ -15,6 +15,7 @@ number of items), checked when the negatives are about to be drawn.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -267,6 +268,11 @@ class Parameters(Block):
                 f"model.max_logit_scale={self.model.max_logit_scale}"
             )
         for name, overrides in self.model_selection.alternatives.items():
+            if name == "configured" or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                raise ValueError(
+                    f"model_selection.alternatives.{name}: a name of letters, digits, _ or - "
+                    "(it names a checkpoint folder), other than 'configured'"
+                )
             unknown = sorted(set(overrides) - set(Model.model_fields))
             if unknown:
                 raise ValueError(
@@ -277,9 +283,10 @@ class Parameters(Block):
             except ValidationError as error:
                 first = error.errors(include_url=False)[0]
                 where = ".".join(str(part) for part in first["loc"])
+                message = first["msg"]
                 raise ValueError(
                     f"model_selection.alternatives.{name}.{where}={first.get('input')!r}: "
-                    f"{first['msg']}"
+                    f"{message[0].lower()}{message[1:]}"
                 ) from None
         return self
 

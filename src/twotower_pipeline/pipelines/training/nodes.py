@@ -13,7 +13,7 @@ from twotower_pipeline.features import padded_tokens
 from twotower_pipeline.history import HistoryTable
 from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
 from twotower_pipeline.sampling import item_distribution
-from twotower_pipeline.training import TrainingSpec, fit
+from twotower_pipeline.training import TrainingDivergedError, TrainingSpec, fit
 
 logger = logging.getLogger(__name__)
 
@@ -112,24 +112,31 @@ def train_two_tower(
         folder = training["checkpoint_dir"]
         if name != "configured":
             folder = f"{folder}/{name}"
-        two_tower, history = _train_candidate(
-            {**training, "checkpoint_dir": folder},
-            block,
-            train_examples,
-            train_interactions,
-            val_interactions,
-            len(user_index),
-            len(item_index),
-            seed,
-            neg_ratio,
-            logit_scale,
-            num_epochs,
-            negative_sampling,
-            evaluation,
-            item_feature_tokens,
-            user_feature_tokens,
-            feature_encoders,
-        )
+        try:
+            two_tower, history = _train_candidate(
+                {**training, "checkpoint_dir": folder},
+                block,
+                train_examples,
+                train_interactions,
+                val_interactions,
+                len(user_index),
+                len(item_index),
+                seed,
+                neg_ratio,
+                logit_scale,
+                num_epochs,
+                negative_sampling,
+                evaluation,
+                item_feature_tokens,
+                user_feature_tokens,
+                feature_encoders,
+            )
+        except TrainingDivergedError as error:
+            if len(candidates) == 1:
+                raise
+            raise TrainingDivergedError(
+                f"model_selection candidate {name!r} ({_describe_block(block, model)}): {error}"
+            ) from error
         kept = history.loc[history["chosen"]].iloc[0]
         report.append(
             {
@@ -166,6 +173,11 @@ def train_two_tower(
         _embedding_table(item_index, "item_id", item_vectors),
         {"metric": f"validation recall@{k}", "chosen": chosen_name, "candidates": report},
     )
+
+
+def _describe_block(block: dict, model: dict) -> str:
+    changes = {key: value for key, value in block.items() if value != model.get(key)}
+    return ", ".join(f"model.{key}={value}" for key, value in changes.items()) or "model as given"
 
 
 def _train_candidate(
