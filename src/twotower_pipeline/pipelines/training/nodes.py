@@ -112,6 +112,14 @@ def train_two_tower(
         folder = training["checkpoint_dir"]
         if name != "configured":
             folder = f"{folder}/{name}"
+        if len(candidates) > 1:
+            logger.info(
+                "model selection: training candidate %d/%d, %r (%s)",
+                len(report) + 1,
+                len(candidates),
+                name,
+                _describe_block(block, model),
+            )
         try:
             two_tower, history = _train_candidate(
                 {**training, "checkpoint_dir": folder},
