@@ -149,7 +149,7 @@ def train_two_tower(
         report.append(
             {
                 "name": name,
-                "model": {key: value for key, value in block.items() if value != model.get(key)},
+                "model": _changes(block, model),
                 "kept_epoch": int(kept["epoch"]),
                 f"validation_recall@{k}": float(kept[f"recall@{k}"]),
             }
@@ -183,8 +183,13 @@ def train_two_tower(
     )
 
 
+def _changes(block: dict, model: dict) -> dict:
+    """Return the keys of a candidate block that differ from the configured model block."""
+    return {key: value for key, value in block.items() if value != model.get(key)}
+
+
 def _describe_block(block: dict, model: dict) -> str:
-    changes = {key: value for key, value in block.items() if value != model.get(key)}
+    changes = _changes(block, model)
     return ", ".join(f"model.{key}={value}" for key, value in changes.items()) or "model as given"
 
 
