@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import mmap
 from dataclasses import replace
 
 import numpy as np
@@ -218,8 +219,12 @@ def rowwise_and_reference_tables(lr=0.01, weight_decay=0.1):
     return rowwise, reference, optimizer, adamw
 
 
+@pytest.mark.parametrize("chunk_rows", [2048, 4])  # 4: the 6 touched rows in two parts
 @pytest.mark.parametrize("through", ["sparse_rows", "distinct_ids"])
-def test_rowwise_adamw_equals_torch_adamw_when_every_row_is_touched(through, sparse_small_tables):
+def test_rowwise_adamw_equals_torch_adamw_when_every_row_is_touched(
+    through, chunk_rows, sparse_small_tables, monkeypatch
+):
+    monkeypatch.setattr(training, "OPTIMIZER_CHUNK_ROWS", chunk_rows)
     rowwise, reference, optimizer, adamw = rowwise_and_reference_tables()
     for step in range(5):
         ids = torch.randperm(6, generator=torch.Generator().manual_seed(step)).repeat(2)
@@ -257,6 +262,40 @@ def test_rows_a_step_does_not_touch_keep_their_values_exactly(sparse_small_table
     rows(table, torch.tensor([0])).sum().backward()
     optimizer.step(rows.touched)
     assert torch.equal(table[[2, 5]], after_first)
+
+
+def test_a_table_on_huge_pages_keeps_its_values_and_starts_on_a_2_mib_boundary(monkeypatch):
+    monkeypatch.setattr(training, "HUGE_PAGE_MIN_BYTES", 0)
+    table = torch.randn(1000, 3)
+    moved = training.on_huge_pages(table)
+    assert torch.equal(moved, table) and moved.dtype == table.dtype
+    moved[0, 0] += 1.0  # a copy, not a view of the original
+    assert not torch.equal(moved, table)
+    if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux: where the kernel can back it with huge pages
+        assert moved.data_ptr() % (2 << 20) == 0
+
+
+def test_a_small_table_stays_where_it_is():
+    table = torch.randn(10, 3)
+    assert training.on_huge_pages(table) is table
+
+
+def test_tables_on_huge_pages_train_and_resume_exactly_as_on_plain_pages(
+    data, tmp_path, monkeypatch
+):
+    train, val = data
+    plain_model = new_model()
+    plain = fit(plain_model, train, val, first_examples(train), make_spec(tmp_path / "plain"))
+    monkeypatch.setattr(training, "HUGE_PAGE_MIN_BYTES", 0)  # every table, moment and scratch
+    spec = make_spec(tmp_path / "huge")
+    with monkeypatch.context() as patch:
+        kill_in_epoch(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            fit(new_model(), train, val, first_examples(train), spec)
+    huge_model = new_model()
+    huge = fit(huge_model, train, val, first_examples(train), replace(spec, resume=True))
+    pd.testing.assert_frame_equal(timeless(huge), timeless(plain))
+    assert_same_weights(huge_model, plain_model)
 
 
 def test_a_table_of_few_values_is_updated_whole_whatever_the_lookups():

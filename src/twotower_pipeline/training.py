@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
+import mmap
 import os
 import sys
 import time
@@ -248,7 +249,9 @@ class SparseRows:
             return leaf, ids
         scratch = self.scratch.get(id(table))
         if scratch is None:
-            scratch = self.scratch[id(table)] = table.new_zeros(table.shape[0], dtype=torch.int64)
+            scratch = self.scratch[id(table)] = on_huge_pages(
+                table.new_zeros(table.shape[0], dtype=torch.int64)
+            )
         distinct, inverse = distinct_ids(ids.reshape(-1), scratch)
         leaf = table.detach().index_select(0, distinct).requires_grad_()
         self.touched.append((table, distinct, leaf))
@@ -268,6 +271,37 @@ def distinct_ids(ids: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Tensor
     is_representative = representative == positions
     compact = torch.cumsum(is_representative, 0) - 1
     return ids[is_representative], compact[representative]
+
+
+# The row optimizer updates touched rows this many at a time (measured: 2,048 of d 64 ~20%
+# faster than all ~12k rows at once, whose temporaries spill out of a core's cache).
+OPTIMIZER_CHUNK_ROWS = 2048
+# Tables of at least this many bytes live on 2 MiB pages (when the kernel offers them).
+HUGE_PAGE_MIN_BYTES = 8 << 20
+_HUGE_PAGE = 2 << 20
+
+
+def on_huge_pages(tensor: torch.Tensor) -> torch.Tensor:
+    """Return a copy of a large CPU tensor in memory the kernel may back with 2 MiB pages.
+
+    A step reads and updates ~10^4 rows scattered over tables of hundreds of MB; with
+    4 KiB pages nearly every row costs a TLB miss and a page walk. The copy starts on a
+    2 MiB boundary of an anonymous mapping advised MADV_HUGEPAGE (Linux transparent
+    huge pages in `always` or `madvise` mode). Small tensors, other devices and systems
+    without madvise get the tensor back unchanged; the values are the same either way.
+    """
+    nbytes = tensor.numel() * tensor.element_size()
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if tensor.device.type != "cpu" or nbytes < HUGE_PAGE_MIN_BYTES or advice is None:
+        return tensor
+    region = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    start = -torch.frombuffer(region, dtype=torch.uint8, count=1).data_ptr() % _HUGE_PAGE
+    try:
+        region.madvise(advice, start, nbytes // _HUGE_PAGE * _HUGE_PAGE)
+    except OSError:  # huge pages switched off ("never"): plain pages, same values
+        pass
+    copy = torch.frombuffer(region, dtype=tensor.dtype, count=tensor.numel(), offset=start)
+    return copy.view(tensor.shape).copy_(tensor)
 
 
 class RowwiseAdamW:
@@ -293,7 +327,7 @@ class RowwiseAdamW:
         self.step_count = 0
         # Per table, both moments of a row side by side, (rows, 2, d): a touched row's
         # state is one gather and one scattered add, not two of each.
-        self.moments = [t.new_zeros(t.shape[0], 2, t.shape[1]) for t in tables]
+        self.moments = [on_huge_pages(t.new_zeros(t.shape[0], 2, t.shape[1])) for t in tables]
         self._index = {id(t): i for i, t in enumerate(tables)}
 
     @torch.no_grad()
@@ -315,21 +349,49 @@ class RowwiseAdamW:
                 denominator = square.sqrt().div_(root_correction2).add_(self.eps)
                 table.data.addcdiv_(mean, denominator, value=-self.lr / correction1)
                 continue
-            # The touched rows change by deltas added in place (ids are distinct): on the
-            # CPU a scattered add costs about half a scattered copy (measured).
-            rows = moments.index_select(0, ids)
-            # (g, g^2) - (m, v), times (1 - beta1, 1 - beta2): both moments' steps at once.
-            steps = torch.stack((grad, grad * grad), 1).sub_(rows).mul_(self._mixing(grad))
-            rows.add_(steps)
-            denominator = rows[:, 1].sqrt().div_(root_correction2).add_(self.eps)
-            weight_step = torch.addcdiv(
-                leaf.detach() * (-self.lr * self.weight_decay),
-                rows[:, 0],
-                denominator,
-                value=-self.lr / correction1,
-            )
-            moments.index_add_(0, ids, steps)
-            table.index_add_(0, ids, weight_step)
+            # A few thousand rows at a time: the temporaries stay in the core's cache.
+            mixing = self._mixing(grad)
+            values = leaf.detach()
+            for start in range(0, len(ids), OPTIMIZER_CHUNK_ROWS):
+                part = slice(start, start + OPTIMIZER_CHUNK_ROWS)
+                self._update_rows(
+                    table,
+                    moments,
+                    ids[part],
+                    values[part],
+                    grad[part],
+                    mixing,
+                    correction1,
+                    root_correction2,
+                )
+
+    def _update_rows(
+        self,
+        table: torch.Tensor,
+        moments: torch.Tensor,
+        ids: torch.Tensor,
+        values: torch.Tensor,
+        grad: torch.Tensor,
+        mixing: torch.Tensor,
+        correction1: float,
+        root_correction2: float,
+    ) -> None:
+        """AdamW on the distinct rows ids of table, whose values and gradients are given."""
+        # The touched rows change by deltas added in place (ids are distinct): on the
+        # CPU a scattered add costs about half a scattered copy (measured).
+        rows = moments.index_select(0, ids)
+        # (g, g^2) - (m, v), times (1 - beta1, 1 - beta2): both moments' steps at once.
+        steps = torch.stack((grad, grad * grad), 1).sub_(rows).mul_(mixing)
+        rows.add_(steps)
+        denominator = rows[:, 1].sqrt().div_(root_correction2).add_(self.eps)
+        weight_step = torch.addcdiv(
+            values * (-self.lr * self.weight_decay),
+            rows[:, 0],
+            denominator,
+            value=-self.lr / correction1,
+        )
+        moments.index_add_(0, ids, steps)
+        table.index_add_(0, ids, weight_step)
 
     def _mixing(self, like: torch.Tensor) -> torch.Tensor:
         """Return (1 - beta1, 1 - beta2) shaped (1, 2, 1), on like's device and dtype."""
@@ -374,6 +436,8 @@ class Optimizers:
         if self.rowwise:
             for table in model.sparse_tables():
                 table.requires_grad_(False)
+                # Rows are read and updated at random: large tables go on huge pages.
+                table.data = on_huge_pages(table.data)
         self.scratch: dict[int, torch.Tensor] = {}  # SparseRows' per-table scratch
         self.base_lr = spec.learning_rate
         self.warmup_steps = 0  # set by fit from training.warmup_epochs
