@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from dataclasses import replace
 
 import numpy as np
@@ -218,3 +219,21 @@ def test_dataset_writes_its_companions_and_regenerates_when_one_is_missing(tmp_p
 def test_another_feature_share_gives_other_tastes():
     other = generate_world(replace(SMALL, genre_share=0.0))
     assert not other.item_taste.equals(generate_world(SMALL).item_taste)
+
+
+def test_generating_for_more_users_does_not_hold_more_memory():
+    # Users are drawn a chunk at a time (here 100 users x 20,000 items): each chunk's
+    # temporaries must be freed before the next, so six chunks peak like one.
+    def peak_mb(n_users: int) -> float:
+        tracemalloc.start()
+        try:
+            generate_world(
+                SyntheticLogSpec(n_users=n_users, n_items=20_000, mean_interactions_per_user=10)
+            )
+            return tracemalloc.get_traced_memory()[1] / 2**20
+        finally:
+            tracemalloc.stop()
+
+    one_chunk, six_chunks = peak_mb(100), peak_mb(600)
+    # A chunk's item order alone is 100 x 20,000 int64 = 16 MB; keeping five more adds 80.
+    assert six_chunks < one_chunk + 40, (one_chunk, six_chunks)

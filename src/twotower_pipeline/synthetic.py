@@ -173,7 +173,9 @@ def generate_world(spec: SyntheticLogSpec) -> SyntheticWorld:
         order = np.argsort(-keys, axis=1, kind="stable")
         available = (keys > _UNRELEASED / 2).sum(axis=1)
         for row, user in enumerate(range(start, stop)):
-            chosen = order[row, : min(counts[user], available[row])]
+            # A copy: a slice would keep the chunk's whole (users x items) order alive,
+            # and memory would grow with users x items (8 GB at 50k x 20k).
+            chosen = order[row, : min(counts[user], available[row])].copy()
             users.append(np.full(chosen.size, user, dtype=np.int64))
             items.append(chosen)
     user_idx = np.concatenate(users)
