@@ -227,3 +227,26 @@ def test_a_missing_raw_file_is_named_before_anything_runs(make_project_copy, ked
     assert message.startswith("The raw data does not exist: raw_interactions (")
     assert "data/01_raw/events.csv" in message and failed.value.exit_code == 1
     assert not any((project / "data" / "user_csv").rglob("*.*"))
+
+
+def test_a_catalog_file_other_than_the_one_errors_would_name_stops_before_anything_runs(
+    make_project_copy, kedro_run
+):
+    # The catalog is pointed at the user's file, globals.yml (what ingestion.source and so
+    # every error names) is not: errors would name the wrong file, so the run does not start.
+    project = make_project_copy("source_mismatch")
+    env = project / "conf" / "user_csv"
+    env.mkdir()
+    files = dict(USER_CSV_ENV, **{"globals.yml": "raw_interactions_path: data/01_raw/old.csv\n"})
+    files["catalog.yml"] += "  filepath: data/01_raw/events.csv\n"
+    for name, text in files.items():
+        (env / name).write_text(text)
+    with pytest.raises(ReadableError) as failed:
+        kedro_run(project, pipeline="data_processing", env="user_csv")
+    message = failed.value.format_message()
+    assert message.startswith(
+        "raw_interactions: the catalog reads data/01_raw/events.csv but ingestion.source "
+        "names data/01_raw/old.csv"
+    )
+    assert "raw_interactions_path" in message and failed.value.exit_code == 2
+    assert not any((project / "data" / "user_csv").rglob("*.*"))

@@ -17,6 +17,7 @@ import click
 import pandas as pd
 from kedro.framework.hooks import hook_impl
 from kedro.io import DatasetError
+from kedro.io.core import get_protocol_and_path
 from kedro_datasets.pandas import CSVDataset
 
 from twotower_pipeline import manifest
@@ -99,18 +100,24 @@ class ReadableErrorHooks:
     def __init__(self) -> None:
         self._loading: str | None = None
         self._catalog = None
+        self._project: Path | None = None
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._project = Path(context.project_path)
 
     @hook_impl
     def after_catalog_created(self, catalog) -> None:
         # Before any before_pipeline_run hook: nothing is kept aside or started yet.
         self._catalog, self._loading = catalog, None
-        if "raw_interactions" in catalog and "params:ingestion" in catalog:
-            try:
+        try:
+            check_sources(catalog, self._project)
+            if "raw_interactions" in catalog and "params:ingestion" in catalog:
                 _configure_raw_reader(
                     catalog.get("raw_interactions"), catalog.load("params:ingestion")
                 )
-            except SettingsError as error:
-                raise ReadableError(str(error), error.exit_code) from None
+        except SettingsError as error:
+            raise ReadableError(str(error), error.exit_code) from None
 
     @hook_impl
     def before_dataset_loaded(self, dataset_name: str) -> None:
@@ -131,6 +138,54 @@ class ReadableErrorHooks:
         if isinstance(error, DatasetError) and self._loading and self._catalog is not None:
             dataset = self._catalog.get(self._loading)
             raise ReadableError(describe_load_failure(dataset, error)) from error
+
+
+# Each raw input and the parameter that names its file in error messages.
+_SOURCES = (
+    ("raw_interactions", "params:ingestion", ("source",), "raw_interactions_path"),
+    ("item_features", "params:features", ("item", "source"), "item_features_path"),
+    ("user_features", "params:features", ("user", "source"), "user_features_path"),
+)
+
+
+def check_sources(catalog, project: Path | None = None) -> None:
+    """Raise SettingsError when a raw input's catalog file is not the one parameters name.
+
+    Every error about a raw file names the parameter's path (ingestion.source,
+    features.item.source, features.user.source); a catalog entry pointed at
+    another file would make those errors name the wrong one.
+    """
+    for name, params, keys, global_key in _SOURCES:
+        if name not in catalog or params not in catalog:
+            continue
+        source = catalog.load(params)
+        for key in keys:
+            source = source.get(key) if isinstance(source, dict) else None
+        read = getattr(catalog.get(name), "_filepath", None)
+        if source is None or read is None or _same_file(str(read), str(source)):
+            continue
+        where = ".".join((params.removeprefix("params:"), *keys))
+        raise SettingsError(
+            f"{name}: the catalog reads {_shown(str(read), project)} but {where} names {source}, "
+            f"the file its errors would name; set {global_key} in globals.yml and use "
+            f"${{globals:{global_key}}} in both (README, 'Your own data')"
+        )
+
+
+def _shown(path: str, project: Path | None) -> str:
+    """Return a path under the project folder relative to it (as the settings write it)."""
+    try:
+        return Path(path).relative_to(project or Path.cwd()).as_posix()
+    except ValueError:
+        return path
+
+
+def _same_file(read: str, source: str) -> bool:
+    """Whether a dataset's path (protocol stripped, as datasets keep it) is the source's file."""
+    protocol, path = get_protocol_and_path(source)
+    if protocol not in ("file", ""):
+        return read == path
+    return Path(read).expanduser().resolve() == Path(path).expanduser().resolve()
 
 
 def _configure_raw_reader(dataset, ingestion: dict) -> None:
