@@ -1,0 +1,109 @@
+"""The whole `kedro run` at multiples of the default size: time per node and peak memory.
+
+The embedded default is a synthetic world of 5,000 users x 2,000 items (about
+200,000 interactions). This benchmark runs the unchanged pipeline on worlds
+k times that size in users and items (so about k times the interactions) as a
+plain `kedro run --env=scale_<k>x --params=num_epochs=<epochs>` in a temporary
+copy of the project, and reads each node's seconds from the run's log and the
+run's peak resident memory from the kernel (wait4). Only the epoch count is
+changed (3 by default, to keep the larger runs in minutes): the training rows
+report seconds per epoch, so a 20-epoch run's cost follows.
+
+Prints a table and writes benchmarks/results/pipeline_scale.json.
+
+    python benchmarks/pipeline_scale.py [--multiples 1,10] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from untuned import latest, make_project, synthetic_env
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_USERS, DEFAULT_ITEMS = 5_000, 2_000
+# "[8/19] training.train_two_tower (76.6 s): ..." (logging_hooks.py)
+NODE_LINE = re.compile(r"\[\d+/\d+\] ([\w.]+) \(([\d.]+) s\)")
+
+
+def run(project: Path, multiple: int, epochs: int) -> dict:
+    env = f"scale_{multiple}x"
+    conf = project / "conf" / env
+    conf.mkdir()
+    files = synthetic_env(
+        env, {"n_users": DEFAULT_USERS * multiple, "n_items": DEFAULT_ITEMS * multiple}
+    )
+    for file, content in files.items():
+        (conf / file).write_text(yaml.safe_dump(content, sort_keys=False))
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        ["kedro", "run", f"--env={env}", f"--params=num_epochs={epochs}"],
+        cwd=project,
+        env=dict(os.environ, KEDRO_DISABLE_TELEMETRY="true", COLUMNS="400"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    log = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    if child.returncode != 0:
+        raise RuntimeError(f"kedro run --env={env} failed:\n{log[-3000:]}")
+    reporting = project / "data" / env / "08_reporting"
+    report = latest(reporting / "ingestion_report.json")
+    history = pd.read_parquet(reporting / "training_history.parquet")
+    metrics = latest(reporting / "evaluation_metrics.json")
+    nodes = {name: float(s) for name, s in NODE_LINE.findall(log)}
+    return {
+        "multiple": multiple,
+        "n_users": DEFAULT_USERS * multiple,
+        "n_items": DEFAULT_ITEMS * multiple,
+        "interactions": report["interactions"],
+        "epochs": epochs,
+        "seconds": seconds,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "nodes": nodes,
+        "epoch_seconds": history["seconds"].round(1).tolist(),
+        "examples_per_second": history["examples_per_second"].round().tolist(),
+        "test_hr10": metrics["model"]["hit_rate@10"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--multiples", default="1,10")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=RESULTS / "pipeline_scale.json")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="pipeline_scale_") as workdir:
+        project = make_project(Path(workdir))
+        for multiple in (int(m) for m in args.multiples.split(",")):
+            row = run(project, multiple, args.epochs)
+            rows.append(row)
+            slowest = sorted(row["nodes"].items(), key=lambda kv: -kv[1])[:4]
+            print(
+                f"{multiple:>3}x  {row['n_users']:>7,d} users x {row['n_items']:>7,d} items  "
+                f"{row['seconds']:6.0f} s  peak {row['peak_rss_mb']:7.0f} MB  slowest: "
+                + ", ".join(f"{name} {s:.0f}s" for name, s in slowest),
+                flush=True,
+            )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"rows": rows}, indent=2))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
