@@ -59,15 +59,23 @@ def test_validation_chose_the_towers_and_the_persisted_model_is_the_chosen_one(s
     config = json.loads((smoke_run / PUBLIC_DATASETS["model_config"]).read_text())
     history = pd.read_parquet(smoke_run / PUBLIC_DATASETS["training_history"])
     candidates = {c["name"]: c for c in selection["candidates"]}
-    assert set(candidates) == {"configured", "user_id"}  # conf/base's one alternative
+    # conf/base's one alternative, and both scored together
+    assert set(candidates) == {"configured", "user_id", "ensemble"}
     best = max(c["validation_recall@10"] for c in candidates.values())
     chosen = candidates[selection["chosen"]]
     assert chosen["chosen"] and chosen["validation_recall@10"] == best
-    assert config["user_id"] == (selection["chosen"] == "user_id")
+    singles = [c for name, c in candidates.items() if name != "ensemble"]
+    best_single = max(singles, key=lambda c: c["validation_recall@10"])
+    if selection["chosen"] == "ensemble":
+        assert config["names"] == ["configured", "user_id"]
+        assert [m["user_id"] for m in config["members"]] == [False, True]
+    else:
+        assert config["user_id"] == (selection["chosen"] == "user_id")
+    # The curve is the chosen single model's, or the ensemble's best member's.
     kept = history.loc[history["chosen"]].iloc[0]
     assert (kept["epoch"], kept["recall@10"]) == (
-        chosen["kept_epoch"],
-        pytest.approx(chosen["validation_recall@10"]),
+        best_single["kept_epoch"],
+        pytest.approx(best_single["validation_recall@10"]),
     )
 
 

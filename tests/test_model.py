@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from twotower_pipeline.model import ScaledCosine, TwoTowerConfig, TwoTowerModel
+from twotower_pipeline.model import ScaledCosine, TowerEnsemble, TwoTowerConfig, TwoTowerModel
+from twotower_pipeline.retrieval import recommend_from_histories
 
 N_USERS, N_ITEMS, DIM = 5, 7, 4
 
@@ -316,3 +317,56 @@ def test_the_id_only_scorer_needs_no_log_but_a_history_tower_does():
     assert torch.allclose(model.catalogue_scorer()(np.array([0, 2])), pairwise.reshape(2, -1))
     with pytest.raises(ValueError, match="known interactions"):
         make_model(**WITH_EVERYTHING).catalogue_scorer()
+
+
+# --- an ensemble of towers ------------------------------------------------------------------
+def make_ensemble() -> TowerEnsemble:
+    """A history-of-3 model (scale 2) and a history-of-1 model with user ids (scale 5)."""
+    first = make_model(**(WITH_EVERYTHING | {"user_id": False, "logit_scale": 2.0}))
+    torch.manual_seed(1)
+    second = TwoTowerModel(make_config(history_length=1, embedding_dim=6, logit_scale=5.0))
+    return TowerEnsemble([first.eval(), second.eval()], ["first", "second"]).eval()
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_logits():
+    ensemble = make_ensemble()
+    predict_at = pd.DataFrame({"user": [0, 1], "timestamp": [20, 100]})
+    users = np.arange(N_USERS)
+    members = [m.catalogue_scorer(known_log(), predict_at)(users) for m in ensemble.members]
+    mean = ensemble.catalogue_scorer(known_log(), predict_at)(users)
+    assert torch.allclose(mean, (members[0] + members[1]) / 2, atol=1e-6)
+    assert ensemble.logit_scale == pytest.approx(3.5)
+
+
+def test_an_ensemble_is_one_two_tower_model_of_unit_vectors_at_the_summed_size():
+    ensemble = make_ensemble()
+    items = ensemble.all_item_vectors()
+    # Windows of the longest member (3); the history-of-1 member reads the latest item only.
+    window = (torch.tensor([[0, 0, 5], [0, 0, 2]]), torch.tensor([[0, 0, 1], [0, 0, 1]]).bool())
+    users = ensemble.user_vectors(torch.tensor([0, 1]), window)
+    assert items.shape == (N_ITEMS, DIM + 6) and users.shape == (2, DIM + 6)
+    assert torch.allclose(items.norm(dim=1), torch.ones(N_ITEMS), atol=1e-6)
+    assert torch.allclose(users.norm(dim=1), torch.ones(2), atol=1e-6)
+    first, second = ensemble.members
+    expected = 0.5 * sum(
+        m.logit_scale * m.user_vectors(torch.tensor([0, 1]), w) @ m.all_item_vectors().T
+        for m, w in ((first, window), (second, (window[0][:, -1:], window[1][:, -1:])))
+    )
+    assert torch.allclose(ensemble.logit_scale * users @ items.T, expected, atol=1e-5)
+
+
+def test_an_ensemble_rebuilds_from_its_config_and_state_and_serves_new_users():
+    ensemble = make_ensemble()
+    config = ensemble.config.to_dict()
+    assert config["names"] == ["first", "second"] and config["history_length"] == 3
+    rebuilt = TwoTowerModel.from_state(config, ensemble.state_dict())
+    assert isinstance(rebuilt, TowerEnsemble) and not rebuilt.training
+    users = np.arange(N_USERS)
+    expected = ensemble.catalogue_scorer(known_log())(users)
+    assert torch.equal(rebuilt.catalogue_scorer(known_log())(users), expected)
+    # A user the model never saw, known by a history of original ids.
+    index = pd.DataFrame({"item": np.arange(N_ITEMS), "item_id": [f"i{i}" for i in range(N_ITEMS)]})
+    top = recommend_from_histories(
+        rebuilt, pd.DataFrame({"user_id": ["new", "new"], "item_id": ["i5", "i2"]}), index, 3
+    )
+    assert len(top) == 3 and not top["item_id"].isin(["i5", "i2"]).any()

@@ -265,6 +265,16 @@ def test_the_report_says_which_towers_validation_chose():
     )
     assert "| user_id | user_id: True | 19 | 0.1945 | ✓ |" in report
     assert "| configured | (conf as given) | 13 | 0.1902 |  |" in report
+    # The ensemble of both: its members keep their own epochs.
+    user_id["chosen"] = False
+    ensemble = {"name": "ensemble", "model": {"members": "configured + user_id"}}
+    ensemble |= {"kept_epoch": None, "validation_recall@10": 0.2009, "chosen": True}
+    both = {**selection, "candidates": [configured, user_id, ensemble]}
+    report = build_report(
+        INGESTION, SPLIT, HISTORY, COMPARISON, HEALTH, 5, [10], 10, model_selection=both
+    )
+    assert "| ensemble | members: configured + user_id | each member's | 0.2009 | ✓ |" in report
+    assert "its curve is that of its best member" in report
     # One candidate (model_selection off): nothing to say.
     one = {**selection, "candidates": [configured]}
     assert "Validation chose the towers" not in build_report(

@@ -98,6 +98,11 @@ def message_for(**changes) -> str:
             {"model_selection__alternatives": {"a/b": {"user_id": True}}},
             "model_selection.alternatives.a/b: a name of letters, digits, _ or -",
         ),
+        (
+            {"model_selection__alternatives": {"ensemble": {"user_id": True}}},
+            "model_selection.alternatives.ensemble: a name of letters, digits, _ or - (it names "
+            "a checkpoint folder), other than 'configured' and 'ensemble'",
+        ),
     ],
 )
 def test_each_bad_setting_is_named_in_one_line(changes, expected):

@@ -14,7 +14,13 @@ from torch.nn import functional as F
 
 from twotower_pipeline import training
 from twotower_pipeline.errors import PipelineInputError
-from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel, full_rows, weighted_rows
+from twotower_pipeline.model import (
+    TowerEnsemble,
+    TwoTowerConfig,
+    TwoTowerModel,
+    full_rows,
+    weighted_rows,
+)
 from twotower_pipeline.pipelines.training import nodes as training_nodes
 from twotower_pipeline.pipelines.training.nodes import model_candidates, train_two_tower
 from twotower_pipeline.sampling import PositiveSet, build_training_examples
@@ -810,6 +816,85 @@ def test_the_node_keeps_the_candidate_with_the_best_validation_recall(
     assert history["recall@3"].iloc[-1] == recalls[config["user_id"]]
     # The configured block checkpoints where the docs say, an alternative in its own folder.
     assert folders == [str(tmp_path), f"{tmp_path}/user_id"]
+
+
+@pytest.mark.parametrize(
+    ("ensemble_recall", "chosen"),
+    [(0.35, "ensemble"), (0.3, "user_id")],
+    ids=["kept_when_validation_ranks_it_best", "a_tie_keeps_the_single_model"],
+)
+def test_the_node_keeps_the_ensemble_of_candidates_only_when_validation_ranks_it_best(
+    data, tmp_path, monkeypatch, ensemble_recall, chosen
+):
+    train, val = data
+    recalls = {False: 0.2, True: 0.3}
+
+    def trained(training, block, *args):
+        model = training_nodes.build_model(
+            block,
+            N_USERS,
+            N_ITEMS,
+            1.0,
+            torch.zeros(N_ITEMS, 0, dtype=torch.int64),
+            torch.zeros(N_USERS, 0, dtype=torch.int64),
+            None,
+        )
+        recall = recalls[block["user_id"]]
+        return model, pd.DataFrame({"epoch": [1], "recall@3": [recall], "chosen": [True]})
+
+    measured = []
+
+    def ranking(model, train, val, k, *args):
+        measured.append(model)
+        return {f"recall@{k}": ensemble_recall}
+
+    monkeypatch.setattr(training_nodes, "_train_candidate", trained)
+    monkeypatch.setattr(training_nodes, "validation_ranking", ranking)
+    block = {
+        "embedding_dim": 8,
+        "hidden_dims": [],
+        "init_std": 0.1,
+        "max_logit_scale": 100.0,
+        **{k: v for k, v in HISTORY_TOWER.items() if not k.startswith("item_feature")},
+    }
+    model, config, history, users, items, selection = train_two_tower(
+        first_examples(train),
+        train,
+        val,
+        pd.DataFrame({"user": np.arange(N_USERS), "user_id": np.arange(N_USERS)}),
+        pd.DataFrame({"item": np.arange(N_ITEMS), "item_id": np.arange(N_ITEMS)}),
+        1,
+        NEG,
+        1.0,
+        2,
+        block,
+        {"checkpoint_dir": str(tmp_path)},
+        {},
+        {"headline_k": 3, "chunk_size": 5, "max_users": None},
+        model_selection={
+            "enabled": True,
+            "alternatives": {"user_id": {"user_id": True}},
+            "ensemble": True,
+        },
+    )
+    [ensemble] = measured
+    assert isinstance(ensemble, TowerEnsemble) and ensemble.config.names == [
+        "configured",
+        "user_id",
+    ]
+    assert [(c["name"], c["chosen"]) for c in selection["candidates"]] == [
+        ("configured", False),
+        ("user_id", chosen == "user_id"),
+        ("ensemble", chosen == "ensemble"),
+    ]
+    assert selection["candidates"][2]["model"] == {"members": "configured + user_id"}
+    assert selection["chosen"] == chosen and (model is ensemble) == (chosen == "ensemble")
+    assert ("members" in config) == (chosen == "ensemble")
+    # The curve is the best single candidate's either way; the vectors are the chosen model's.
+    assert history["recall@3"].tolist() == [0.3]
+    width = 16 if chosen == "ensemble" else 8
+    assert np.stack(items["embedding"]).shape == (N_ITEMS, width)
+    assert np.allclose(np.linalg.norm(np.stack(users["embedding"]), axis=1), 1.0, atol=1e-5)
 
 
 def test_a_candidate_that_diverges_is_named_in_the_error(data, tmp_path, monkeypatch):

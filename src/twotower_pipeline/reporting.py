@@ -278,19 +278,26 @@ def _selection_lines(selection: dict | None) -> list[str]:
     if not selection or len(selection.get("candidates", [])) < 2:
         return []
     metric = selection["metric"]
-    lines = [
+    text = (
         f"Validation chose the towers: each candidate trained with the same seed, the best "
-        f"{metric} of its kept epoch wins; the curve below is the chosen one's.",
-        "",
-    ]
+        f"{metric} of its kept epoch wins; the curve below is the chosen one's."
+    )
+    if any(c["name"] == "ensemble" for c in selection["candidates"]):
+        text += (
+            " `ensemble` scores the candidates' kept epochs together (the mean of their "
+            "logits: one two-tower model at the members' summed size); chosen, its curve is "
+            "that of its best member."
+        )
+    lines = [text, ""]
     rows = []
     for candidate in selection["candidates"]:
         changes = ", ".join(f"{key}: {value}" for key, value in candidate["model"].items())
+        kept = candidate["kept_epoch"]
         rows.append(
             [
                 candidate["name"],
                 changes or "(conf as given)",
-                candidate["kept_epoch"],
+                "each member's" if kept is None else kept,
                 float(candidate[next(key for key in candidate if key.startswith("validation_"))]),
                 "✓" if candidate["chosen"] else "",
             ]

@@ -143,6 +143,7 @@ class Model(Block):
 class ModelSelection(Block):
     enabled: bool
     alternatives: dict[str, dict[str, Any]]
+    ensemble: bool
 
 
 class Distributed(Block):
@@ -268,10 +269,10 @@ class Parameters(Block):
                 f"model.max_logit_scale={self.model.max_logit_scale}"
             )
         for name, overrides in self.model_selection.alternatives.items():
-            if name == "configured" or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            if name in ("configured", "ensemble") or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
                 raise ValueError(
                     f"model_selection.alternatives.{name}: a name of letters, digits, _ or - "
-                    "(it names a checkpoint folder), other than 'configured'"
+                    "(it names a checkpoint folder), other than 'configured' and 'ensemble'"
                 )
             unknown = sorted(set(overrides) - set(Model.model_fields))
             if unknown:

@@ -620,17 +620,7 @@ def evaluate_epoch(
     model.eval()
     logits = sample_logits(model, sample, train, val)
     labels = sample.labels.numpy()
-    val = sample_users(val, max_users, seed)
-    ranking = ranking_metrics(
-        model.catalogue_scorer(train, val),
-        train,
-        val,
-        model.config.n_users,
-        model.config.n_items,
-        [k],
-        chunk_size,
-        seed,
-    )
+    ranking = validation_ranking(model, train, val, k, seed, chunk_size, max_users)
     model.train()
     return {
         "val_loss": binary_log_loss(logits.ravel(), labels.ravel()),
@@ -638,6 +628,33 @@ def evaluate_epoch(
         f"recall@{k}": ranking[f"recall@{k}"],
         f"ndcg@{k}": ranking[f"ndcg@{k}"],
     }
+
+
+def validation_ranking(
+    model,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    k: int,
+    seed: int,
+    chunk_size: int,
+    max_users: int | None = None,
+) -> dict[str, float]:
+    """Return Recall@k and NDCG@k on the full catalogue (training items masked).
+
+    With max_users, a seeded sample of the validation users is ranked: the same
+    users for every model given the same seed.
+    """
+    ranked = sample_users(val, max_users, seed)
+    return ranking_metrics(
+        model.catalogue_scorer(train, ranked),
+        train,
+        ranked,
+        model.config.n_users,
+        model.config.n_items,
+        [k],
+        chunk_size,
+        seed,
+    )
 
 
 def train_epoch(

@@ -11,11 +11,19 @@ import torch
 from twotower_pipeline.distributed import DistributedSettings, fit_distributed
 from twotower_pipeline.features import padded_tokens
 from twotower_pipeline.history import HistoryTable
-from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
+from twotower_pipeline.model import TowerEnsemble, TwoTowerConfig, TwoTowerModel
 from twotower_pipeline.sampling import item_distribution
-from twotower_pipeline.training import TrainingDivergedError, TrainingSpec, fit
+from twotower_pipeline.training import (
+    TrainingDivergedError,
+    TrainingSpec,
+    fit,
+    validation_ranking,
+)
 
 logger = logging.getLogger(__name__)
+
+# The name model_selection gives the candidates scored together (not an alternative's name).
+ENSEMBLE = "ensemble"
 
 
 def token_matrix(tokens: pd.DataFrame | None, key: str, n_rows: int) -> torch.Tensor:
@@ -105,7 +113,7 @@ def train_two_tower(
     selection = model_selection or {"enabled": False, "alternatives": {}}
     candidates = model_candidates(model, selection)
     k = evaluation["headline_k"]
-    chosen, report = None, []
+    chosen, report, trained = None, [], []
     for name, block in candidates:
         # The configured block checkpoints in the documented folder, each alternative in a
         # folder of its own inside it.
@@ -154,8 +162,13 @@ def train_two_tower(
                 f"validation_recall@{k}": float(kept[f"recall@{k}"]),
             }
         )
+        trained.append((name, two_tower))
         if chosen is None or report[-1][f"validation_recall@{k}"] > chosen[2]:
             chosen = (two_tower, history, report[-1][f"validation_recall@{k}"], name)
+    if selection.get("ensemble") and len(trained) > 1:
+        chosen = _try_ensemble(
+            trained, chosen, report, train_interactions, val_interactions, seed, evaluation
+        )
     two_tower, history, _, chosen_name = chosen
     for row in report:
         row["chosen"] = row["name"] == chosen_name
@@ -181,6 +194,40 @@ def train_two_tower(
         _embedding_table(item_index, "item_id", item_vectors),
         {"metric": f"validation recall@{k}", "chosen": chosen_name, "candidates": report},
     )
+
+
+def _try_ensemble(
+    trained: list[tuple[str, TwoTowerModel]],
+    chosen: tuple,
+    report: list[dict],
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    seed: int,
+    evaluation: dict,
+) -> tuple:
+    """Score every candidate's kept epoch together; return it as the choice if it ranks best.
+
+    The ensemble is measured as each candidate was (validation Recall@K, the same
+    seeded users) and kept only when strictly better than the best single model.
+    Its history is the best single model's (the members' curves are each in their
+    checkpoint folder).
+    """
+    k = evaluation["headline_k"]
+    ensemble = TowerEnsemble([model.eval() for _, model in trained], [n for n, _ in trained])
+    recall = validation_ranking(
+        ensemble, train, val, k, seed, evaluation["chunk_size"], evaluation["max_users"]
+    )[f"recall@{k}"]
+    report.append(
+        {
+            "name": ENSEMBLE,
+            "model": {"members": " + ".join(ensemble.config.names)},
+            "kept_epoch": None,
+            f"validation_recall@{k}": float(recall),
+        }
+    )
+    if recall > chosen[2]:
+        return ensemble, chosen[1], float(recall), ENSEMBLE
+    return chosen
 
 
 def _changes(block: dict, model: dict) -> dict:
