@@ -249,8 +249,8 @@ class SparseRows:
             return leaf, ids
         scratch = self.scratch.get(id(table))
         if scratch is None:
-            scratch = self.scratch[id(table)] = on_huge_pages(
-                table.new_zeros(table.shape[0], dtype=torch.int64)
+            scratch = self.scratch[id(table)] = huge_page_zeros(
+                (table.shape[0],), table.new_empty((), dtype=torch.int64)
             )
         distinct, inverse = distinct_ids(ids.reshape(-1), scratch)
         leaf = table.detach().index_select(0, distinct).requires_grad_()
@@ -290,18 +290,36 @@ def on_huge_pages(tensor: torch.Tensor) -> torch.Tensor:
     huge pages in `always` or `madvise` mode). Small tensors, other devices and systems
     without madvise get the tensor back unchanged; the values are the same either way.
     """
-    nbytes = tensor.numel() * tensor.element_size()
+    region = _huge_page_region(tensor.shape, tensor.dtype, tensor.device)
+    return tensor if region is None else region.copy_(tensor)
+
+
+def huge_page_zeros(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """Return zeros of like's dtype and device, on 2 MiB pages where on_huge_pages would be.
+
+    Written once here (not copied from a table of zeros, which would hold both at
+    once), so training's first steps do not pay a page fault per row they touch.
+    """
+    region = _huge_page_region(torch.Size(shape), like.dtype, like.device)
+    return like.new_zeros(shape) if region is None else region.zero_()
+
+
+def _huge_page_region(
+    shape: torch.Size, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor | None:
+    """Return an uninitialised (zero) tensor on advised huge pages, or None where not worth it."""
+    count = shape.numel()
+    nbytes = count * torch.empty((), dtype=dtype).element_size()
     advice = getattr(mmap, "MADV_HUGEPAGE", None)
-    if tensor.device.type != "cpu" or nbytes < HUGE_PAGE_MIN_BYTES or advice is None:
-        return tensor
+    if device.type != "cpu" or nbytes < HUGE_PAGE_MIN_BYTES or advice is None:
+        return None
     region = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     start = -torch.frombuffer(region, dtype=torch.uint8, count=1).data_ptr() % _HUGE_PAGE
     try:
         region.madvise(advice, start, nbytes // _HUGE_PAGE * _HUGE_PAGE)
     except OSError:  # huge pages switched off ("never"): plain pages, same values
         pass
-    copy = torch.frombuffer(region, dtype=tensor.dtype, count=tensor.numel(), offset=start)
-    return copy.view(tensor.shape).copy_(tensor)
+    return torch.frombuffer(region, dtype=dtype, count=count, offset=start).view(shape)
 
 
 class RowwiseAdamW:
@@ -327,7 +345,7 @@ class RowwiseAdamW:
         self.step_count = 0
         # Per table, both moments of a row side by side, (rows, 2, d): a touched row's
         # state is one gather and one scattered add, not two of each.
-        self.moments = [on_huge_pages(t.new_zeros(t.shape[0], 2, t.shape[1])) for t in tables]
+        self.moments = [huge_page_zeros((t.shape[0], 2, t.shape[1]), t) for t in tables]
         self._index = {id(t): i for i, t in enumerate(tables)}
 
     @torch.no_grad()
