@@ -446,16 +446,18 @@ class Optimizers:
         if decayed:
             groups.append({"params": decayed, "weight_decay": spec.weight_decay, "lr_ratio": 1.0})
         self.dense = torch.optim.AdamW(groups, lr=spec.learning_rate)
+        if self.rowwise:
+            for table in model.sparse_tables():
+                table.requires_grad_(False)
+                # Rows are read and updated at random: large tables go on huge pages. One
+                # table at a time, before the moments exist, so the copy adds one table's
+                # size to the peak at most (as building the table did).
+                table.data = on_huge_pages(table.data)
         self.rows = (
             RowwiseAdamW(model.sparse_tables(), spec.learning_rate, spec.weight_decay)
             if self.rowwise
             else None
         )
-        if self.rowwise:
-            for table in model.sparse_tables():
-                table.requires_grad_(False)
-                # Rows are read and updated at random: large tables go on huge pages.
-                table.data = on_huge_pages(table.data)
         self.scratch: dict[int, torch.Tensor] = {}  # SparseRows' per-table scratch
         self.base_lr = spec.learning_rate
         self.warmup_steps = 0  # set by fit from training.warmup_epochs
