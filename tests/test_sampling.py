@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from twotower_pipeline import sampling
 from twotower_pipeline.sampling import (
     NegativeSamplingError,
     PositiveSet,
@@ -159,3 +160,40 @@ def test_sampler_ends_for_users_with_nearly_every_item(n_items, missing):
         users, PositiveSet(users, held, n_items), 3, np.random.default_rng(0)
     )
     assert (negatives == missing).all()
+
+
+def test_key_search_over_a_user_range_answers_as_the_whole_positive_set():
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 50, 400), rng.integers(0, 1_000, 400)
+    positives = PositiveSet(users, items, 1_000)
+    search = sampling._KeySearch(positives, 10, 19)  # users 10..19 only
+    local_users = rng.integers(0, 10, 5_000)
+    probe_items = np.where(rng.random(5_000) < 0.5, rng.integers(0, 1_000, 5_000), 0)
+    # Half the probes are known pairs of those users, half random.
+    known = np.flatnonzero((users >= 10) & (users <= 19))
+    pick = rng.choice(known, 2_500)
+    local_users[:2_500], probe_items[:2_500] = users[pick] - 10, items[pick]
+    expected = positives.contains(local_users + 10, probe_items)
+    assert expected[:2_500].all() and not expected[2_500:].all()
+    assert np.array_equal(search.contains(local_users * 1_000 + probe_items), expected)
+    assert not sampling._KeySearch(positives, 60, 70).contains(np.arange(5)).any()  # no keys
+
+
+def test_users_whose_bitmap_would_cost_more_than_their_draws_never_get_a_positive(monkeypatch):
+    # 200 users, each holding half of 10,000 items: a bitmap of their range would cost more to
+    # clear than their 400 draws, so positives are looked up by search; half the draws are hits.
+    rng = np.random.default_rng(1)
+    users = np.repeat(np.arange(200), 5_000)
+    items = np.concatenate([rng.permutation(10_000)[:5_000] for _ in range(200)])
+    positives = PositiveSet(users, items, 10_000)
+    searches = []
+    real_search = sampling._KeySearch
+
+    def spied_search(*args):
+        searches.append(args[1:])
+        return real_search(*args)
+
+    monkeypatch.setattr(sampling, "_KeySearch", spied_search)
+    negatives = sample_negatives(np.arange(200), positives, 2, rng)
+    assert searches == [(0, 199)]  # the search path ran, over the users' own range
+    assert not positives.contains(np.repeat(np.arange(200), 2), negatives.ravel()).any()
