@@ -11,7 +11,7 @@ without a model step (the training step's own memory does not depend on P):
 
 Prints a table of peak RSS and seconds; writes benchmarks/results/epoch_memory.json.
 
-    python benchmarks/epoch_memory.py [--positives 1000000,10000000,30000000]
+    python benchmarks/epoch_memory.py [--positives 1000000,10000000,30000000,100000000]
 """
 
 from __future__ import annotations
@@ -75,6 +75,12 @@ def one(method: str, n_positives: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--positives", default="1000000,10000000,30000000")
+    parser.add_argument(
+        "--materialised-up-to",
+        type=int,
+        default=30_000_000,
+        help="measure the whole-epoch draw only up to this many positives (it holds them all)",
+    )
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "P"), help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=RESULTS / "epoch_memory.json")
     args = parser.parse_args()
@@ -83,7 +89,8 @@ def main() -> None:
         return
     rows = []
     for n_positives in (int(p) for p in args.positives.split(",")):
-        for method in ("chunked", "materialised"):
+        methods = ["chunked"] + (["materialised"] if n_positives <= args.materialised_up_to else [])
+        for method in methods:
             done = subprocess.run(
                 [sys.executable, __file__, "--one", method, str(n_positives)],
                 capture_output=True,

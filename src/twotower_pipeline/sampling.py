@@ -27,6 +27,7 @@ class PositiveSet:
         keys.sort()
         # Sort and drop repeats by hand: np.unique's hashing path is several times slower.
         self.keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if keys.size else keys
+        self._counts: np.ndarray | None = None  # positives per user, counted once
 
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Return a boolean array: is (users[i], items[i]) a known positive."""
@@ -44,7 +45,17 @@ class PositiveSet:
         return (self.keys[lo:hi] - user * self.n_items).astype(np.int64)
 
     def counts_per_user(self, n_users: int) -> np.ndarray:
-        return np.bincount(self.keys // self.n_items, minlength=n_users)
+        """Return each user's number of positives, users 0..n_users-1 (a read-only array).
+
+        Counted once and kept: an epoch asks once per chunk of its draws, and counting
+        all positives each time made the draws grow with positives x chunks.
+        """
+        if self._counts is None:
+            self._counts = np.bincount(self.keys // self.n_items)
+            self._counts.flags.writeable = False
+        if self._counts.size >= n_users:
+            return self._counts[:n_users]
+        return np.pad(self._counts, (0, n_users - self._counts.size))
 
 
 def item_distribution(
