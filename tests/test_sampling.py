@@ -197,3 +197,12 @@ def test_users_whose_bitmap_would_cost_more_than_their_draws_never_get_a_positiv
     negatives = sample_negatives(np.arange(200), positives, 2, rng)
     assert searches == [(0, 199)]  # the search path ran, over the users' own range
     assert not positives.contains(np.repeat(np.arange(200), 2), negatives.ravel()).any()
+
+
+def test_counts_per_user_cover_any_number_of_users_and_cannot_be_changed():
+    positives = PositiveSet(np.array([0, 0, 2, 2, 2]), np.array([1, 1, 0, 1, 3]), 4)  # a repeat
+    assert positives.counts_per_user(5).tolist() == [1, 0, 3, 0, 0]
+    assert positives.counts_per_user(2).tolist() == [1, 0]
+    with pytest.raises(ValueError):
+        positives.counts_per_user(3)[0] = 9
+    assert positives.counts_per_user(3).tolist() == [1, 0, 3]
