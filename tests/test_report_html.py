@@ -88,6 +88,23 @@ def test_tables_hold_every_scorer_the_skipped_ones_and_the_index_recall():
     assert '<tr class="chosen">' in page  # the epoch the model was kept from
 
 
+def test_the_towers_validation_chose_are_listed_with_the_kept_one_marked():
+    configured = {"name": "configured", "model": {}, "kept_epoch": 13, "chosen": False}
+    ensemble = {"name": "ensemble", "model": {"members": "configured + user_id"}}
+    ensemble |= {"kept_epoch": None, "chosen": True}
+    configured["validation_recall@10"], ensemble["validation_recall@10"] = 0.1902, 0.2009
+    selection = {"metric": "validation recall@10", "candidates": [configured, ensemble]}
+    page = report(model_selection=selection)
+    assert "<h2>Towers validation chose</h2>" in page
+    assert (
+        '<tr class="chosen"><td>ensemble</td><td>members: configured + user_id</td>'
+        "<td>each member&#x27;s</td><td>0.2009</td>" in page
+    )
+    assert "<tr><td>configured</td><td>(conf as given)</td><td>13</td><td>0.1902</td>" in page
+    one = {**selection, "candidates": [configured]}
+    assert "Towers validation chose" not in report(model_selection=one)
+
+
 @pytest.mark.browser
 def test_the_smoke_run_report_renders_with_its_images_in_chromium(smoke_project, tmp_path):
     from test_viz_browser import CHROMIUM_FLAGS, find_chromium

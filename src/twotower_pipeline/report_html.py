@@ -149,6 +149,35 @@ def _scalars(report: Mapping, prefix: str = "") -> list[list[Any]]:
     return rows
 
 
+def _selection_section(selection: Mapping[str, Any] | None) -> str:
+    """Return the candidates validation compared and the one it kept (nothing for one)."""
+    if not selection or len(selection.get("candidates", [])) < 2:
+        return ""
+    metric = selection["metric"]
+    rows, classes = [], []
+    for candidate in selection["candidates"]:
+        changes = ", ".join(f"{key}: {value}" for key, value in candidate["model"].items())
+        kept = candidate["kept_epoch"]
+        figure = candidate[next(key for key in candidate if key.startswith("validation_"))]
+        rows.append(
+            [
+                candidate["name"],
+                changes or "(conf as given)",
+                "each member's" if kept is None else kept,
+                float(figure),
+                "✓" if candidate["chosen"] else "",
+            ]
+        )
+        classes.append("chosen" if candidate["chosen"] else "")
+    text = (
+        f"Each candidate trained with the same seed; the best {metric} of its kept epoch wins. "
+        "`ensemble` scores the candidates' kept epochs together (the mean of their logits)."
+    )
+    return f"<h2>Towers validation chose</h2><p>{_esc(text)}</p>" + table(
+        ["towers", "model", "kept epoch", metric, "chosen"], rows, classes
+    )
+
+
 def _history_table(history: pd.DataFrame) -> str:
     columns = [
         c
@@ -172,12 +201,14 @@ def build_html_report(
     figures: Mapping[str, Any],
     ks: Sequence[int],
     run: Mapping[str, Any] | None = None,
+    model_selection: Mapping[str, Any] | None = None,
 ) -> str:
     """Return the self-contained HTML report of a run.
 
     figures maps a caption to a matplotlib figure (embedded as PNG); run holds
     what identifies the run (its id, the parameters after overrides, where its
-    manifest will be), shown last.
+    manifest will be), shown last; model_selection (the training node's choice)
+    adds which towers validation chose, when there was more than one candidate.
     """
     ann = comparison.get("ann") or {}
     sections = [
@@ -201,6 +232,7 @@ def build_html_report(
     if ann:
         sections.append("<h3>Retrieval index</h3>")
         sections.append(table(["", ""], _scalars(ann)))
+    sections.append(_selection_section(model_selection))
     sections.append("<h2>Plots</h2>")
     sections.append(
         '<div class="plots">'

@@ -152,6 +152,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "parameters",
                     "run_id",
                     "params:evaluation",
+                    "model_selection",
                 ],
                 outputs="report_html",
                 name="write_html_report",

@@ -21,6 +21,7 @@ def write_html_report(
     parameters: dict,
     run_id: str,
     evaluation: dict,
+    model_selection: dict | None = None,
 ) -> str:
     """Return report.html: health with advice, metrics tables, embedded plots, the run's settings.
 
@@ -51,4 +52,5 @@ def write_html_report(
             "manifest": f"run_manifest.json/{run_id}/run_manifest.json",
             "parameters": parameters,
         },
+        model_selection,
     )
