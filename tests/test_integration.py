@@ -212,3 +212,42 @@ def test_the_model_config_names_the_run_whose_model_and_manifest_it_belongs_to(s
     manifests = smoke_run / "data/smoke/08_reporting/run_manifest.json"
     assert config["run_id"] == versions[-1]  # the latest model is the one this config describes
     assert (manifests / config["run_id"]).is_dir()  # the manifest of that run
+
+
+def test_towers_scored_together_are_persisted_served_and_evaluated_like_one_model(
+    make_project_copy, kedro_run, monkeypatch
+):
+    # Validation's figure for the ensemble is set high, so the run keeps it; everything after
+    # the choice (saving, reloading, evaluation, the index, recommendations, reports) is real.
+    import numpy as np
+    import torch
+
+    from twotower_pipeline.model import TowerEnsemble, TwoTowerModel
+    from twotower_pipeline.pipelines.training import nodes as training_nodes
+
+    monkeypatch.setattr(
+        training_nodes, "validation_ranking", lambda *args, **kwargs: {"recall@10": 1.0}
+    )
+    project = make_project_copy("ensemble")
+    kedro_run(project)
+
+    def newest(relative: str) -> Path:
+        path = project / relative
+        return sorted(path.rglob(path.name))[-1] if path.is_dir() else path
+
+    selection = json.loads(newest(PUBLIC_DATASETS["model_selection"]).read_text())
+    config = json.loads(newest(PUBLIC_DATASETS["model_config"]).read_text())
+    assert selection["chosen"] == "ensemble" and config["names"] == ["configured", "user_id"]
+    state = torch.load(newest(PUBLIC_DATASETS["two_tower_model"]), weights_only=True)
+    model = TwoTowerModel.from_state(config, state)
+    assert isinstance(model, TowerEnsemble)
+    items = read(project, "item_embeddings")
+    vectors = np.stack(items["embedding"].to_numpy())
+    assert vectors.shape[1] == 2 * config["members"][0]["embedding_dim"]
+    assert np.allclose(vectors, model.all_item_vectors().numpy(), atol=1e-6)
+    metrics = latest_metrics(project)
+    assert 0 < metrics["model"]["hit_rate@10"] <= 1 and "cold_items" in metrics
+    recommendations = read(project, "recommendations")
+    assert recommendations.groupby("user_id").size().eq(10).all()
+    report = newest(PUBLIC_DATASETS["run_report"]).read_text()
+    assert "| ensemble | members: configured + user_id | each member's | 1.0000 | ✓ |" in report
