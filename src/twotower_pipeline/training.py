@@ -40,7 +40,7 @@ from tqdm import tqdm
 from twotower_pipeline.errors import PipelineInputError, RunFailedError
 from twotower_pipeline.history import HistoryTable, training_history_ends
 from twotower_pipeline.metrics import binary_log_loss, ranking_metrics, roc_auc
-from twotower_pipeline.model import TwoTowerModel, full_rows
+from twotower_pipeline.model import TowerEnsemble, TwoTowerModel, full_rows
 from twotower_pipeline.protocol import sample_users
 from twotower_pipeline.sampling import PositiveSet, item_groups, sample_negatives
 
@@ -651,7 +651,7 @@ def evaluate_epoch(
 
 
 def validation_ranking(
-    model,
+    model: TwoTowerModel | TowerEnsemble,
     train: pd.DataFrame,
     val: pd.DataFrame,
     k: int,
