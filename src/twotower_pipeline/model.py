@@ -394,10 +394,14 @@ class TwoTowerModel(nn.Module):
         model.load_state_dict(state_dict)
         return model.eval()
 
+    @property
+    def device(self) -> torch.device:
+        return self.item_id.device
+
     @torch.no_grad()
     def all_item_vectors(self, chunk: int = 65_536) -> torch.Tensor:
         """Return the normalised vectors of every item, (n_items, d)."""
-        ids = torch.arange(self.config.n_items, device=self.item_id.device)
+        ids = torch.arange(self.config.n_items, device=self.device)
         return torch.cat([self.item_vectors(part) for part in ids.split(chunk)])
 
     @torch.no_grad()
@@ -405,7 +409,7 @@ class TwoTowerModel(nn.Module):
         self, users: np.ndarray, histories: HistoryTable | None, ends: torch.Tensor | None
     ) -> torch.Tensor:
         """Return user vectors for indices `users`, with histories ending at `ends`."""
-        ids = torch.as_tensor(np.asarray(users, dtype=np.int64), device=self.item_id.device)
+        ids = torch.as_tensor(np.asarray(users, dtype=np.int64), device=self.device)
         window = None
         if self.config.history_length > 0 and histories is not None:
             window = histories.window(ids, ends.to(ids.device), self.config.history_length)
@@ -430,9 +434,7 @@ class TwoTowerModel(nn.Module):
         if self.config.history_length > 0:
             if known is None:
                 raise ValueError("a history tower needs the known interactions to score users")
-            histories = HistoryTable.from_interactions(known, self.config.n_users).to(
-                self.item_id.device
-            )
+            histories = HistoryTable.from_interactions(known, self.config.n_users).to(self.device)
             if predict_at is not None:
                 moments = np.full(self.config.n_users, np.iinfo(np.int64).max // 4)
                 np.minimum.at(
@@ -563,17 +565,12 @@ class TowerEnsemble(nn.Module):
             parts.append(share * member.user_vectors(users, window, rows, anonymous))
         return torch.cat(parts, dim=-1)
 
-    @torch.no_grad()
-    def user_vectors_from(
-        self, users: np.ndarray, histories: HistoryTable | None, ends: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Return user vectors for indices `users`, with histories ending at `ends`."""
-        device = self.members[0].item_id.device
-        ids = torch.as_tensor(np.asarray(users, dtype=np.int64), device=device)
-        window = None
-        if self.config.history_length > 0 and histories is not None:
-            window = histories.window(ids, ends.to(device), self.config.history_length)
-        return self.user_vectors(ids, window)
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    # The same as one model's: windows of the longest member's length, read by user_vectors.
+    user_vectors_from = TwoTowerModel.user_vectors_from
 
     def catalogue_scorer(
         self, known: pd.DataFrame | None = None, predict_at: pd.DataFrame | None = None
