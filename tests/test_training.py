@@ -749,6 +749,50 @@ def test_candidates_are_the_configured_block_then_each_alternative_that_changes_
     assert model_candidates(model, {**selection, "enabled": False}) == [("configured", model)]
 
 
+# A model block without item features (the node is handed none).
+SELECTION_BLOCK = {
+    "embedding_dim": 8,
+    "hidden_dims": [],
+    "init_std": 0.1,
+    "max_logit_scale": 100.0,
+    **{k: v for k, v in HISTORY_TOWER.items() if not k.startswith("item_feature")},
+}
+
+
+def untrained(block: dict) -> TwoTowerModel:
+    """Return a real, untrained model of a candidate block (what the fakes below hand back)."""
+    return training_nodes.build_model(
+        block,
+        N_USERS,
+        N_ITEMS,
+        1.0,
+        torch.zeros(N_ITEMS, 0, dtype=torch.int64),
+        torch.zeros(N_USERS, 0, dtype=torch.int64),
+        None,
+    )
+
+
+def select(data, tmp_path, model_selection: dict, evaluation: dict | None = None):
+    """Run the training node on SELECTION_BLOCK with the given model_selection."""
+    train, val = data
+    return train_two_tower(
+        first_examples(train),
+        train,
+        val,
+        pd.DataFrame({"user": np.arange(N_USERS), "user_id": np.arange(N_USERS)}),
+        pd.DataFrame({"item": np.arange(N_ITEMS), "item_id": np.arange(N_ITEMS)}),
+        1,
+        NEG,
+        1.0,
+        2,
+        SELECTION_BLOCK,
+        {"checkpoint_dir": str(tmp_path)},
+        {},
+        evaluation or {"headline_k": 3},
+        model_selection=model_selection,
+    )
+
+
 @pytest.mark.parametrize(
     ("recalls", "chosen"),
     [({False: 0.2, True: 0.3}, "user_id"), ({False: 0.2, True: 0.2}, "configured")],
@@ -757,53 +801,19 @@ def test_candidates_are_the_configured_block_then_each_alternative_that_changes_
 def test_the_node_keeps_the_candidate_with_the_best_validation_recall(
     data, tmp_path, monkeypatch, recalls, chosen
 ):
-    train, val = data
     folders = []
 
     def trained(training, block, *args):  # a real model, a history with a known recall
         folders.append(training["checkpoint_dir"])
-        model = training_nodes.build_model(
-            block,
-            N_USERS,
-            N_ITEMS,
-            1.0,
-            torch.zeros(N_ITEMS, 0, dtype=torch.int64),
-            torch.zeros(N_USERS, 0, dtype=torch.int64),
-            None,
-        )
         recall = recalls[block["user_id"]]
         history = pd.DataFrame(
             {"epoch": [1, 2], "recall@3": [0.1, recall], "chosen": [False, True]}
         )
-        return model, history
+        return untrained(block), history
 
     monkeypatch.setattr(training_nodes, "_train_candidate", trained)
-    block = {
-        "embedding_dim": 8,
-        "hidden_dims": [],
-        "init_std": 0.1,
-        "max_logit_scale": 100.0,
-        **{k: v for k, v in HISTORY_TOWER.items() if not k.startswith("item_feature")},
-    }
-    index = {
-        "user": pd.DataFrame({"user": np.arange(N_USERS), "user_id": np.arange(N_USERS)}),
-        "item": pd.DataFrame({"item": np.arange(N_ITEMS), "item_id": np.arange(N_ITEMS)}),
-    }
-    model, config, history, _, _, selection = train_two_tower(
-        first_examples(train),
-        train,
-        val,
-        index["user"],
-        index["item"],
-        1,
-        NEG,
-        1.0,
-        2,
-        block,
-        {"checkpoint_dir": str(tmp_path)},
-        {},
-        {"headline_k": 3},
-        model_selection={"enabled": True, "alternatives": {"user_id": {"user_id": True}}},
+    model, config, history, _, _, selection = select(
+        data, tmp_path, {"enabled": True, "alternatives": {"user_id": {"user_id": True}}}
     )
     assert selection["chosen"] == chosen and config["user_id"] == (chosen == "user_id")
     assert [
@@ -826,21 +836,11 @@ def test_the_node_keeps_the_candidate_with_the_best_validation_recall(
 def test_the_node_keeps_the_ensemble_of_candidates_only_when_validation_ranks_it_best(
     data, tmp_path, monkeypatch, ensemble_recall, chosen
 ):
-    train, val = data
     recalls = {False: 0.2, True: 0.3}
 
     def trained(training, block, *args):
-        model = training_nodes.build_model(
-            block,
-            N_USERS,
-            N_ITEMS,
-            1.0,
-            torch.zeros(N_ITEMS, 0, dtype=torch.int64),
-            torch.zeros(N_USERS, 0, dtype=torch.int64),
-            None,
-        )
-        recall = recalls[block["user_id"]]
-        return model, pd.DataFrame({"epoch": [1], "recall@3": [recall], "chosen": [True]})
+        history = pd.DataFrame({"epoch": [1], "recall@3": [recalls[block["user_id"]]]})
+        return untrained(block), history.assign(chosen=True)
 
     measured = []
 
@@ -850,32 +850,11 @@ def test_the_node_keeps_the_ensemble_of_candidates_only_when_validation_ranks_it
 
     monkeypatch.setattr(training_nodes, "_train_candidate", trained)
     monkeypatch.setattr(training_nodes, "validation_ranking", ranking)
-    block = {
-        "embedding_dim": 8,
-        "hidden_dims": [],
-        "init_std": 0.1,
-        "max_logit_scale": 100.0,
-        **{k: v for k, v in HISTORY_TOWER.items() if not k.startswith("item_feature")},
-    }
-    model, config, history, users, items, selection = train_two_tower(
-        first_examples(train),
-        train,
-        val,
-        pd.DataFrame({"user": np.arange(N_USERS), "user_id": np.arange(N_USERS)}),
-        pd.DataFrame({"item": np.arange(N_ITEMS), "item_id": np.arange(N_ITEMS)}),
-        1,
-        NEG,
-        1.0,
-        2,
-        block,
-        {"checkpoint_dir": str(tmp_path)},
-        {},
+    model, config, history, users, items, selection = select(
+        data,
+        tmp_path,
+        {"enabled": True, "alternatives": {"user_id": {"user_id": True}}, "ensemble": True},
         {"headline_k": 3, "chunk_size": 5, "max_users": None},
-        model_selection={
-            "enabled": True,
-            "alternatives": {"user_id": {"user_id": True}},
-            "ensemble": True,
-        },
     )
     [ensemble] = measured
     assert isinstance(ensemble, TowerEnsemble) and ensemble.config.names == [
