@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -26,7 +24,7 @@ import torch
 
 from twotower_pipeline.model import TowerEnsemble, TwoTowerModel
 from twotower_pipeline.protocol import held_out_sets, score_sets
-from untuned import make_project
+from untuned import kedro_run, make_project
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -90,18 +88,10 @@ def main() -> None:
         project = make_project(Path(workdir))
         for env in args.envs.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                command = ["kedro", "run", f"--params=seed={seed}"]
+                arguments = [f"--params=seed={seed}"]
                 if env != "base":
-                    command.append(f"--env={env}")
-                done = subprocess.run(
-                    command,
-                    cwd=project,
-                    env=dict(os.environ, KEDRO_DISABLE_TELEMETRY="true"),
-                    capture_output=True,
-                    text=True,
-                )
-                if done.returncode != 0:
-                    raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+                    arguments.append(f"--env={env}")
+                kedro_run(project, *arguments)
                 folder = data_folder(project, env)
                 selection = json.loads(
                     (folder / "08_reporting" / "model_selection.json").read_text()

@@ -120,6 +120,19 @@ def latest(folder: Path) -> dict:
     return json.loads((newest / folder.name).read_text())
 
 
+def kedro_run(project: Path, *arguments: str) -> None:
+    """Run `kedro run <arguments>` in the project copy; raise with its stderr when it fails."""
+    done = subprocess.run(
+        ["kedro", "run", *arguments],
+        cwd=project,
+        env=dict(os.environ, KEDRO_DISABLE_TELEMETRY="true"),
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"kedro run {' '.join(arguments)} failed:\n{done.stderr[-3000:]}")
+
+
 def run(project: Path, name: str, files: dict[str, dict]) -> dict:
     conf = project / "conf" / f"untuned_{name}"
     conf.mkdir()
@@ -127,16 +140,8 @@ def run(project: Path, name: str, files: dict[str, dict]) -> dict:
         (conf / file).write_text(yaml.safe_dump(content, sort_keys=False))
     env = f"untuned_{name}"
     started = time.perf_counter()
-    done = subprocess.run(
-        ["kedro", "run", f"--env={env}"],
-        cwd=project,
-        env=dict(os.environ, KEDRO_DISABLE_TELEMETRY="true"),
-        capture_output=True,
-        text=True,
-    )
+    kedro_run(project, f"--env={env}")
     seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"kedro run --env={env} failed:\n{done.stderr[-3000:]}")
     reporting = project / "data" / env / "08_reporting"
     metrics = latest(reporting / "evaluation_metrics.json")
     oracle = latest(reporting / "oracle_metrics.json")
