@@ -173,7 +173,7 @@ class Training(Block):
     resume: bool
     progress_bar: bool
     chunk_positives: PositiveInt
-    optimizer: Literal["rowwise", "dense"]
+    optimizer: Literal["rowwise", "rowwise_rmsprop", "dense"]
     device: Literal["auto", "cpu", "cuda"]
     distributed: Distributed
 

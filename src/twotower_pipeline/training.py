@@ -86,7 +86,7 @@ class TrainingSpec:
     eval_chunk_size: int  # users scored at once by the per-epoch ranking metric
     eval_max_users: int | None  # a seeded sample of validation users ranked per epoch (None: all)
     chunk_positives: int  # positives whose negatives are drawn at once
-    optimizer: str  # rowwise (sparse rows) | dense (AdamW over whole tables, the reference)
+    optimizer: str  # rowwise | rowwise_rmsprop (sparse rows) | dense (AdamW over whole tables)
     device: str  # auto | cpu | cuda
     checkpoint_dir: str
     resume: bool
@@ -322,11 +322,12 @@ def _huge_page_region(
     return torch.frombuffer(region, dtype=dtype, count=count, offset=start).view(shape)
 
 
-class RowwiseAdamW:
-    """AdamW on the rows a step touched: moments, decay and update of those rows only.
+class _RowOptimizer:
+    """What the row optimizers share: a global step count, lazy decay, chunked row updates.
 
     Bias correction uses the global step count (as torch's SparseAdam does);
-    weight decay is lazy: a row decays in the steps that touch it.
+    weight decay is decoupled (AdamW's) and lazy: a row decays in the steps that
+    touch it. A table handed over whole (ids None) is updated whole.
     """
 
     def __init__(
@@ -343,100 +344,170 @@ class RowwiseAdamW:
         self.betas = betas
         self.eps = eps
         self.step_count = 0
-        # Per table, both moments of a row side by side, (rows, 2, d): a touched row's
-        # state is one gather and one scattered add, not two of each.
-        self.moments = [huge_page_zeros((t.shape[0], 2, t.shape[1]), t) for t in tables]
+        self.state = [self._new_state(t) for t in tables]
         self._index = {id(t): i for i, t in enumerate(tables)}
+
+    def _new_state(self, table: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     @torch.no_grad()
     def step(self, touched: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]) -> None:
-        beta1, beta2 = self.betas
         self.step_count += 1
-        correction1 = 1 - beta1**self.step_count
-        root_correction2 = math.sqrt(1 - beta2**self.step_count)
         for table, ids, leaf in touched:
             if leaf.grad is None:
                 continue
-            moments = self.moments[self._index[id(table)]]
-            grad = leaf.grad
+            state = self.state[self._index[id(table)]]
             if ids is None:  # the whole table was touched: update it in place
-                mean, square = moments.unbind(1)
-                mean.mul_(beta1).add_(grad, alpha=1 - beta1)
-                square.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                table.data.mul_(1 - self.lr * self.weight_decay)
-                denominator = square.sqrt().div_(root_correction2).add_(self.eps)
-                table.data.addcdiv_(mean, denominator, value=-self.lr / correction1)
+                self._update_table(table, state, leaf.grad)
                 continue
             # A few thousand rows at a time: the temporaries stay in the core's cache.
-            mixing = self._mixing(grad)
             values = leaf.detach()
             for start in range(0, len(ids), OPTIMIZER_CHUNK_ROWS):
                 part = slice(start, start + OPTIMIZER_CHUNK_ROWS)
-                self._update_rows(
-                    table,
-                    moments,
-                    ids[part],
-                    values[part],
-                    grad[part],
-                    mixing,
-                    correction1,
-                    root_correction2,
-                )
+                self._update_rows(table, state, ids[part], values[part], leaf.grad[part])
+
+    def _update_table(self, table: torch.Tensor, state: torch.Tensor, grad: torch.Tensor) -> None:
+        raise NotImplementedError
 
     def _update_rows(
         self,
         table: torch.Tensor,
-        moments: torch.Tensor,
+        state: torch.Tensor,
         ids: torch.Tensor,
         values: torch.Tensor,
         grad: torch.Tensor,
-        mixing: torch.Tensor,
-        correction1: float,
-        root_correction2: float,
+    ) -> None:
+        raise NotImplementedError
+
+    def _root_correction2(self) -> float:
+        return math.sqrt(1 - self.betas[1] ** self.step_count)
+
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count, "state": [s.clone() for s in self.state]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step_count"])
+        for mine, saved in zip(self.state, state["state"], strict=True):
+            mine.copy_(saved)
+
+
+class RowwiseAdamW(_RowOptimizer):
+    """AdamW on the rows a step touched: moments, decay and update of those rows only.
+
+    State: both moments of every row, 2 x d values a row, side by side as
+    (rows, 2, d) so a touched row's state is one gather and one scattered add.
+    """
+
+    def _new_state(self, table: torch.Tensor) -> torch.Tensor:
+        return huge_page_zeros((table.shape[0], 2, table.shape[1]), table)
+
+    def _update_table(self, table: torch.Tensor, state: torch.Tensor, grad: torch.Tensor) -> None:
+        beta1, beta2 = self.betas
+        mean, square = state.unbind(1)
+        mean.mul_(beta1).add_(grad, alpha=1 - beta1)
+        square.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        table.data.mul_(1 - self.lr * self.weight_decay)
+        denominator = square.sqrt().div_(self._root_correction2()).add_(self.eps)
+        table.data.addcdiv_(mean, denominator, value=-self.lr / (1 - beta1**self.step_count))
+
+    def _update_rows(
+        self,
+        table: torch.Tensor,
+        state: torch.Tensor,
+        ids: torch.Tensor,
+        values: torch.Tensor,
+        grad: torch.Tensor,
     ) -> None:
         """AdamW on the distinct rows ids of table, whose values and gradients are given."""
+        beta1, beta2 = self.betas
         # The touched rows change by deltas added in place (ids are distinct): on the
         # CPU a scattered add costs about half a scattered copy (measured).
-        rows = moments.index_select(0, ids)
+        rows = state.index_select(0, ids)
         # (g, g^2) - (m, v), times (1 - beta1, 1 - beta2): both moments' steps at once.
+        mixing = grad.new_tensor([1 - beta1, 1 - beta2]).view(1, 2, 1)
         steps = torch.stack((grad, grad * grad), 1).sub_(rows).mul_(mixing)
         rows.add_(steps)
-        denominator = rows[:, 1].sqrt().div_(root_correction2).add_(self.eps)
+        denominator = rows[:, 1].sqrt().div_(self._root_correction2()).add_(self.eps)
         weight_step = torch.addcdiv(
             values * (-self.lr * self.weight_decay),
             rows[:, 0],
             denominator,
-            value=-self.lr / correction1,
+            value=-self.lr / (1 - beta1**self.step_count),
         )
-        moments.index_add_(0, ids, steps)
+        state.index_add_(0, ids, steps)
         table.index_add_(0, ids, weight_step)
-
-    def _mixing(self, like: torch.Tensor) -> torch.Tensor:
-        """Return (1 - beta1, 1 - beta2) shaped (1, 2, 1), on like's device and dtype."""
-        beta1, beta2 = self.betas
-        return like.new_tensor([1 - beta1, 1 - beta2]).view(1, 2, 1)
 
     def state_dict(self) -> dict:
         return {
             "step_count": self.step_count,
-            "moments": [m[:, j].clone() for m in self.moments for j in (0, 1)],
+            "moments": [s[:, j].clone() for s in self.state for j in (0, 1)],
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step_count"])
         flat = state["moments"]
-        for i, moments in enumerate(self.moments):
+        for i, moments in enumerate(self.state):
             moments[:, 0].copy_(flat[2 * i])
             moments[:, 1].copy_(flat[2 * i + 1])
+
+
+class RowwiseRMSProp(_RowOptimizer):
+    """RMSprop on the rows a step touched, with one second-moment value per row.
+
+    A row's v is the running mean (beta2) of its gradient's mean square, bias
+    corrected; the row moves by -lr x g / (sqrt(v) + eps), plus AdamW's
+    decoupled, lazy decay. No first moment: Adam with beta1 = 0 and v shared
+    by a row's d values. State: 1 value a row instead of AdamW's 2 x d, so a
+    step reads and writes about a third of the bytes per touched row.
+    """
+
+    def _new_state(self, table: torch.Tensor) -> torch.Tensor:
+        return huge_page_zeros((table.shape[0],), table)
+
+    def _update_table(self, table: torch.Tensor, state: torch.Tensor, grad: torch.Tensor) -> None:
+        state.mul_(self.betas[1]).add_(grad.square().mean(1), alpha=1 - self.betas[1])
+        denominator = state.sqrt().div_(self._root_correction2()).add_(self.eps)
+        table.data.mul_(1 - self.lr * self.weight_decay)
+        table.data.addcdiv_(grad, denominator.unsqueeze(1), value=-self.lr)
+
+    def _update_rows(
+        self,
+        table: torch.Tensor,
+        state: torch.Tensor,
+        ids: torch.Tensor,
+        values: torch.Tensor,
+        grad: torch.Tensor,
+    ) -> None:
+        """RMSprop on the distinct rows ids of table, whose values and gradients are given."""
+        rows = state.index_select(0, ids)
+        steps = grad.square().mean(1).sub_(rows).mul_(1 - self.betas[1])
+        denominator = rows.add_(steps).sqrt_().div_(self._root_correction2()).add_(self.eps)
+        weight_step = torch.addcdiv(
+            values * (-self.lr * self.weight_decay), grad, denominator.unsqueeze(1), value=-self.lr
+        )
+        state.index_add_(0, ids, steps)
+        table.index_add_(0, ids, weight_step)
+
+
+# training.optimizer -> the row optimizer of the embedding tables (None: dense AdamW on them)
+ROW_OPTIMIZERS: dict[str, type[_RowOptimizer] | None] = {
+    "rowwise": RowwiseAdamW,
+    "rowwise_rmsprop": RowwiseRMSProp,
+    "dense": None,
+}
 
 
 class Optimizers:
     """The dense AdamW (small parameters, the scale) and, when row-wise, the row optimizer."""
 
     def __init__(self, model: TwoTowerModel, spec: TrainingSpec) -> None:
-        self.rowwise = spec.optimizer == "rowwise"
-        if spec.optimizer not in ("rowwise", "dense"):
-            raise ValueError(f"training.optimizer must be rowwise or dense, not {spec.optimizer!r}")
+        if spec.optimizer not in ROW_OPTIMIZERS:
+            raise ValueError(
+                f"training.optimizer must be one of {', '.join(ROW_OPTIMIZERS)}, "
+                f"not {spec.optimizer!r}"
+            )
+        row_optimizer = ROW_OPTIMIZERS[spec.optimizer]
+        self.rowwise = row_optimizer is not None
         decayed = model.dense_parameters()
         if not self.rowwise:
             decayed = decayed + model.sparse_tables()
@@ -454,8 +525,8 @@ class Optimizers:
                 # size to the peak at most (as building the table did).
                 table.data = on_huge_pages(table.data)
         self.rows = (
-            RowwiseAdamW(model.sparse_tables(), spec.learning_rate, spec.weight_decay)
-            if self.rowwise
+            row_optimizer(model.sparse_tables(), spec.learning_rate, spec.weight_decay)
+            if row_optimizer is not None
             else None
         )
         self.scratch: dict[int, torch.Tensor] = {}  # SparseRows' per-table scratch
