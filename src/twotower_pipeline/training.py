@@ -423,9 +423,10 @@ class RowwiseAdamW(_RowOptimizer):
         # The touched rows change by deltas added in place (ids are distinct): on the
         # CPU a scattered add costs about half a scattered copy (measured).
         rows = state.index_select(0, ids)
-        # (g, g^2) - (m, v), times (1 - beta1, 1 - beta2): both moments' steps at once.
-        mixing = grad.new_tensor([1 - beta1, 1 - beta2]).view(1, 2, 1)
-        steps = torch.stack((grad, grad * grad), 1).sub_(rows).mul_(mixing)
+        # (g, g^2) - (m, v), times (1 - beta1, 1 - beta2): both moments' steps side by side.
+        steps = torch.stack((grad, grad * grad), 1).sub_(rows)
+        steps[:, 0].mul_(1 - beta1)
+        steps[:, 1].mul_(1 - beta2)
         rows.add_(steps)
         denominator = rows[:, 1].sqrt().div_(self._root_correction2()).add_(self.eps)
         weight_step = torch.addcdiv(
