@@ -11,9 +11,13 @@ benchmarks/results/train_throughput.json.
 (batch 2048 positives, 5 negatives each), one fresh process per measurement so
 its peak RSS is its own; `method` is "project" (the project's step, id-only
 towers, row-wise updates), "project_history" (the default towers: 20 pooled
-history items with recency weights, no user id) and "dense_adamw" (the same
-id-only model with AdamW over the whole tables: the loop before row-wise
-updates). 5,000,000 users x 1,000,000 items for the project alone. Writes
+history items with recency weights, no user id), "project_rmsprop" (the
+id-only towers with `training.optimizer: rowwise_rmsprop`: one second-moment
+value a row, no momentum) and "dense_adamw" (the same id-only model with AdamW
+over the whole tables: the loop before row-wise updates). 5,000,000 users x
+1,000,000 items for the two id-only project methods alone. The whole plan runs
+--rounds times (3), interleaved, and each row holds the median rate of its
+rounds (and the rounds themselves). Writes
 benchmarks/results/catalogue_scaling.json (or --output).
 
     python benchmarks/train_throughput.py [--catalogue-sweep] [--device cpu|cuda]
@@ -53,6 +57,7 @@ METHODS = {
     # method -> (history_length, optimizer)
     "project": (0, "rowwise"),
     "project_history": (20, "rowwise"),
+    "project_rmsprop": (0, "rowwise_rmsprop"),
     "dense_adamw": (0, "dense"),
 }
 
@@ -253,42 +258,68 @@ def one_measurement(args: argparse.Namespace) -> None:
     print(json.dumps(row))
 
 
+def measure(args: argparse.Namespace, method: str, n_users: int, n_items: int) -> dict | None:
+    """Run one measurement in a fresh process (its peak RSS its own); None if it failed."""
+    # The dense reference is slow on large tables: fewer positives keep it to seconds.
+    positives = args.positives if method != "dense_adamw" or n_items <= 2_000 else 20_480
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        "--method",
+        method,
+        "--n-users",
+        str(n_users),
+        "--n-items",
+        str(n_items),
+        "--dim",
+        str(args.dim),
+        "--positives",
+        str(positives),
+        "--device",
+        args.device,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"{method} {n_users}x{n_items}: failed\n{done.stderr[-2000:]}", flush=True)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def catalogue_sweep(args: argparse.Namespace) -> None:
     sizes = [(2_000, 2_000), (100_000, 100_000), (1_000_000, 1_000_000)]
     plan = [(m, u, i) for u, i in sizes for m in METHODS]
     if not args.skip_largest:
-        plan += [("project", 5_000_000, 1_000_000)]
+        plan += [(m, 5_000_000, 1_000_000) for m in ("project", "project_rmsprop")]
+    # The whole plan runs `rounds` times, interleaved, and each cell reports its median:
+    # this machine's rates drift between minutes, and a drift then touches every method.
+    measured: dict[tuple[str, int, int], list[dict]] = {}
+    for round_index in range(args.rounds):
+        for method, n_users, n_items in plan:
+            row = measure(args, method, n_users, n_items)
+            if row is None:
+                continue
+            measured.setdefault((method, n_users, n_items), []).append(row)
+            print(
+                f"round {round_index + 1}/{args.rounds}  {method:16s} users {n_users:>9,d} "
+                f"items {n_items:>9,d} d={args.dim}  {row['examples_per_s'] / 1e6:6.2f}M ex/s  "
+                f"peak RSS {row['peak_rss_mb']:8.0f} MB",
+                flush=True,
+            )
     rows = []
-    for method, n_users, n_items in plan:
-        # The dense reference is slow on large tables: fewer positives keep it to seconds.
-        positives = args.positives if method != "dense_adamw" or n_items <= 2_000 else 20_480
-        command = [
-            sys.executable,
-            __file__,
-            "--one",
-            "--method",
-            method,
-            "--n-users",
-            str(n_users),
-            "--n-items",
-            str(n_items),
-            "--dim",
-            str(args.dim),
-            "--positives",
-            str(positives),
-            "--device",
-            args.device,
-        ]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            print(f"{method} {n_users}x{n_items}: failed\n{done.stderr[-2000:]}", flush=True)
-            continue
-        row = json.loads(done.stdout.strip().splitlines()[-1])
+    for cell, runs in measured.items():
+        rates = [r["examples_per_s"] for r in runs]
+        row = runs[0] | {
+            "examples_per_s": statistics.median(rates),
+            "examples_per_s_rounds": rates,
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        }
         rows.append(row)
         print(
-            f"{method:16s} users {n_users:>9,d} items {n_items:>9,d} d={args.dim}  "
-            f"{row['examples_per_s'] / 1e6:6.2f}M ex/s  peak RSS {row['peak_rss_mb']:8.0f} MB",
-            flush=True,
+            f"median  {cell[0]:16s} users {cell[1]:>9,d} items {cell[2]:>9,d}  "
+            f"{row['examples_per_s'] / 1e6:6.2f}M ex/s  (rounds: "
+            + ", ".join(f"{r / 1e6:.2f}" for r in rates)
+            + f")  peak RSS {row['peak_rss_mb']:8.0f} MB"
         )
     by = {(r["method"], r["n_items"], r["n_users"]): r["examples_per_s"] for r in rows}
     small, large = (2_000, 2_000), (1_000_000, 1_000_000)
@@ -297,6 +328,10 @@ def catalogue_sweep(args: argparse.Namespace) -> None:
         summary["project_1m_over_2k"] = by[("project", *large)] / by[("project", *small)]
     if ("project", *large) in by and ("dense_adamw", *large) in by:
         summary["project_over_dense_at_1m"] = by[("project", *large)] / by[("dense_adamw", *large)]
+    if ("project_rmsprop", *small) in by and ("project_rmsprop", *large) in by:
+        summary["project_rmsprop_1m_over_2k"] = (
+            by[("project_rmsprop", *large)] / by[("project_rmsprop", *small)]
+        )
     print(json.dumps(summary))
     write(
         args.output or RESULTS / "catalogue_scaling.json",
@@ -318,6 +353,7 @@ def setup(args: argparse.Namespace, n_users, n_items) -> dict:
         "neg_ratio": NEG_RATIO,
         "batch_positives": BATCH_POSITIVES,
         "positives_per_pass": args.positives,
+        "rounds": args.rounds if args.catalogue_sweep else None,
     }
 
 
@@ -341,6 +377,9 @@ def main() -> None:
     parser.add_argument("--positives", type=int, default=200_000, help="positives per timed pass")
     parser.add_argument("--per-sample-examples", type=int, default=49_152)
     parser.add_argument("--repeats", type=int, default=3, help="passes per measurement (median)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="catalogue sweep: runs of the whole plan (median)"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--skip-largest", action="store_true", help="no 5M x 1M measurement")
     parser.add_argument("--output", type=Path, default=None)
