@@ -24,7 +24,7 @@ import torch
 
 from twotower_pipeline.model import TowerEnsemble, TwoTowerModel
 from twotower_pipeline.protocol import held_out_sets, score_sets
-from untuned import kedro_run, make_project
+from untuned import kedro_run, make_project, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -124,9 +124,7 @@ def main() -> None:
             summary[f"{env}_{split}_best_single_mean"] = sum(best_single) / len(runs)
             summary[f"{env}_{split}_ensemble_mean"] = sum(ensemble) / len(runs)
     print(json.dumps(summary, indent=2))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
-    print(f"wrote {args.output}")
+    write_json(args.output, {"rows": rows, "summary": summary})
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from twotower_pipeline.sampling import PositiveSet, item_groups, sample_negatives
+from untuned import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_USERS = N_ITEMS = 1_000_000
@@ -106,9 +107,7 @@ def main() -> None:
                 f"  {row['seconds']:6.1f} s",
                 flush=True,
             )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"rows": rows}, indent=2))
-    print(f"wrote {args.output}")
+    write_json(args.output, {"rows": rows})
 
 
 if __name__ == "__main__":

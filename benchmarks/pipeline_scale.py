@@ -17,10 +17,7 @@ Prints a table and writes benchmarks/results/pipeline_scale.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from untuned import latest, make_project, synthetic_env
+from untuned import kedro_run, latest, make_project, synthetic_env, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -47,20 +44,8 @@ def run(project: Path, multiple: int, epochs: int) -> dict:
     for file, content in files.items():
         (conf / file).write_text(yaml.safe_dump(content, sort_keys=False))
     started = time.perf_counter()
-    child = subprocess.Popen(
-        ["kedro", "run", f"--env={env}", f"--params=num_epochs={epochs}"],
-        cwd=project,
-        env=dict(os.environ, KEDRO_DISABLE_TELEMETRY="true", COLUMNS="400"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    log = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
+    log, peak_mb = kedro_run(project, f"--env={env}", f"--params=num_epochs={epochs}")
     seconds = time.perf_counter() - started
-    if child.returncode != 0:
-        raise RuntimeError(f"kedro run --env={env} failed:\n{log[-3000:]}")
     reporting = project / "data" / env / "08_reporting"
     report = latest(reporting / "ingestion_report.json")
     history = pd.read_parquet(reporting / "training_history.parquet")
@@ -73,7 +58,7 @@ def run(project: Path, multiple: int, epochs: int) -> dict:
         "interactions": report["interactions"],
         "epochs": epochs,
         "seconds": seconds,
-        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "peak_rss_mb": peak_mb,
         "nodes": nodes,
         "epoch_seconds": history["seconds"].round(1).tolist(),
         "examples_per_second": history["examples_per_second"].round().tolist(),
@@ -100,9 +85,7 @@ def main() -> None:
                 + ", ".join(f"{name} {s:.0f}s" for name, s in slowest),
                 flush=True,
             )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"rows": rows}, indent=2))
-    print(f"wrote {args.output}")
+    write_json(args.output, {"rows": rows})
 
 
 if __name__ == "__main__":

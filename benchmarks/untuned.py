@@ -120,17 +120,33 @@ def latest(folder: Path) -> dict:
     return json.loads((newest / folder.name).read_text())
 
 
-def kedro_run(project: Path, *arguments: str) -> None:
-    """Run `kedro run <arguments>` in the project copy; raise with its stderr when it fails."""
-    done = subprocess.run(
+def kedro_run(project: Path, *arguments: str) -> tuple[str, float]:
+    """Run `kedro run <arguments>` in the project copy; return (its log, its peak RSS in MB).
+
+    The peak is the run's own, from the kernel (wait4). Raises with the end of
+    the log when the run fails.
+    """
+    child = subprocess.Popen(
         ["kedro", "run", *arguments],
         cwd=project,
-        env=dict(os.environ, KEDRO_DISABLE_TELEMETRY="true"),
-        capture_output=True,
+        # A wide terminal: each log record stays on one line.
+        env=dict(os.environ, KEDRO_DISABLE_TELEMETRY="true", COLUMNS="400"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"kedro run {' '.join(arguments)} failed:\n{done.stderr[-3000:]}")
+    log = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"kedro run {' '.join(arguments)} failed:\n{log[-3000:]}")
+    return log, usage.ru_maxrss / 1024
+
+
+def write_json(path: Path, body: dict) -> None:
+    """Write a benchmark's results and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(body, indent=2))
+    print(f"wrote {path}")
 
 
 def run(project: Path, name: str, files: dict[str, dict]) -> dict:
@@ -190,9 +206,7 @@ def main() -> None:
                 + f"  towers: {row['model_selection']['chosen']}",
                 flush=True,
             )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"rows": rows}, indent=2))
-    print(f"wrote {args.output}")
+    write_json(args.output, {"rows": rows})
 
 
 if __name__ == "__main__":
