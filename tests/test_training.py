@@ -355,14 +355,23 @@ def test_a_table_of_few_values_is_updated_whole_whatever_the_lookups():
     assert touched_ids is None and leaf.shape == (10, 3)  # 30 values <= WHOLE_TABLE_VALUES
 
 
-def test_the_logit_scale_is_not_weight_decayed_and_learns_at_its_ratio(tmp_path):
+@pytest.mark.parametrize(
+    "optimizer, row_class", [("rowwise", RowwiseAdamW), ("rowwise_rmsprop", RowwiseRMSProp)]
+)
+def test_the_logit_scale_is_not_weight_decayed_and_learns_at_its_ratio(
+    optimizer, row_class, tmp_path
+):
     model = new_model()
-    optimizers = make_optimizer(model, make_spec(tmp_path, weight_decay=0.5, scale_lr_ratio=0.1))
+    optimizers = make_optimizer(
+        model, make_spec(tmp_path, weight_decay=0.5, scale_lr_ratio=0.1, optimizer=optimizer)
+    )
+    assert type(optimizers.rows) is row_class
     groups = optimizers.dense.param_groups
     [scale_group] = [g for g in groups if any(p is model.log_scale for p in g["params"])]
     assert scale_group["weight_decay"] == 0.0 and len(scale_group["params"]) == 1
     optimizers.set_lr(0.2)
     assert scale_group["lr"] == pytest.approx(0.02)
+    assert optimizers.rows.lr == pytest.approx(0.2)
     # Row-wise: the tables belong to the row optimizer, the rest to the dense one, once each.
     dense_ids = {id(p) for g in groups for p in g["params"]}
     table_ids = {id(t) for t in model.sparse_tables()}
