@@ -224,6 +224,37 @@ def test_a_dying_rank_is_named_and_the_last_good_checkpoint_resumes(data, tmp_pa
     )
 
 
+def test_the_rank_that_failed_first_is_named_not_the_peers_that_lost_it(tmp_path):
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    # Rank 1 fails; rank 0's next collective finds its peer gone and rank 0 aborts too.
+    # The launcher reports both; each rank recorded the moment it failed.
+    failures = {
+        0: ProcessFailure(local_rank=0, pid=10, exitcode=-6, error_file=str(tmp_path / "none")),
+        1: ProcessFailure(local_rank=1, pid=11, exitcode=1, error_file=str(tmp_path / "none")),
+    }
+    error = ChildFailedError("training", failures)
+    records = tmp_path / "failures"
+    records.mkdir()
+    distributed._record_failure(records, 1, RuntimeError("simulated loss of rank 1"))
+    assert distributed._recorded_failures(records)[1]["error"] == (
+        "RuntimeError: simulated loss of rank 1"
+    )
+    checkpoint = tmp_path / "last.pt"
+    recorded = {
+        0: {"time": 1000.25, "error": "RuntimeError: gloo: Connection closed by peer"},
+        1: {"time": 1000.10, "error": "RuntimeError: simulated loss of rank 1"},
+    }
+    message = distributed._failure_message(error, checkpoint, 0.0, recorded)
+    assert message.startswith(
+        "training rank 1 failed (exit code 1): RuntimeError: simulated loss of rank 1;"
+    )
+    # Without records (ranks killed by a signal write none): the lowest failed rank.
+    message = distributed._failure_message(error, checkpoint, 0.0, {})
+    assert message.startswith("training rank 0 failed (exit code -6)")
+    assert "no epoch finished" in message
+
+
 def test_a_batch_splits_into_contiguous_shares_that_cover_it_once():
     batch = torch.arange(7)
     negatives = torch.arange(14).view(7, 2)

@@ -25,9 +25,11 @@ keep the same best epoch.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import signal
+import tempfile
 import threading
 import time
 import uuid
@@ -35,6 +37,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -234,12 +237,46 @@ class _Job:
     spec: TrainingSpec
     probabilities: np.ndarray | None
     settings: DistributedSettings
+    failure_dir: str  # each failing rank records there when and why it failed
 
 
 def _train_rank(job: _Job) -> dict:
-    """Return this rank's result: its weights' digest, and on local rank 0 the state and history."""
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ["LOCAL_RANK"])
+    """Return this rank's result: its weights' digest, and on local rank 0 the state and history.
+
+    A rank that fails records the moment and its error in job.failure_dir first.
+    """
+    rank = int(os.environ["RANK"])
+    try:
+        return _run_rank(job, rank)
+    except BaseException as error:
+        _record_failure(Path(job.failure_dir), rank, error)
+        raise
+
+
+def _record_failure(folder: Path, rank: int, error: BaseException) -> None:
+    """Write (time, error) of a failing rank, atomically; a rank elsewhere may have no folder."""
+    record = {"time": time.time(), "error": f"{type(error).__name__}: {error}"}
+    try:
+        part = folder / f".rank_{rank}.json.part"
+        part.write_text(json.dumps(record))
+        part.replace(folder / f"rank_{rank}.json")
+    except OSError:
+        pass
+
+
+def _recorded_failures(folder: Path) -> dict[int, dict]:
+    """Return rank -> its failure record, for the ranks that recorded one."""
+    records = {}
+    for path in folder.glob("rank_*.json"):
+        try:
+            records[int(path.stem.split("_")[1])] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return records
+
+
+def _run_rank(job: _Job, rank: int) -> dict:
+    world, local_rank = int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     _log_from_rank(rank)
     device = resolve_device(job.spec.device)
     if device.type == "cuda":
@@ -328,7 +365,9 @@ def fit_distributed(
             f"has {torch.cuda.device_count()} CUDA device(s): use one process per GPU, "
             "or training.device=cpu"
         )
+    failure_dir = tempfile.TemporaryDirectory(prefix="twotower_failures_")
     job = _Job(
+        failure_dir=failure_dir.name,
         model_config=model.config.to_dict(),
         initial_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
         train=train,
@@ -353,7 +392,9 @@ def fit_distributed(
         results = elastic_launch(launch_config(settings), entrypoint)(job)
     except ChildFailedError as error:
         raise DistributedTrainingError(
-            _failure_message(error, checkpoint_path(spec), started)
+            _failure_message(
+                error, checkpoint_path(spec), started, _recorded_failures(Path(failure_dir.name))
+            )
         ) from None
     except SignalException as error:
         _restore(handlers)
@@ -367,6 +408,7 @@ def fit_distributed(
         ) from None
     finally:
         _restore(handlers)
+        failure_dir.cleanup()
     mine = [r for r in results.values() if r is not None]
     digests = {r["rank"]: r["digest"] for r in mine}
     if len(set(digests.values())) > 1:
@@ -394,16 +436,28 @@ def _restore(handlers: dict) -> None:
             signal.signal(signum, handler)
 
 
-def _failure_message(error, checkpoint, started: float) -> str:
-    """Return one line: the first failed rank, its exit code and message, and the checkpoint."""
-    rank, failure = min(error.failures.items())
-    message = failure.message
-    if isinstance(message, dict):
-        message = message.get("message", str(message))
-    message = str(message or "no message (killed by a signal?)").strip().splitlines()
+def _failure_message(error, checkpoint, started: float, recorded: dict[int, dict]) -> str:
+    """Return one line: the rank that failed first, its exit code and error, and the checkpoint.
+
+    When one rank fails, the others soon fail too (a collective finds its peer gone),
+    and the launcher may report theirs as well. The cause is the rank whose own
+    record (`recorded`, written as it failed) is the earliest; without records (a
+    rank killed by a signal writes none), the lowest failed rank.
+    """
+    if recorded:
+        rank = min(recorded, key=lambda r: (recorded[r]["time"], r))
+        failure = error.failures.get(rank)
+        message = [recorded[rank]["error"]]
+    else:
+        rank, failure = min(error.failures.items())
+        message = failure.message
+        if isinstance(message, dict):
+            message = message.get("message", str(message))
+        message = str(message or "no message (killed by a signal?)").strip().splitlines()
     reason = message[-1] if message else ""
+    exitcode = failure.exitcode if failure is not None else "unknown"
     if checkpoint.exists() and checkpoint.stat().st_mtime >= started:
         kept = f"the last good checkpoint is kept at {checkpoint} (training.resume=true continues)"
     else:
         kept = "no epoch finished, so this run left no checkpoint"
-    return f"training rank {rank} failed (exit code {failure.exitcode}): {reason}; {kept}"
+    return f"training rank {rank} failed (exit code {exitcode}): {reason}; {kept}"
