@@ -387,6 +387,23 @@ def test_the_logit_scale_is_not_weight_decayed_and_learns_at_its_ratio(
         make_optimizer(new_model(), make_spec(tmp_path, optimizer="sparse"))
 
 
+@pytest.mark.parametrize(
+    "rows, optimizer, hinted",
+    [(1_000, "rowwise", False), (1_000, "rowwise_rmsprop", False), (1_000, "dense", False)]
+    + [(100_000, "rowwise", True), (100_000, "rowwise_rmsprop", False)],
+)
+def test_large_tables_under_rowwise_adamw_get_a_hint_for_rmsprop(
+    rows, optimizer, hinted, tmp_path, caplog
+):
+    model = TwoTowerModel(replace(new_model(ID_ONLY).config, n_items=rows, embedding_dim=2))
+    with caplog.at_level(logging.INFO, logger="twotower_pipeline.training"):
+        make_optimizer(model, make_spec(tmp_path, optimizer=optimizer))
+    hints = [r.getMessage() for r in caplog.records if "rowwise_rmsprop" in r.getMessage()]
+    assert len(hints) == hinted
+    if hinted:
+        assert hints[0].startswith(f"embedding tables of up to {rows} rows")
+
+
 def test_the_scale_learns_at_its_own_ratio_of_the_learning_rate(data, tmp_path):
     train, val = data
     frozen, learning = new_model(), new_model()
