@@ -14,11 +14,15 @@ project, on:
   2M interactions), where a step touches a fraction of the item tables and
   the row path acts. One candidate (model selection off) to keep it in minutes.
 
+With --rmsprop-learning-rates (e.g. 0.005,0.01), row-wise RMSprop also runs at
+those rates (the rate re-checked for it, chosen on validation like any other).
+
 Reads validation and test HR@10 from each run's evaluation_metrics, the epoch
 rate from training_history and the run's peak memory from the kernel. Prints a
 table and writes benchmarks/results/row_optimizers.json.
 
     python benchmarks/row_optimizers.py [--datasets default,movielens,scale_10x]
+        [--rmsprop-learning-rates 0.005,0.01] [--output PATH]
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ DATASETS = {
 }
 
 
-def run(project: Path, dataset: str, optimizer: str) -> dict:
+def run(project: Path, dataset: str, optimizer: str, learning_rate: str | None = None) -> dict:
     env, extra, files = DATASETS[dataset]
     if files is not None and not (project / "conf" / env).exists():
         (project / "conf" / env).mkdir()
@@ -55,7 +59,10 @@ def run(project: Path, dataset: str, optimizer: str) -> dict:
             (project / "conf" / env / file).write_text(yaml.safe_dump(content, sort_keys=False))
     started = time.perf_counter()
     environment = [f"--env={env}"] if env else []
-    _, peak_mb = kedro_run(project, *environment, f"--params=training.optimizer={optimizer}{extra}")
+    rate = f",training.learning_rate={learning_rate}" if learning_rate else ""
+    _, peak_mb = kedro_run(
+        project, *environment, f"--params=training.optimizer={optimizer}{rate}{extra}"
+    )
     seconds = time.perf_counter() - started
     # Every environment but the default writes under data/<env>/.
     reporting = project / "data" / (env or "") / "08_reporting"
@@ -66,6 +73,7 @@ def run(project: Path, dataset: str, optimizer: str) -> dict:
     return {
         "dataset": dataset,
         "optimizer": optimizer,
+        "learning_rate": float(learning_rate) if learning_rate else "default",
         "seconds": seconds,
         "peak_rss_mb": peak_mb,
         "test_hr10": model["hit_rate@10"],
@@ -82,17 +90,22 @@ def run(project: Path, dataset: str, optimizer: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--rmsprop-learning-rates", default="")
+    parser.add_argument("--only-rates", action="store_true", help="skip the default-rate runs")
     parser.add_argument("--output", type=Path, default=RESULTS / "row_optimizers.json")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="row_optimizers_") as workdir:
         project = make_project(Path(workdir))
+        plan = [] if args.only_rates else [(o, None) for o in OPTIMIZERS]
+        plan += [("rowwise_rmsprop", r) for r in args.rmsprop_learning_rates.split(",") if r]
         for dataset in args.datasets.split(","):
-            for optimizer in OPTIMIZERS:
-                row = run(project, dataset, optimizer)
+            for optimizer, learning_rate in plan:
+                row = run(project, dataset, optimizer, learning_rate)
                 rows.append(row)
                 print(
-                    f"{dataset:10s} {optimizer:16s} val {row['val_hr10']:.4f}  test "
+                    f"{dataset:10s} {optimizer:16s} lr {row['learning_rate']!s:8s} "
+                    f"val {row['val_hr10']:.4f}  test "
                     f"{row['test_hr10']:.4f} ± {row['test_hr10_se']:.4f} ({row['chosen']})  "
                     f"{row['median_examples_per_s'] / 1e6:.2f}M ex/s  "
                     f"peak {row['peak_rss_mb']:6.0f} MB  {row['seconds']:5.0f} s",
