@@ -243,12 +243,13 @@ def test_the_rank_that_failed_first_is_named_not_the_peers_that_lost_it(tmp_path
     checkpoint = tmp_path / "last.pt"
     recorded = {
         0: {"time": 1000.25, "error": "RuntimeError: gloo: Connection closed by peer"},
-        1: {"time": 1000.10, "error": "RuntimeError: simulated loss of rank 1"},
+        1: {"time": 1000.10, "error": "RuntimeError: simulated loss of rank 1\nmore detail"},
     }
     message = distributed._failure_message(error, checkpoint, 0.0, recorded)
     assert message.startswith(
         "training rank 1 failed (exit code 1): RuntimeError: simulated loss of rank 1;"
     )
+    assert "\n" not in message
     # Without records (ranks killed by a signal write none): the lowest failed rank.
     message = distributed._failure_message(error, checkpoint, 0.0, {})
     assert message.startswith("training rank 0 failed (exit code -6)")

@@ -447,7 +447,7 @@ def _failure_message(error, checkpoint, started: float, recorded: dict[int, dict
     if recorded:
         rank = min(recorded, key=lambda r: (recorded[r]["time"], r))
         failure = error.failures.get(rank)
-        message = [recorded[rank]["error"]]
+        message = str(recorded[rank]["error"]).strip().splitlines()[:1]  # "Type: first line"
     else:
         rank, failure = min(error.failures.items())
         message = failure.message
