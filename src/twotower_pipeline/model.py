@@ -569,16 +569,8 @@ class TowerEnsemble(nn.Module):
     def device(self) -> torch.device:
         return self.members[0].device
 
-    # The same as one model's: windows of the longest member's length, read by user_vectors.
+    # The same as one model's: windows of the longest member's length, read by user_vectors,
+    # and one scorer over the concatenated vectors (one history table for all members), whose
+    # logits are the mean of the members' logits.
     user_vectors_from = TwoTowerModel.user_vectors_from
-
-    def catalogue_scorer(
-        self, known: pd.DataFrame | None = None, predict_at: pd.DataFrame | None = None
-    ) -> Callable[[np.ndarray], torch.Tensor]:
-        """Return user indices -> logits against every item: the mean of the members'."""
-        scorers = [m.catalogue_scorer(known, predict_at) for m in self.members]
-
-        def score(users: np.ndarray) -> torch.Tensor:
-            return sum(scorer(users) for scorer in scorers) / len(scorers)
-
-        return score
+    catalogue_scorer = TwoTowerModel.catalogue_scorer
