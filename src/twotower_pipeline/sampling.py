@@ -18,6 +18,15 @@ class NegativeSamplingError(PipelineInputError, ValueError):
     """Negatives cannot be drawn for some users."""
 
 
+def _in_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Return whether each of keys is in sorted_keys (sorted, unique), by binary search."""
+    if sorted_keys.size == 0:
+        return np.zeros(keys.shape, dtype=bool)
+    where = np.searchsorted(sorted_keys, keys)
+    where[where == sorted_keys.size] = 0
+    return sorted_keys[where] == keys
+
+
 class PositiveSet:
     """Membership test for (user, item) pairs, as sorted int64 keys."""
 
@@ -31,13 +40,8 @@ class PositiveSet:
 
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Return a boolean array: is (users[i], items[i]) a known positive."""
-        return self.contains_keys(users.astype(np.int64) * self.n_items + items.astype(np.int64))
-
-    def contains_keys(self, keys: np.ndarray) -> np.ndarray:
-        """Return whether each user * n_items + item key is a known positive."""
-        where = np.searchsorted(self.keys, keys)
-        where[where == self.keys.size] = 0
-        return self.keys[where] == keys
+        keys = users.astype(np.int64) * self.n_items + items.astype(np.int64)
+        return _in_sorted(self.keys, keys)
 
     def items_of(self, user: int) -> np.ndarray:
         """Return the sorted positive items of one user."""
@@ -119,11 +123,7 @@ class _KeySearch:
         self.keys = positives.keys[lo:hi] - self.offset  # sorted, unique, local
 
     def contains(self, local_keys: np.ndarray) -> np.ndarray:
-        where = np.searchsorted(self.keys, local_keys)
-        if self.keys.size == 0:
-            return np.zeros(local_keys.shape, dtype=bool)
-        where[where == self.keys.size] = 0
-        return self.keys[where] == local_keys
+        return _in_sorted(self.keys, local_keys)
 
 
 class _UserRangeBitmap:
