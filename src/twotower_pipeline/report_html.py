@@ -18,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from twotower_pipeline.reporting import selection_table
+
 FAMILIES = ("hit_rate", "recall", "ndcg", "coverage")
 # The scorers of an evaluation set, in the order they are shown; others follow.
 SCORER_ORDER = ("model", "popularity", "als", "random")
@@ -151,31 +153,12 @@ def _scalars(report: Mapping, prefix: str = "") -> list[list[Any]]:
 
 def _selection_section(selection: Mapping[str, Any] | None) -> str:
     """Return the candidates validation compared and the one it kept (nothing for one)."""
-    if not selection or len(selection.get("candidates", [])) < 2:
+    shown = selection_table(dict(selection) if selection else None)
+    if shown is None:
         return ""
-    metric = selection["metric"]
-    rows, classes = [], []
-    for candidate in selection["candidates"]:
-        changes = ", ".join(f"{key}: {value}" for key, value in candidate["model"].items())
-        kept = candidate["kept_epoch"]
-        figure = candidate[next(key for key in candidate if key.startswith("validation_"))]
-        rows.append(
-            [
-                candidate["name"],
-                changes or "(conf as given)",
-                "each member's" if kept is None else kept,
-                float(figure),
-                "✓" if candidate["chosen"] else "",
-            ]
-        )
-        classes.append("chosen" if candidate["chosen"] else "")
-    text = (
-        f"Each candidate trained with the same seed; the best {metric} of its kept epoch wins. "
-        "`ensemble` scores the candidates' kept epochs together (the mean of their logits)."
-    )
-    return f"<h2>Towers validation chose</h2><p>{_esc(text)}</p>" + table(
-        ["towers", "model", "kept epoch", metric, "chosen"], rows, classes
-    )
+    text, header, rows = shown
+    classes = ["chosen" if row[-1] else "" for row in rows]
+    return f"<h2>Towers validation chose</h2><p>{_esc(text)}</p>" + table(header, rows, classes)
 
 
 def _history_table(history: pd.DataFrame) -> str:

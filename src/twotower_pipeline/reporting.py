@@ -273,10 +273,13 @@ def _plot_images(version: str | None) -> list[str]:
     return [f"![{title}]({name}.png/{version}/{name}.png)" for name, title in PLOTS.items()]
 
 
-def _selection_lines(selection: dict | None) -> list[str]:
-    """Return the report's lines on which model block validation chose (none for one)."""
+def selection_table(selection: dict | None) -> tuple[str, list[str], list[list]] | None:
+    """Return (text, header, rows) on the towers validation compared; None for one candidate.
+
+    Shared by report.md and report.html.
+    """
     if not selection or len(selection.get("candidates", [])) < 2:
-        return []
+        return None
     metric = selection["metric"]
     text = (
         f"Validation chose the towers: each candidate trained with the same seed, the best "
@@ -288,7 +291,6 @@ def _selection_lines(selection: dict | None) -> list[str]:
             "logits: one two-tower model at the members' summed size); chosen, its curve is "
             "that of its best member."
         )
-    lines = [text, ""]
     rows = []
     for candidate in selection["candidates"]:
         changes = ", ".join(f"{key}: {value}" for key, value in candidate["model"].items())
@@ -302,7 +304,16 @@ def _selection_lines(selection: dict | None) -> list[str]:
                 "✓" if candidate["chosen"] else "",
             ]
         )
-    return [*lines, *_table(["towers", "model", "kept epoch", metric, "chosen"], rows), ""]
+    return text, ["towers", "model", "kept epoch", metric, "chosen"], rows
+
+
+def _selection_lines(selection: dict | None) -> list[str]:
+    """Return the report's lines on which model block validation chose (none for one)."""
+    shown = selection_table(selection)
+    if shown is None:
+        return []
+    text, header, rows = shown
+    return [text, "", *_table(header, rows), ""]
 
 
 def build_report(
