@@ -328,6 +328,10 @@ class _RowOptimizer:
     Bias correction uses the global step count (as torch's SparseAdam does);
     weight decay is decoupled (AdamW's) and lazy: a row decays in the steps that
     touch it. A table handed over whole (ids None) is updated whole.
+
+    A subclass gives `_new_state(table)` (its state tensor for one table),
+    `_update_table(table, state, grad)` (every row) and `_update_rows(table,
+    state, ids, values, grad)` (the distinct rows ids, their values and gradients).
     """
 
     def __init__(
@@ -347,9 +351,6 @@ class _RowOptimizer:
         self.state = [self._new_state(t) for t in tables]
         self._index = {id(t): i for i, t in enumerate(tables)}
 
-    def _new_state(self, table: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
     @torch.no_grad()
     def step(self, touched: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]) -> None:
         self.step_count += 1
@@ -365,19 +366,6 @@ class _RowOptimizer:
             for start in range(0, len(ids), OPTIMIZER_CHUNK_ROWS):
                 part = slice(start, start + OPTIMIZER_CHUNK_ROWS)
                 self._update_rows(table, state, ids[part], values[part], leaf.grad[part])
-
-    def _update_table(self, table: torch.Tensor, state: torch.Tensor, grad: torch.Tensor) -> None:
-        raise NotImplementedError
-
-    def _update_rows(
-        self,
-        table: torch.Tensor,
-        state: torch.Tensor,
-        ids: torch.Tensor,
-        values: torch.Tensor,
-        grad: torch.Tensor,
-    ) -> None:
-        raise NotImplementedError
 
     def _root_correction2(self) -> float:
         return math.sqrt(1 - self.betas[1] ** self.step_count)
