@@ -19,7 +19,12 @@ Each is a real `kedro run --env=<name>` in a temporary copy of the project
 figures are read from its evaluation_metrics. Prints a table and writes
 benchmarks/results/untuned.json.
 
+With --seeds, each dataset runs once per seed (`--params seed=N`: the split
+and the data stay, negatives, initialisation, shuffling and ALS change) and
+the rows go to untuned_seeds.json: how much of a gap to ALS is the seed's.
+
     python benchmarks/untuned.py [--datasets sparse_catalogue,feature_poor,movielens_liked]
+                                 [--seeds 42,1,2,3]
 """
 
 from __future__ import annotations
@@ -149,14 +154,14 @@ def write_json(path: Path, body: dict) -> None:
     print(f"wrote {path}")
 
 
-def run(project: Path, name: str, files: dict[str, dict]) -> dict:
+def run(project: Path, name: str, files: dict[str, dict], seed: int | None = None) -> dict:
     conf = project / "conf" / f"untuned_{name}"
-    conf.mkdir()
+    conf.mkdir(exist_ok=True)
     for file, content in files.items():
         (conf / file).write_text(yaml.safe_dump(content, sort_keys=False))
     env = f"untuned_{name}"
     started = time.perf_counter()
-    kedro_run(project, f"--env={env}")
+    kedro_run(project, f"--env={env}", *(["--params", f"seed={seed}"] if seed is not None else []))
     seconds = time.perf_counter() - started
     reporting = project / "data" / env / "08_reporting"
     metrics = latest(reporting / "evaluation_metrics.json")
@@ -164,6 +169,8 @@ def run(project: Path, name: str, files: dict[str, dict]) -> dict:
     health = latest(reporting / "training_health.json")
     selection = latest(reporting / "model_selection.json")
     row = {"dataset": name, "seconds": seconds, "users": metrics["model"]["users"]}
+    if seed is not None:
+        row["seed"] = seed
     for scorer in ("model", "als", "popularity", "random"):
         test, validation = metrics[scorer], metrics["validation"][scorer]
         if "skipped" in test:
@@ -187,18 +194,23 @@ def run(project: Path, name: str, files: dict[str, dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--output", type=Path, default=RESULTS / "untuned.json")
+    parser.add_argument("--seeds", help="comma-separated training seeds, one run each")
+    parser.add_argument("--output", type=Path)
     args = parser.parse_args()
+    seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]
+    output = args.output or RESULTS / ("untuned_seeds.json" if args.seeds else "untuned.json")
     rows = []
     with tempfile.TemporaryDirectory(prefix="untuned_") as workdir:
         project = make_project(Path(workdir))
-        for name in args.datasets.split(","):
-            row = run(project, name, DATASETS[name])
+        for name, seed in ((name, seed) for name in args.datasets.split(",") for seed in seeds):
+            row = run(project, name, DATASETS[name], seed)
             rows.append(row)
             model, als = row["model"], row.get("als", {})
             oracle = row.get("oracle", {}).get("test_hr10")
             print(
-                f"{name:18s} test HR@10 model {model['test_hr10']:.4f} ±{model['test_hr10_se']:.4f}"
+                f"{name:18s}"
+                + (f" seed {seed:<4d}" if seed is not None else "")
+                + f" test HR@10 model {model['test_hr10']:.4f} ±{model['test_hr10_se']:.4f}"
                 f"  ALS {als.get('test_hr10', float('nan')):.4f}"
                 f"  popularity {row['popularity']['test_hr10']:.4f}"
                 + (f"  oracle {oracle:.4f}" if oracle else "")
@@ -206,7 +218,7 @@ def main() -> None:
                 + f"  towers: {row['model_selection']['chosen']}",
                 flush=True,
             )
-    write_json(args.output, {"rows": rows})
+    write_json(output, {"rows": rows})
 
 
 if __name__ == "__main__":

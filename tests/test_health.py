@@ -277,4 +277,4 @@ def test_overfitting_names_the_epoch_whose_model_was_persisted():
     result = report(history)
     assert numbers(result, "overfitting")["chosen_epoch"] == 3
     flag = next(f for f in result["flags"] if f["name"] == "overfitting")
-    assert "persisted model is epoch 3's" in flag["message"]
+    assert "the persisted model keeps epoch 3 (the best on validation)" in flag["message"]

@@ -101,6 +101,8 @@ def test_the_towers_validation_chose_are_listed_with_the_kept_one_marked():
         "<td>each member&#x27;s</td><td>0.2009</td>" in page
     )
     assert "<tr><td>configured</td><td>(conf as given)</td><td>13</td><td>0.1902</td>" in page
+    persisted = "The persisted model is the ensemble: the candidates&#x27; kept epochs (configured"
+    assert persisted in page
     one = {**selection, "candidates": [configured]}
     assert "Towers validation chose" not in report(model_selection=one)
 

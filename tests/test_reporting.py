@@ -275,6 +275,12 @@ def test_the_report_says_which_towers_validation_chose():
     )
     assert "| ensemble | members: configured + user_id | each member's | 0.2009 | ✓ |" in report
     assert "its curve is that of its best member" in report
+    # What was persisted is the ensemble, not the curve's epoch alone (HISTORY marks epoch 2).
+    assert (
+        "The persisted model is the ensemble: the candidates' kept epochs (configured epoch 13, "
+        "user_id epoch 19) scored together. The curve is its best member's (epoch 2 marked ✓)"
+    ) in report
+    assert "The persisted model is epoch 2's" not in report
     # One candidate (model_selection off): nothing to say.
     one = {**selection, "candidates": [configured]}
     assert "Validation chose the towers" not in build_report(

@@ -43,7 +43,7 @@ def _single_threaded_blas():
 def _broken_implicit(error: ImportError) -> RunFailedError:
     return RunFailedError(
         f"the ALS baseline cannot import implicit, which is installed: {error}; reinstall it "
-        "(pip install --force-reinstall 'twotower_pipeline[baselines]') or set "
+        "(pip install --force-reinstall -e '.[baselines]') or set "
         "evaluation.als.enabled: false"
     )
 

@@ -42,8 +42,8 @@ ADVICE = {
     "neg_ratio, check that negatives exclude positives and that validation pairs are not in "
     "train, lower the initial logit_scale.",
     "one_class_validation": "Compute the validation loss on validation positives plus sampled "
-    "negatives (training.validation_sample); a loss on positives alone goes to 0 for a model "
-    "that scores everything high.",
+    "negatives (as the function training.validation_sample draws them); a loss on positives "
+    "alone goes to 0 for a model that scores everything high.",
     "not_learning": "The loss never beat a constant guess at the base rate: raise "
     "training.learning_rate, check model.init_std, let the logit scale learn.",
     "scale_at_clamp": "The model is as over-confident as it is allowed to be: lower "
@@ -62,8 +62,8 @@ ADVICE = {
     "saturates the sigmoid from the first step).",
     "behind_baseline": "A baseline ranks better than the model: the model is not worth serving "
     "yet; see the other flags for why (too few epochs, too few negatives, a bad scale).",
-    "overfitting": "Validation loss rises while training loss falls. The persisted model is the "
-    "best validation epoch's, so the test figures do not pay for the later epochs, but they "
+    "overfitting": "Validation loss rises while training loss falls. The persisted model keeps the "
+    "best validation epoch, so the test figures do not pay for the later epochs, but they "
     "were wasted: add training.weight_decay, lower model.max_logit_scale, use lr_schedule: "
     "cosine, or fewer num_epochs.",
 }
@@ -293,13 +293,13 @@ def check_overfitting(history: pd.DataFrame, k: int, t: HealthThresholds) -> dic
         drop = float(1 - recall[-1] / top) if top > 0 else 0.0
     pattern = start is not None
     raised = pattern and (rise > t.overfit_min_rise or drop > t.overfit_ranking_drop)
-    chosen = _chosen_epoch(history)
+    chosen = chosen_epoch(history)
     summary = (
         f"best val loss {val[best]:.4f} at epoch {int(epochs[best])}, final {val[-1]:.4f} "
         f"(+{rise:.1%}); {ranking} final {drop:.1%} below its best"
     )
     if chosen is not None:
-        summary += f"; the persisted model is epoch {chosen}'s (best on validation)"
+        summary += f"; the persisted model keeps epoch {chosen} (the best on validation)"
     if pattern:
         message = (
             f"validation loss rose {t.overfit_epochs}+ epochs in a row from epoch {start} "
@@ -324,8 +324,12 @@ def check_overfitting(history: pd.DataFrame, k: int, t: HealthThresholds) -> dic
     )
 
 
-def _chosen_epoch(history: pd.DataFrame) -> int | None:
-    """Return the epoch whose model was persisted (history column `chosen`), if recorded."""
+def chosen_epoch(history: pd.DataFrame) -> int | None:
+    """Return the epoch the persisted model kept (history column `chosen`), if recorded.
+
+    When validation kept an ensemble, the history is its best member's and this is
+    that member's kept epoch.
+    """
     if "chosen" not in history or not history["chosen"].astype(bool).any():
         return None
     return int(history.loc[history["chosen"].astype(bool), "epoch"].iloc[0])

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from twotower_pipeline.reporting import selection_table
+from twotower_pipeline.reporting import chosen_epoch, persisted_model_sentence, selection_table
 
 FAMILIES = ("hit_rate", "recall", "ndcg", "coverage")
 # The scorers of an evaluation set, in the order they are shown; others follow.
@@ -226,7 +226,11 @@ def build_html_report(
         )
         + "</div>"
     )
-    sections += ["<h2>Training history</h2>", _history_table(history)]
+    sections.append("<h2>Training history</h2>")
+    chosen = chosen_epoch(history)
+    if chosen is not None:
+        sections.append(f"<p>{_esc(persisted_model_sentence(model_selection, chosen))}</p>")
+    sections.append(_history_table(history))
     sections += ["<h2>Data</h2>", table(["", ""], _scalars(ingestion_report))]
     sections += ["<h2>Split</h2>", table(["", ""], _scalars(split_report))]
     if run:

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from plotly.subplots import make_subplots
 
-from twotower_pipeline.health import constant_predictor_loss
+from twotower_pipeline.health import chosen_epoch, constant_predictor_loss
 
 SCORERS = ("model", "popularity", "random", "als")
 COLOURS = {"model": "#1f77b4", "popularity": "#ff7f0e", "random": "#7f7f7f", "als": "#2ca02c"}
@@ -78,13 +78,6 @@ def learning_curve(
     plot.update_yaxes(title_text="BCE", secondary_y=False)
     plot.update_yaxes(title_text="logit scale", secondary_y=True)
     return fig, plot
-
-
-def chosen_epoch(history: pd.DataFrame) -> int | None:
-    """Return the epoch whose model was persisted (the best on validation), if recorded."""
-    if "chosen" not in history or not history["chosen"].astype(bool).any():
-        return None
-    return int(history.loc[history["chosen"].astype(bool), "epoch"].iloc[0])
 
 
 def ranking_curve(history: pd.DataFrame, validation: dict, k: int) -> tuple[Figure, go.Figure]:
@@ -307,6 +300,26 @@ def selection_table(selection: dict | None) -> tuple[str, list[str], list[list]]
     return text, ["towers", "model", "kept epoch", metric, "chosen"], rows
 
 
+def persisted_model_sentence(selection: dict | None, chosen: int) -> str:
+    """Return one sentence on what was persisted: an epoch, or the ensemble of kept epochs.
+
+    chosen is the curve's kept epoch (for an ensemble, its best member's).
+    """
+    candidates = (selection or {}).get("candidates", [])
+    if any(c["name"] == "ensemble" and c["chosen"] for c in candidates):
+        kept = [c for c in candidates if c["kept_epoch"] is not None]
+        members = ", ".join(f"{c['name']} epoch {c['kept_epoch']}" for c in kept)
+        return (
+            f"The persisted model is the ensemble: the candidates' kept epochs ({members}) "
+            f"scored together. The curve is its best member's (epoch {chosen} marked ✓); "
+            "every test figure below is the ensemble's."
+        )
+    return (
+        f"The persisted model is epoch {chosen}'s, the best on validation "
+        "(marked ✓); every figure below is that model's."
+    )
+
+
 def _selection_lines(selection: dict | None) -> list[str]:
     """Return the report's lines on which model block validation chose (none for one)."""
     shown = selection_table(selection)
@@ -425,11 +438,7 @@ def build_report(
     lines += _selection_lines(model_selection)
     chosen = chosen_epoch(history)
     if chosen is not None:
-        lines += [
-            f"The persisted model is epoch {chosen}'s, the best on validation "
-            "(marked ✓); every figure below is that model's.",
-            "",
-        ]
+        lines += [persisted_model_sentence(model_selection, chosen), ""]
     lines += _table(
         curve_columns + ["chosen"],
         [

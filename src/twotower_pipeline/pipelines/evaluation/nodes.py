@@ -135,7 +135,7 @@ def evaluate_baselines(
             skipped = "the optional library implicit is not installed"
             logger.warning(
                 "implicit is not installed: the ALS baseline is skipped "
-                "(pip install 'twotower_pipeline[baselines]')"
+                "(pip install -e '.[baselines]')"
             )
         else:
             scorers["als"] = als
