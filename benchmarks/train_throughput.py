@@ -10,12 +10,18 @@ benchmarks/results/train_throughput.json.
 --catalogue-sweep: users = items in {2,000; 100,000; 1,000,000} at d=64
 (batch 2048 positives, 5 negatives each), one fresh process per measurement so
 its peak RSS is its own; `method` is "project" (the project's step, id-only
-towers, row-wise updates), "project_history" (the default towers: 20 pooled
-history items with recency weights, no user id), "project_rmsprop" (the
-id-only towers with `training.optimizer: rowwise_rmsprop`: one second-moment
-value a row, no momentum) and "dense_adamw" (the same id-only model with AdamW
-over the whole tables: the loop before row-wise updates). 5,000,000 users x
-1,000,000 items for the two id-only project methods alone. The whole plan runs
+towers, row-wise updates, the default `training.compile_rows: auto`: tables of
+10^5 rows or more updated by one compiled kernel), "project_history" (the
+default towers: 20 pooled history items with recency weights, no user id),
+"project_rmsprop" (the id-only towers with `training.optimizer:
+rowwise_rmsprop`: one second-moment value a row, no momentum),
+"project_eager" and "project_rmsprop_eager" (the same with `compile_rows:
+off`: the row update in eager torch ops; at 2,000 rows, where tables are
+updated whole, they are not run) and "dense_adamw" (the same id-only model
+with AdamW over the whole tables: the loop before row-wise updates).
+5,000,000 users x 1,000,000 items for the id-only project methods alone. The
+first step of a compiled method compiles (from torch's on-disk cache after the
+first process) in the untimed warm-up pass. The whole plan runs
 --rounds times (3), interleaved, and each row holds the median rate of its
 rounds (and the rounds themselves). Writes
 benchmarks/results/catalogue_scaling.json (or --output).
@@ -54,15 +60,19 @@ from twotower_pipeline.training import (
 RESULTS = Path(__file__).resolve().parent / "results"
 NEG_RATIO, BATCH_POSITIVES = 5, 2048
 METHODS = {
-    # method -> (history_length, optimizer)
-    "project": (0, "rowwise"),
-    "project_history": (20, "rowwise"),
-    "project_rmsprop": (0, "rowwise_rmsprop"),
-    "dense_adamw": (0, "dense"),
+    # method -> (history_length, optimizer, compile_rows)
+    "project": (0, "rowwise", "auto"),
+    "project_history": (20, "rowwise", "auto"),
+    "project_rmsprop": (0, "rowwise_rmsprop", "auto"),
+    "project_eager": (0, "rowwise", "off"),
+    "project_rmsprop_eager": (0, "rowwise_rmsprop", "off"),
+    "dense_adamw": (0, "dense", "off"),
 }
+# At the default shape every table is updated whole: the _eager methods would repeat these.
+DEFAULT_SHAPE_METHODS = ("project", "project_history", "project_rmsprop", "dense_adamw")
 
 
-def make_spec(optimizer: str, device: str) -> TrainingSpec:
+def make_spec(optimizer: str, device: str, compile_rows: str = "auto") -> TrainingSpec:
     return TrainingSpec(
         seed=0,
         num_epochs=1,
@@ -79,6 +89,7 @@ def make_spec(optimizer: str, device: str) -> TrainingSpec:
         eval_chunk_size=1024,
         chunk_positives=1 << 20,
         optimizer=optimizer,
+        compile_rows=compile_rows,
         device=device,
         checkpoint_dir="unused",
         resume=False,
@@ -132,8 +143,8 @@ def project_rate(
     n_users: int, n_items: int, dim: int, method: str, n_positives: int, device: str
 ) -> float:
     """Return examples/s of one pass of the project's train_epoch."""
-    history, optimizer = METHODS[method]
-    spec = make_spec(optimizer, device)
+    history, optimizer, compile_rows = METHODS[method]
+    spec = make_spec(optimizer, device, compile_rows)
     target = torch.device(device)
     if target.type == "cpu":
         keep_freed_memory()  # as training.fit does on the CPU
@@ -215,7 +226,7 @@ def default_shape(args: argparse.Namespace) -> None:
                 project_rate(n_users, n_items, dim, method, args.positives, args.device)
                 for _ in range(args.repeats)
             )
-            for method in METHODS
+            for method in DEFAULT_SHAPE_METHODS
         }
         per_sample = per_sample_rate(n_users, n_items, dim, args.per_sample_examples)
         rows.append(
@@ -288,9 +299,13 @@ def measure(args: argparse.Namespace, method: str, n_users: int, n_items: int) -
 
 def catalogue_sweep(args: argparse.Namespace) -> None:
     sizes = [(2_000, 2_000), (100_000, 100_000), (1_000_000, 1_000_000)]
-    plan = [(m, u, i) for u, i in sizes for m in METHODS]
+    # At 2,000 rows every table is updated whole: the _eager methods would repeat the others.
+    plan = [(m, u, i) for u, i in sizes for m in METHODS if u > 2_000 or not m.endswith("_eager")]
     if not args.skip_largest:
-        plan += [(m, 5_000_000, 1_000_000) for m in ("project", "project_rmsprop")]
+        plan += [
+            (m, 5_000_000, 1_000_000)
+            for m in ("project", "project_rmsprop", "project_eager", "project_rmsprop_eager")
+        ]
     # The whole plan runs `rounds` times, interleaved, and each cell reports its median:
     # this machine's rates drift between minutes, and a drift then touches every method.
     measured: dict[tuple[str, int, int], list[dict]] = {}

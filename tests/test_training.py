@@ -101,6 +101,7 @@ def make_spec(tmp_path, **overrides) -> TrainingSpec:
         eval_chunk_size=5,
         chunk_positives=16,  # 36 positives: three chunks per epoch
         optimizer="rowwise",
+        compile_rows="off",
         device="cpu",
         checkpoint_dir=str(tmp_path / "checkpoints"),
         resume=False,
@@ -311,6 +312,86 @@ def test_rowwise_rmsprop_keeps_one_value_a_row():
     optimizer = RowwiseRMSProp(tables, lr=0.1, weight_decay=0.0)
     assert [tuple(s.shape) for s in optimizer.state] == [(10,), (4,)]
     assert [tuple(s.shape) for s in RowwiseAdamW(tables, 0.1, 0.0).state] == [(10, 2, 3), (4, 2, 8)]
+
+
+def steps_of_both(eager, compiled, eager_table, compiled_table, counts):
+    """Take the same steps with both optimizers: random rows, a new row count and rate each."""
+    for step, count in enumerate(counts, start=1):
+        ids = torch.randint(
+            0, len(eager_table), (count,), generator=torch.Generator().manual_seed(step)
+        )
+        target = torch.randn(
+            count, eager_table.shape[1], generator=torch.Generator().manual_seed(step)
+        )
+        for optimizer, table in ((eager, eager_table), (compiled, compiled_table)):
+            optimizer.lr = 0.05 / step  # a schedule: the rate changes between steps
+            rows = SparseRows()
+            ((rows(table, ids) - target) ** 2).sum().backward()
+            optimizer.step(rows.touched)
+        yield step
+
+
+@pytest.mark.parametrize("optimizer_class", [RowwiseAdamW, RowwiseRMSProp])
+def test_the_compiled_row_update_follows_the_eager_one(optimizer_class, monkeypatch):
+    monkeypatch.setattr(training, "WHOLE_TABLE_VALUES", 0)  # rows, as on a large table
+    torch.manual_seed(0)
+    eager_table = torch.randn(40, 4)
+    compiled_table = eager_table.clone()
+    eager = optimizer_class([eager_table], lr=0.05, weight_decay=0.2)
+    compiled = optimizer_class([compiled_table], lr=0.05, weight_decay=0.2, compiled=True)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for step in steps_of_both(eager, compiled, eager_table, compiled_table, [7, 13, 5, 29]):
+        assert torch.allclose(compiled_table, eager_table, rtol=1e-5, atol=1e-6), step
+        assert torch.allclose(compiled.state[0], eager.state[0], rtol=1e-5, atol=1e-9), step
+    assert compiled.kernel is not None  # every step ran compiled
+    # One kernel for every row count and rate: no compile per step.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 1
+
+
+def test_a_row_update_that_cannot_compile_runs_eagerly_and_says_so_once(monkeypatch, caplog):
+    monkeypatch.setattr(training, "WHOLE_TABLE_VALUES", 0)
+
+    def without_a_compiler(function, **options):
+        def compiled(*arguments):
+            raise RuntimeError("Compiler: cc is not found.\n(the rest of the report)")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", without_a_compiler)
+    torch.manual_seed(0)
+    eager_table = torch.randn(40, 4)
+    compiled_table = eager_table.clone()
+    eager = RowwiseRMSProp([eager_table], lr=0.05, weight_decay=0.2)
+    compiled = RowwiseRMSProp([compiled_table], lr=0.05, weight_decay=0.2, compiled=True)
+    with caplog.at_level(logging.WARNING, logger="twotower_pipeline.training"):
+        for _ in steps_of_both(eager, compiled, eager_table, compiled_table, [7, 13, 5]):
+            assert torch.equal(compiled_table, eager_table)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [
+        "training.compile_rows: the row update could not be compiled (RuntimeError: Compiler: "
+        "cc is not found.); row updates run eagerly (the same rule, slower on large tables)"
+    ]
+    assert compiled.kernel is None
+
+
+@pytest.mark.parametrize(
+    "setting, optimizer, rows, compiled",
+    [
+        ("auto", "rowwise", 1_000, False),  # small tables: updated whole, nothing to compile
+        ("auto", "rowwise", 100_000, True),
+        ("auto", "rowwise_rmsprop", 100_000, True),
+        ("auto", "dense", 100_000, False),
+        ("on", "rowwise", 1_000, True),
+        ("off", "rowwise_rmsprop", 100_000, False),
+    ],
+)
+def test_compile_rows_auto_compiles_where_a_table_is_large(
+    setting, optimizer, rows, compiled, tmp_path
+):
+    model = TwoTowerModel(replace(new_model(ID_ONLY).config, n_items=rows, embedding_dim=4))
+    spec = make_spec(tmp_path, optimizer=optimizer, compile_rows=setting)
+    optimizers = make_optimizer(model, spec)
+    assert (optimizers.rows is not None and optimizers.rows.kernel is not None) == compiled
 
 
 def test_a_table_on_huge_pages_keeps_its_values_and_starts_on_a_2_mib_boundary(monkeypatch):

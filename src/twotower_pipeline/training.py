@@ -87,6 +87,7 @@ class TrainingSpec:
     eval_max_users: int | None  # a seeded sample of validation users ranked per epoch (None: all)
     chunk_positives: int  # positives whose negatives are drawn at once
     optimizer: str  # rowwise | rowwise_rmsprop (sparse rows) | dense (AdamW over whole tables)
+    compile_rows: str  # auto | on | off: a row optimizer's update as one compiled kernel
     device: str  # auto | cpu | cuda
     checkpoint_dir: str
     resume: bool
@@ -330,8 +331,16 @@ class _RowOptimizer:
     touch it. A table handed over whole (ids None) is updated whole.
 
     A subclass gives `_new_state(table)` (its state tensor for one table),
-    `_update_table(table, state, grad)` (every row) and `_update_rows(table,
-    state, ids, values, grad)` (the distinct rows ids, their values and gradients).
+    `_update_table(table, state, grad)` (every row), `_update_rows(table,
+    state, ids, values, grad)` (the distinct rows ids, their values and
+    gradients, in eager torch ops) and `rows_rule` (the same rule as one
+    function of tensors and scalars, written for torch.compile).
+
+    compiled: the touched rows of each table are updated by `rows_rule` compiled
+    (torch.compile, dynamic shapes) into one kernel: one pass that reads each
+    row's state and values and writes them back, in place of a dozen eager ops
+    each making its own pass. When compiling fails (no C++ compiler, say) it
+    says so once and goes on eagerly.
     """
 
     def __init__(
@@ -341,6 +350,7 @@ class _RowOptimizer:
         weight_decay: float,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        compiled: bool = False,
     ) -> None:
         self.tables = tables
         self.lr = lr
@@ -350,6 +360,7 @@ class _RowOptimizer:
         self.step_count = 0
         self.state = [self._new_state(t) for t in tables]
         self._index = {id(t): i for i, t in enumerate(tables)}
+        self.kernel = torch.compile(type(self).rows_rule, dynamic=True) if compiled else None
 
     @torch.no_grad()
     def step(self, touched: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]) -> None:
@@ -361,11 +372,54 @@ class _RowOptimizer:
             if ids is None:  # the whole table was touched: update it in place
                 self._update_table(table, state, leaf.grad)
                 continue
-            # A few thousand rows at a time: the temporaries stay in the core's cache.
             values = leaf.detach()
+            if self.kernel is not None and self._run_kernel(table, state, ids, values, leaf.grad):
+                continue
+            # A few thousand rows at a time: the temporaries stay in the core's cache.
             for start in range(0, len(ids), OPTIMIZER_CHUNK_ROWS):
                 part = slice(start, start + OPTIMIZER_CHUNK_ROWS)
                 self._update_rows(table, state, ids[part], values[part], leaf.grad[part])
+
+    def _run_kernel(
+        self,
+        table: torch.Tensor,
+        state: torch.Tensor,
+        ids: torch.Tensor,
+        values: torch.Tensor,
+        grad: torch.Tensor,
+    ) -> bool:
+        """Update the rows with the compiled rule; False (and eager from now on) if it fails.
+
+        The first call compiles (seconds; torch caches the kernel on disk). A failure
+        to compile happens before the kernel writes anything.
+        """
+        beta1, beta2 = self.betas
+        try:
+            self.kernel(
+                table,
+                state,
+                ids,
+                values,
+                grad,
+                self.lr,
+                self.weight_decay,
+                beta1,
+                beta2,
+                self.eps,
+                self._root_correction2(),
+                1 - beta1**self.step_count,
+            )
+        except Exception as error:  # noqa: BLE001 - any compiler failure: go on eagerly
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            logger.warning(
+                "training.compile_rows: the row update could not be compiled (%s: %s); "
+                "row updates run eagerly (the same rule, slower on large tables)",
+                type(error).__name__,
+                first_line[:200],
+            )
+            self.kernel = None
+            return False
+        return True
 
     def _root_correction2(self) -> float:
         return math.sqrt(1 - self.betas[1] ** self.step_count)
@@ -426,6 +480,29 @@ class RowwiseAdamW(_RowOptimizer):
         state.index_add_(0, ids, steps)
         table.index_add_(0, ids, weight_step)
 
+    @staticmethod
+    def rows_rule(
+        table: torch.Tensor,
+        state: torch.Tensor,
+        ids: torch.Tensor,
+        values: torch.Tensor,
+        grad: torch.Tensor,
+        lr: float,
+        weight_decay: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        root_correction2: float,
+        correction1: float,
+    ) -> None:
+        """AdamW on the distinct rows ids (values: their weights), as one compilable function."""
+        rows = state[ids]
+        mean = rows[:, 0] * beta1 + grad * (1 - beta1)
+        square = rows[:, 1] * beta2 + grad * grad * (1 - beta2)
+        state[ids] = torch.stack((mean, square), 1)
+        denominator = square.sqrt() / root_correction2 + eps
+        table[ids] = values * (1 - lr * weight_decay) - (lr / correction1) * mean / denominator
+
     def state_dict(self) -> dict:
         return {
             "step_count": self.step_count,
@@ -477,6 +554,28 @@ class RowwiseRMSProp(_RowOptimizer):
         state.index_add_(0, ids, steps)
         table.index_add_(0, ids, weight_step)
 
+    @staticmethod
+    def rows_rule(
+        table: torch.Tensor,
+        state: torch.Tensor,
+        ids: torch.Tensor,
+        values: torch.Tensor,
+        grad: torch.Tensor,
+        lr: float,
+        weight_decay: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        root_correction2: float,
+        correction1: float,
+    ) -> None:
+        """RMSprop on the distinct rows ids (values: their weights), as one compilable function."""
+        rows = state[ids]
+        square = rows + ((grad * grad).mean(1) - rows) * (1 - beta2)
+        state[ids] = square
+        denominator = (square.sqrt() / root_correction2 + eps).unsqueeze(1)
+        table[ids] = values * (1 - lr * weight_decay) - lr * grad / denominator
+
 
 # training.optimizer -> the row optimizer of the embedding tables (None: dense AdamW on them)
 ROW_OPTIMIZERS: dict[str, type[_RowOptimizer] | None] = {
@@ -514,7 +613,12 @@ class Optimizers:
                 # size to the peak at most (as building the table did).
                 table.data = on_huge_pages(table.data)
         self.rows = (
-            row_optimizer(model.sparse_tables(), spec.learning_rate, spec.weight_decay)
+            row_optimizer(
+                model.sparse_tables(),
+                spec.learning_rate,
+                spec.weight_decay,
+                compiled=compile_row_updates(model, spec),
+            )
             if row_optimizer is not None
             else None
         )
@@ -557,8 +661,34 @@ class Optimizers:
 
 
 # From about this many rows a table's touched rows are trips to memory, not to cache, and
-# row-wise RMSprop's lighter state pays (measured: docs/training.md, the catalogue sweep).
+# row-wise RMSprop's lighter state pays (measured: docs/training.md, the catalogue sweep);
+# so does updating them in one compiled pass (training.compile_rows: auto).
 LARGE_TABLE_ROWS = 100_000
+
+
+def compile_row_updates(model: TwoTowerModel, spec: TrainingSpec) -> bool:
+    """Return whether the row optimizer's update runs compiled (training.compile_rows).
+
+    auto: on the CPU, when a table of LARGE_TABLE_ROWS rows or more is updated by
+    rows (where it was measured to pay; smaller tables are updated whole, and a
+    compile would only cost its seconds); on: whenever rows are updated; off: never.
+    """
+    if spec.compile_rows not in ("auto", "on", "off"):
+        raise ValueError(
+            f"training.compile_rows must be auto, on or off, not {spec.compile_rows!r}"
+        )
+    if spec.optimizer == "dense" or spec.compile_rows == "off":
+        return False
+    tables = model.sparse_tables()
+    large = any(t.shape[0] >= LARGE_TABLE_ROWS and t.numel() > WHOLE_TABLE_VALUES for t in tables)
+    on = spec.compile_rows == "on" or (large and all(t.device.type == "cpu" for t in tables))
+    if on:
+        logger.info(
+            "training.compile_rows=%s: row updates run as one compiled kernel (the first "
+            "step compiles it: seconds, cached on disk after)",
+            spec.compile_rows,
+        )
+    return on
 
 
 def make_optimizer(model: TwoTowerModel, spec: TrainingSpec) -> Optimizers:
