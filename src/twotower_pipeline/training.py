@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -323,6 +323,18 @@ def _huge_page_region(
     return torch.frombuffer(region, dtype=dtype, count=count, offset=start).view(shape)
 
 
+class RowStep(NamedTuple):
+    """The scalars of one row-optimizer step, as its compiled rule takes them."""
+
+    lr: float
+    weight_decay: float
+    beta1: float
+    beta2: float
+    eps: float
+    root_correction2: float  # sqrt(1 - beta2^t)
+    correction1: float  # 1 - beta1^t
+
+
 class _RowOptimizer:
     """What the row optimizers share: a global step count, lazy decay, chunked row updates.
 
@@ -394,21 +406,17 @@ class _RowOptimizer:
         to compile happens before the kernel writes anything.
         """
         beta1, beta2 = self.betas
+        step = RowStep(
+            self.lr,
+            self.weight_decay,
+            beta1,
+            beta2,
+            self.eps,
+            self._root_correction2(),
+            1 - beta1**self.step_count,
+        )
         try:
-            self.kernel(
-                table,
-                state,
-                ids,
-                values,
-                grad,
-                self.lr,
-                self.weight_decay,
-                beta1,
-                beta2,
-                self.eps,
-                self._root_correction2(),
-                1 - beta1**self.step_count,
-            )
+            self.kernel(table, state, ids, values, grad, step)
         except Exception as error:  # noqa: BLE001 - any compiler failure: go on eagerly
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             logger.warning(
@@ -487,21 +495,16 @@ class RowwiseAdamW(_RowOptimizer):
         ids: torch.Tensor,
         values: torch.Tensor,
         grad: torch.Tensor,
-        lr: float,
-        weight_decay: float,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        root_correction2: float,
-        correction1: float,
+        step: RowStep,
     ) -> None:
         """AdamW on the distinct rows ids (values: their weights), as one compilable function."""
         rows = state[ids]
-        mean = rows[:, 0] * beta1 + grad * (1 - beta1)
-        square = rows[:, 1] * beta2 + grad * grad * (1 - beta2)
+        mean = rows[:, 0] * step.beta1 + grad * (1 - step.beta1)
+        square = rows[:, 1] * step.beta2 + grad * grad * (1 - step.beta2)
         state[ids] = torch.stack((mean, square), 1)
-        denominator = square.sqrt() / root_correction2 + eps
-        table[ids] = values * (1 - lr * weight_decay) - (lr / correction1) * mean / denominator
+        denominator = square.sqrt() / step.root_correction2 + step.eps
+        decayed = values * (1 - step.lr * step.weight_decay)
+        table[ids] = decayed - (step.lr / step.correction1) * mean / denominator
 
     def state_dict(self) -> dict:
         return {
@@ -561,20 +564,14 @@ class RowwiseRMSProp(_RowOptimizer):
         ids: torch.Tensor,
         values: torch.Tensor,
         grad: torch.Tensor,
-        lr: float,
-        weight_decay: float,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        root_correction2: float,
-        correction1: float,
+        step: RowStep,
     ) -> None:
         """RMSprop on the distinct rows ids (values: their weights), as one compilable function."""
         rows = state[ids]
-        square = rows + ((grad * grad).mean(1) - rows) * (1 - beta2)
+        square = rows + ((grad * grad).mean(1) - rows) * (1 - step.beta2)
         state[ids] = square
-        denominator = (square.sqrt() / root_correction2 + eps).unsqueeze(1)
-        table[ids] = values * (1 - lr * weight_decay) - lr * grad / denominator
+        denominator = (square.sqrt() / step.root_correction2 + step.eps).unsqueeze(1)
+        table[ids] = values * (1 - step.lr * step.weight_decay) - step.lr * grad / denominator
 
 
 # training.optimizer -> the row optimizer of the embedding tables (None: dense AdamW on them)
