@@ -15,9 +15,9 @@ towers, row-wise AdamW, the default `training.compile_rows: auto`: tables of
 default towers: 20 pooled history items with recency weights, no user id),
 "project_rmsprop" (the id-only towers with `training.optimizer:
 rowwise_rmsprop`: one second-moment value a row, no momentum; eager under
-auto), "project_eager" (row-wise AdamW with `compile_rows: off`: the row
+auto), "project_eager" (row-wise AdamW with `compile_rows: false`: the row
 update in eager torch ops), "project_rmsprop_compiled" (RMSprop rows with
-`compile_rows: on`; at 2,000 rows, where tables are updated whole, these two
+`compile_rows: true`; at 2,000 rows, where tables are updated whole, these two
 are not run) and "dense_adamw" (the same id-only model
 with AdamW over the whole tables: the loop before row-wise updates).
 5,000,000 users x 1,000,000 items for the id-only project methods alone. The
@@ -65,15 +65,15 @@ METHODS = {
     "project": (0, "rowwise", "auto"),
     "project_history": (20, "rowwise", "auto"),
     "project_rmsprop": (0, "rowwise_rmsprop", "auto"),
-    "project_eager": (0, "rowwise", "off"),
-    "project_rmsprop_compiled": (0, "rowwise_rmsprop", "on"),
-    "dense_adamw": (0, "dense", "off"),
+    "project_eager": (0, "rowwise", False),
+    "project_rmsprop_compiled": (0, "rowwise_rmsprop", True),
+    "dense_adamw": (0, "dense", False),
 }
 # At the default shape every table is updated whole: the _eager methods would repeat these.
 DEFAULT_SHAPE_METHODS = ("project", "project_history", "project_rmsprop", "dense_adamw")
 
 
-def make_spec(optimizer: str, device: str, compile_rows: str = "auto") -> TrainingSpec:
+def make_spec(optimizer: str, device: str, compile_rows: str | bool = "auto") -> TrainingSpec:
     return TrainingSpec(
         seed=0,
         num_epochs=1,
@@ -143,7 +143,11 @@ def random_positives(
 def project_rate(
     n_users: int, n_items: int, dim: int, method: str, n_positives: int, device: str
 ) -> float:
-    """Return examples/s of one pass of the project's train_epoch."""
+    """Return examples/s of one pass of the project's train_epoch.
+
+    Sets project_rate.compiled: whether the row update ran as the compiled kernel
+    (False where it was eager, by setting or after a failed compile).
+    """
     history, optimizer, compile_rows = METHODS[method]
     spec = make_spec(optimizer, device, compile_rows)
     target = torch.device(device)
@@ -179,7 +183,9 @@ def project_rate(
         return examples / (time.perf_counter() - started)
 
     one_pass(min(n_positives, 8 * BATCH_POSITIVES))  # warm-up
-    return one_pass(n_positives)
+    rate = one_pass(n_positives)
+    project_rate.compiled = optimizers.rows is not None and optimizers.rows.kernel_ran
+    return rate
 
 
 # --- the default shape: against a per-sample DataLoader loop ---------------------------------
@@ -263,6 +269,7 @@ def one_measurement(args: argparse.Namespace) -> None:
         "device": args.device,
         "positives": args.positives,
         "examples_per_s": rate,
+        "compiled_row_update": bool(getattr(project_rate, "compiled", False)),
         "peak_rss_mb": peak_kb / 1024,
     }
     if args.device == "cuda":

@@ -414,7 +414,9 @@ def fit_distributed(
     if len(set(digests.values())) > 1:
         raise DistributedTrainingError(
             f"training replicas ended with different weights (ranks {sorted(digests)}): "
-            "the gradient synchronisation is broken; report this with the run's settings"
+            "the gradient synchronisation is broken, or one rank fell back from a compiled "
+            "row update to eager ops (its log says training.compile_rows; set it to false); "
+            "report this with the run's settings"
         )
     lead = min((r for r in mine if "state" in r), key=lambda r: r["rank"])
     model.load_state_dict(lead["state"])

@@ -486,7 +486,7 @@ def build_report(
             "## Validation (what chose the epoch)",
             "",
             f"The same protocol on {_number(val_model.get('users'))} validation users, "
-            "training items masked. Validation chose the persisted epoch (and the defaults), "
+            "training items masked. Validation chose the persisted model (and the defaults), "
             "so its figures flatter the model a little; test is the figure to quote.",
             "",
         ]

@@ -174,7 +174,7 @@ class Training(Block):
     progress_bar: bool
     chunk_positives: PositiveInt
     optimizer: Literal["rowwise", "rowwise_rmsprop", "dense"]
-    compile_rows: Literal["auto", "on", "off"]
+    compile_rows: Literal["auto"] | bool
     device: Literal["auto", "cpu", "cuda"]
     distributed: Distributed
 

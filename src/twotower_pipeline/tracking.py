@@ -22,6 +22,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from twotower_pipeline.health import chosen_epoch
+
 MODEL_ARTIFACT_DIR = "model"
 STATE_FILE = "two_tower_model.pt"
 CONFIG_FILE = "model_config.json"
@@ -72,8 +74,8 @@ def log_history(run_id: str, history: pd.DataFrame) -> None:
     # log_batch takes at most 1000 metrics per call.
     for start in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
-    if "chosen" in history.columns and history["chosen"].any():
-        chosen = int(history.loc[history["chosen"].astype(bool), "epoch"].iloc[0])
+    chosen = chosen_epoch(history)
+    if chosen is not None:
         client.set_tag(run_id, "chosen_epoch", str(chosen))
 
 
