@@ -82,6 +82,10 @@ def message_for(**changes) -> str:
         ),
         ({"ingestion__encoding": "utf-9"}, "encoding 'utf-9' is not one Python knows"),
         (
+            {"training__compile_rows": "on"},  # a string: YAML and --params make on a boolean
+            "training.compile_rows: should be auto, true or false, not 'on'",
+        ),
+        (
             {"split__temporal_quantiles": [0.9, 0.8]},
             "temporal_quantiles must be [validation, test] with validation < test",
         ),

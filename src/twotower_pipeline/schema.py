@@ -18,7 +18,7 @@ import difflib
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from twotower_pipeline.errors import SettingsError
 
@@ -28,6 +28,16 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 OpenFraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+def _auto_or_bool(value: Any) -> Any:
+    """Let auto, true and false through; anything else is one clear error."""
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(f"should be auto, true or false, not {value!r}")
+
+
+AutoOrBool = Annotated[Literal["auto"] | bool, BeforeValidator(_auto_or_bool)]
 
 
 class Block(BaseModel):
@@ -174,7 +184,7 @@ class Training(Block):
     progress_bar: bool
     chunk_positives: PositiveInt
     optimizer: Literal["rowwise", "rowwise_rmsprop", "dense"]
-    compile_rows: Literal["auto"] | bool
+    compile_rows: AutoOrBool
     device: Literal["auto", "cpu", "cuda"]
     distributed: Distributed
 
