@@ -142,11 +142,11 @@ def random_positives(
 
 def project_rate(
     n_users: int, n_items: int, dim: int, method: str, n_positives: int, device: str
-) -> float:
-    """Return examples/s of one pass of the project's train_epoch.
+) -> tuple[float, bool]:
+    """Return (examples/s of one pass of the project's train_epoch, whether it compiled).
 
-    Sets project_rate.compiled: whether the row update ran as the compiled kernel
-    (False where it was eager, by setting or after a failed compile).
+    The second is whether the row update ran as the compiled kernel (False where it
+    was eager, by setting or after a failed compile).
     """
     history, optimizer, compile_rows = METHODS[method]
     spec = make_spec(optimizer, device, compile_rows)
@@ -184,8 +184,7 @@ def project_rate(
 
     one_pass(min(n_positives, 8 * BATCH_POSITIVES))  # warm-up
     rate = one_pass(n_positives)
-    project_rate.compiled = optimizers.rows is not None and optimizers.rows.kernel_ran
-    return rate
+    return rate, optimizers.rows is not None and optimizers.rows.kernel_ran
 
 
 # --- the default shape: against a per-sample DataLoader loop ---------------------------------
@@ -230,7 +229,7 @@ def default_shape(args: argparse.Namespace) -> None:
     for dim in (16, 32, 64, 128):  # 16 is the default model
         rates = {
             method: statistics.median(
-                project_rate(n_users, n_items, dim, method, args.positives, args.device)
+                project_rate(n_users, n_items, dim, method, args.positives, args.device)[0]
                 for _ in range(args.repeats)
             )
             for method in DEFAULT_SHAPE_METHODS
@@ -257,7 +256,7 @@ def default_shape(args: argparse.Namespace) -> None:
 # --- catalogue sweep ----------------------------------------------------------------------
 def one_measurement(args: argparse.Namespace) -> None:
     """Measure one (method, n_users, n_items) in this process; print one JSON row."""
-    rate = project_rate(
+    rate, compiled = project_rate(
         args.n_users, args.n_items, args.dim, args.method, args.positives, args.device
     )
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -269,7 +268,7 @@ def one_measurement(args: argparse.Namespace) -> None:
         "device": args.device,
         "positives": args.positives,
         "examples_per_s": rate,
-        "compiled_row_update": bool(getattr(project_rate, "compiled", False)),
+        "compiled_row_update": compiled,
         "peak_rss_mb": peak_kb / 1024,
     }
     if args.device == "cuda":

@@ -406,6 +406,32 @@ def test_a_stop_during_the_compiled_update_stops_the_run(monkeypatch):
         optimizer.step(rows.touched)
 
 
+def test_an_error_after_the_kernel_has_run_is_raised_not_retried_eagerly(monkeypatch):
+    monkeypatch.setattr(training, "WHOLE_TABLE_VALUES", 0)
+    calls = []
+
+    def works_once(function, **options):
+        def compiled(*arguments):
+            calls.append(1)
+            if len(calls) > 1:  # the kernel may have written part of the rows by now
+                raise RuntimeError("out of memory")
+            return function(*arguments)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", works_once)
+    table = torch.randn(40, 4)
+    optimizer = RowwiseAdamW([table], lr=0.05, weight_decay=0.2, compiled=True)
+    for step in range(2):
+        rows = SparseRows()
+        rows(table, torch.tensor([1, 2, 3])).sum().backward()
+        if step == 0:
+            optimizer.step(rows.touched)
+        else:
+            with pytest.raises(RuntimeError, match="out of memory"):
+                optimizer.step(rows.touched)
+
+
 @pytest.mark.parametrize(
     "setting, optimizer, rows, compiled",
     [

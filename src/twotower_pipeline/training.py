@@ -418,14 +418,13 @@ class _RowOptimizer:
             self._root_correction2(),
             1 - beta1**self.step_count,
         )
-        if self.kernel_ran:
-            self.kernel(table, state, ids, values, grad, step)
-            return True
         try:
             self.kernel(table, state, ids, values, grad, step)
         except RunFailedError:
             raise
         except Exception as error:  # noqa: BLE001 - any compiler failure: go on eagerly
+            if self.kernel_ran:
+                raise
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             logger.warning(
                 "training.compile_rows: the row update could not be compiled (%s: %s); "
