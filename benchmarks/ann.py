@@ -71,7 +71,7 @@ def measure(
     label: str, items: np.ndarray, users: np.ndarray, params: dict, args: argparse.Namespace
 ) -> dict:
     """Return recall, latency and throughput of the index and of exact search on one catalogue."""
-    from twotower_pipeline import ann
+    from twotower_pipeline.evaluation import index as ann
 
     config = ann.IndexConfig.from_params(params, seed=0)
     started = time.perf_counter()
@@ -149,7 +149,7 @@ def main() -> None:
         "--embeddings", type=Path, default=EMBEDDINGS, help="folder of the trained embeddings"
     )
     args = parser.parse_args()
-    from twotower_pipeline import ann
+    from twotower_pipeline.evaluation import index as ann
 
     if ann.faiss_module() is None:
         sys.exit(ann.MISSING_FAISS)

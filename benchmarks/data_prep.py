@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from twotower_pipeline.data.sampling import PositiveSet, sample_negatives
 from twotower_pipeline.pipelines.ingestion.nodes import encode, validate
 from twotower_pipeline.pipelines.negative_sampling.nodes import sample_training_examples
 from twotower_pipeline.pipelines.split.nodes import split
-from twotower_pipeline.sampling import PositiveSet, sample_negatives
 
 RESULTS = Path(__file__).resolve().parent / "results" / "data_prep.json"
 _PAGE = os.sysconf("SC_PAGE_SIZE")

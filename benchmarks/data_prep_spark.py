@@ -142,7 +142,7 @@ def run_spark(raw_path: Path, out: Path, ingestion: dict, master: str, memory: s
         split_on_spark,
         validate_on_spark,
     )
-    from twotower_pipeline.spark_session import start_spark_session
+    from twotower_pipeline.spark.session import start_spark_session
 
     stages: list[dict] = []
     conf = {

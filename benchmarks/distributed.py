@@ -26,11 +26,11 @@ import pandas as pd
 import torch
 import yaml
 
-from twotower_pipeline.metrics import ranking_metrics
+from twotower_pipeline.data.sampling import build_training_examples
+from twotower_pipeline.data.splitting import SplitSpec, split_interactions
+from twotower_pipeline.data.synthetic import SyntheticLogSpec, generate_interactions
 from twotower_pipeline.pipelines.training.nodes import train_two_tower
-from twotower_pipeline.sampling import build_training_examples
-from twotower_pipeline.splitting import SplitSpec, split_interactions
-from twotower_pipeline.synthetic import SyntheticLogSpec, generate_interactions
+from twotower_pipeline.ranking.metrics import ranking_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from twotower_pipeline.sampling import PositiveSet, item_groups, sample_negatives
+from twotower_pipeline.data.sampling import PositiveSet, item_groups, sample_negatives
 from untuned import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"

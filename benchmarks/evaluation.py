@@ -37,7 +37,7 @@ def measure(n_users: int, n_items: int, dim: int, chunk_size: int) -> dict:
     import pandas as pd
     import torch
 
-    from twotower_pipeline.metrics import ranking_metrics
+    from twotower_pipeline.ranking.metrics import ranking_metrics
 
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
@@ -103,7 +103,7 @@ def counting(n_items: int = 60_000, rows: int = 1024, repeats: int = 5) -> dict:
     import numpy as np
     import torch
 
-    from twotower_pipeline.metrics import _count_above
+    from twotower_pipeline.ranking.metrics import _count_above
 
     torch.manual_seed(0)
     scores = torch.randn(rows, n_items)

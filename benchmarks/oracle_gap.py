@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 
 from tower_sweep import prepare, project_parameters, run_setting
-from twotower_pipeline.metrics import ranking_metrics
-from twotower_pipeline.synthetic import oracle_scorer, true_logits
+from twotower_pipeline.data.synthetic import oracle_scorer, true_logits
+from twotower_pipeline.ranking.metrics import ranking_metrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

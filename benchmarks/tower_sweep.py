@@ -34,10 +34,10 @@ import torch
 import yaml
 from kedro.config import OmegaConfigLoader
 
-from twotower_pipeline.baselines import als_scorer, popularity_scorer
-from twotower_pipeline.metrics import ranking_metrics
+from twotower_pipeline.data.sampling import build_training_examples, item_distribution
+from twotower_pipeline.evaluation.baselines import als_scorer, popularity_scorer
 from twotower_pipeline.pipelines.training.nodes import train_two_tower
-from twotower_pipeline.sampling import build_training_examples, item_distribution
+from twotower_pipeline.ranking.metrics import ranking_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("ML100K_PATH", ROOT.parent / "shared" / "data" / "ml-100k" / "u.data"))

@@ -48,9 +48,9 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from twotower_pipeline.history import HistoryTable
-from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
-from twotower_pipeline.training import (
+from twotower_pipeline.data.user_histories import HistoryTable
+from twotower_pipeline.model.towers import TwoTowerConfig, TwoTowerModel
+from twotower_pipeline.training.loop import (
     Optimizers,
     Positives,
     TrainingSpec,

@@ -10,13 +10,13 @@ import pytest
 import torch
 from kedro.io import DatasetError
 
-from twotower_pipeline import ann
-from twotower_pipeline.index_dataset import ItemIndexDataset
-from twotower_pipeline.metrics import top_k_unseen
+from twotower_pipeline.evaluation import index as ann
+from twotower_pipeline.io.index_dataset import ItemIndexDataset
 from twotower_pipeline.pipelines.evaluation.index_nodes import (
     build_item_index,
     evaluate_item_index,
 )
+from twotower_pipeline.ranking.metrics import top_k_unseen
 
 needs_faiss = pytest.mark.skipif(
     ann.faiss_module() is None, reason="faiss-cpu is not installed (pip install -e '.[ann]')"

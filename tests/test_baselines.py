@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twotower_pipeline.baselines import als_scorer, popularity_scorer, random_scorer
+from twotower_pipeline.evaluation.baselines import als_scorer, popularity_scorer, random_scorer
 from twotower_pipeline.pipelines.evaluation.nodes import evaluate_baselines
 
 # Five items; item 4 has no training row, so user 1's test row on it is a cold row.

@@ -11,16 +11,21 @@ import pytest
 import torch
 import yaml
 
-from twotower_pipeline import distributed, training
-from twotower_pipeline.distributed import DistributedSettings, DistributedTrainingError, Shard
-from twotower_pipeline.errors import SettingsError
-from twotower_pipeline.metrics import ranking_metrics
-from twotower_pipeline.model import TwoTowerModel
+from twotower_pipeline.config.errors import SettingsError
+from twotower_pipeline.data.sampling import build_training_examples, item_distribution
+from twotower_pipeline.data.splitting import SplitSpec, split_interactions
+from twotower_pipeline.data.synthetic import SyntheticLogSpec, generate_interactions
+from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.pipelines.training.nodes import build_model, train_two_tower
-from twotower_pipeline.sampling import build_training_examples, item_distribution
-from twotower_pipeline.splitting import SplitSpec, split_interactions
-from twotower_pipeline.synthetic import SyntheticLogSpec, generate_interactions
-from twotower_pipeline.training import TrainingSpec
+from twotower_pipeline.ranking.metrics import ranking_metrics
+from twotower_pipeline.training import distributed
+from twotower_pipeline.training import loop as training
+from twotower_pipeline.training.distributed import (
+    DistributedSettings,
+    DistributedTrainingError,
+    Shard,
+)
+from twotower_pipeline.training.loop import TrainingSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED, NEG, K = 42, 5, 10

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from twotower_pipeline.environments import EnvironmentConfigLoader, relocate_path
-from twotower_pipeline.hooks import MissingPreparedDataError, ReadableError
-from twotower_pipeline.manifest import provenance_differences
+from twotower_pipeline.config.loader import EnvironmentConfigLoader, relocate_path
+from twotower_pipeline.hooks.run_hooks import MissingPreparedDataError, ReadableError
+from twotower_pipeline.io.manifest import provenance_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,14 +14,14 @@ import pytest
 from kedro.config import OmegaConfigLoader
 from kedro.io import AbstractDataset
 
-from twotower_pipeline.datasets import OptionalDataset
-from twotower_pipeline.environments import data_root
-from twotower_pipeline.features import (
+from twotower_pipeline.config.loader import data_root
+from twotower_pipeline.data.features import (
     FeatureSpec,
     InvalidFeaturesError,
     build_side,
     padded_tokens,
 )
+from twotower_pipeline.io.datasets import OptionalDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 # MovieLens 100K is never part of the repository: ML100K_PATH, or the shared data beside it.
@@ -354,7 +354,7 @@ def kedro_cli(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.integration
 def test_own_log_without_features_needs_no_feature_file_and_gets_empty_tokens(make_project_copy):
-    from twotower_pipeline.synthetic import SyntheticLogSpec, generate_interactions
+    from twotower_pipeline.data.synthetic import SyntheticLogSpec, generate_interactions
 
     project = make_project_copy("own_log")
     env = project / "conf" / "own_log"
@@ -419,7 +419,7 @@ def test_movielens_1m_reads_movies_and_users_dat(tmp_path):
 
 
 def test_token_tables_preview_in_kedro_viz_as_json_lists(tmp_path):
-    from twotower_pipeline.datasets import AtomicParquetDataset
+    from twotower_pipeline.io.datasets import AtomicParquetDataset
 
     dataset = AtomicParquetDataset(filepath=str(tmp_path / "tokens.parquet"))
     dataset.save(pd.DataFrame({"item": [0, 1], "tokens": [np.array([1, 4], np.int32), []]}))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twotower_pipeline.health import (
+from twotower_pipeline.evaluation.health import (
     HealthThresholds,
     constant_predictor_loss,
     health_report,

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twotower_pipeline.history import HistoryTable, training_history_ends
+from twotower_pipeline.data.user_histories import HistoryTable, training_history_ends
 
 
 def log(rows: list[tuple[int, int, int]]) -> pd.DataFrame:

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from kedro.io import DatasetError
 
-from twotower_pipeline.datasets import AtomicJSONDataset, AtomicParquetDataset
-from twotower_pipeline.hooks import MissingPreparedDataError, ReadableError
-from twotower_pipeline.synthetic import SyntheticLogSpec, generate_interactions
+from twotower_pipeline.data.synthetic import SyntheticLogSpec, generate_interactions
+from twotower_pipeline.hooks.run_hooks import MissingPreparedDataError, ReadableError
+from twotower_pipeline.io.datasets import AtomicJSONDataset, AtomicParquetDataset
 
 OUTPUTS = [
     "data/user_csv/02_intermediate/clean_interactions.parquet",

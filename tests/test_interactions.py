@@ -18,14 +18,14 @@ import yaml
 from kedro.io import DatasetError
 from kedro_datasets.pandas import CSVDataset, ParquetDataset
 
-from twotower_pipeline.hooks import _configure_raw_reader, describe_load_failure
-from twotower_pipeline.interactions import (
+from twotower_pipeline.data.interactions import (
     IngestionSpec,
     InvalidInteractionsError,
     encode_ids,
     parse_timestamps,
     validate_interactions,
 )
+from twotower_pipeline.hooks.run_hooks import _configure_raw_reader, describe_load_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 # MovieLens 100K is never part of the repository: ML100K_PATH, or the shared data beside it.

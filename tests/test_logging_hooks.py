@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pandas as pd
 import yaml
 
-from twotower_pipeline.logging_hooks import (
+from twotower_pipeline.hooks.node_logging import (
     KedroNodeLinesFilter,
     NodeSummaryHooks,
     describe,

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twotower_pipeline.metrics import (
+from twotower_pipeline.ranking.metrics import (
     binary_log_loss,
     pair_scores,
     rank_positives,

@@ -10,8 +10,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from twotower_pipeline.model import ScaledCosine, TowerEnsemble, TwoTowerConfig, TwoTowerModel
-from twotower_pipeline.retrieval import recommend_from_histories
+from twotower_pipeline.evaluation.retrieval import recommend_from_histories
+from twotower_pipeline.model.towers import (
+    ScaledCosine,
+    TowerEnsemble,
+    TwoTowerConfig,
+    TwoTowerModel,
+)
 
 N_USERS, N_ITEMS, DIM = 5, 7, 4
 

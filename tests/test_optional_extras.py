@@ -7,9 +7,13 @@ import builtins
 import pandas as pd
 import pytest
 
-from twotower_pipeline.baselines import als_scorer
-from twotower_pipeline.errors import RunFailedError
-from twotower_pipeline.hooks import ReadableError, ReadableErrorHooks, describe_missing_extra
+from twotower_pipeline.config.errors import RunFailedError
+from twotower_pipeline.evaluation.baselines import als_scorer
+from twotower_pipeline.hooks.run_hooks import (
+    ReadableError,
+    ReadableErrorHooks,
+    describe_missing_extra,
+)
 
 TRAIN = pd.DataFrame({"user": [0, 1], "item": [0, 1], "timestamp": [1, 2]})
 ALS = {"factors": 2, "regularization": 0.1, "alpha": 1.0, "iterations": 1}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from twotower_pipeline.pipelines.evaluation import nodes
-from twotower_pipeline.protocol import held_out_sets, items_without_training
+from twotower_pipeline.ranking.protocol import held_out_sets, items_without_training
 
 TRAIN = pd.DataFrame({"user": [0, 0, 1, 1, 2, 2], "item": [0, 1, 0, 2, 0, 3]})
 VAL = pd.DataFrame({"user": [0, 1, 2], "item": [2, 1, 1]})

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from twotower_pipeline.report_html import build_html_report
+from twotower_pipeline.reporting.html import build_html_report
 
 matplotlib.use("Agg")
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from twotower_pipeline.pipelines.evaluation.nodes import compare_with_baselines
-from twotower_pipeline.reporting import (
+from twotower_pipeline.reporting.markdown import (
     build_report,
     headline,
     learning_curve,

@@ -12,10 +12,10 @@ import torch
 # Shared builders (pytest puts tests/ on the import path).
 from test_model import ID_ONLY
 from test_training import make_spec
-from twotower_pipeline.model import TwoTowerConfig, TwoTowerModel
-from twotower_pipeline.retrieval import recommend_from_histories
-from twotower_pipeline.sampling import build_training_examples
-from twotower_pipeline.training import fit
+from twotower_pipeline.data.sampling import build_training_examples
+from twotower_pipeline.evaluation.retrieval import recommend_from_histories
+from twotower_pipeline.model.towers import TwoTowerConfig, TwoTowerModel
+from twotower_pipeline.training.loop import fit
 
 N_USERS, N_ITEMS, NEG = 40, 10, 3
 
@@ -83,7 +83,7 @@ def test_a_new_user_gets_items_of_the_taste_its_history_shows(trained):
 
 def test_items_the_model_does_not_know_are_left_out_and_counted(trained, caplog):
     histories = pd.DataFrame({"user_id": ["x", "x", "y"], "item_id": ["m0", "zz", "qq"]})
-    with caplog.at_level(logging.WARNING, logger="twotower_pipeline.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="twotower_pipeline.evaluation.retrieval"):
         top = recommend_from_histories(trained, histories, ITEM_INDEX, k=2)
     assert set(top["user_id"]) == {"x"}  # y's only item is unknown: no rows for y
     assert "m0" not in set(top["item_id"])  # what the user has seen is never recommended

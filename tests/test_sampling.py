@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twotower_pipeline import sampling
-from twotower_pipeline.sampling import (
+from twotower_pipeline.data import sampling
+from twotower_pipeline.data.sampling import (
     NegativeSamplingError,
     PositiveSet,
     build_training_examples,

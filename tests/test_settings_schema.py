@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from twotower_pipeline.environments import EnvironmentConfigLoader
-from twotower_pipeline.errors import SettingsError
-from twotower_pipeline.schema import check_neg_ratio, check_parameters
+from twotower_pipeline.config.errors import SettingsError
+from twotower_pipeline.config.loader import EnvironmentConfigLoader
+from twotower_pipeline.config.schema import check_neg_ratio, check_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVIRONMENTS = sorted(

@@ -13,8 +13,9 @@ import pytest
 import yaml
 from kedro.config import MissingConfigException
 
-from twotower_pipeline import spark_hooks, spark_session
-from twotower_pipeline.spark_session import SparkUnavailableError, start_spark_session
+from twotower_pipeline.spark import hooks as spark_hooks
+from twotower_pipeline.spark import session as spark_session
+from twotower_pipeline.spark.session import SparkUnavailableError, start_spark_session
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from twotower_pipeline import spark_hooks
-from twotower_pipeline.interactions import IngestionSpec, encode_ids, validate_interactions
-from twotower_pipeline.spark_session import java_executable
-from twotower_pipeline.splitting import SplitSpec, split_interactions
+from twotower_pipeline.data.interactions import IngestionSpec, encode_ids, validate_interactions
+from twotower_pipeline.data.splitting import SplitSpec, split_interactions
+from twotower_pipeline.spark import hooks as spark_hooks
+from twotower_pipeline.spark.session import java_executable
 
 pyspark = pytest.importorskip(
     "pyspark", reason='PySpark is not installed (pip install -e ".[spark]")'
@@ -26,7 +26,7 @@ pyspark = pytest.importorskip(
 if java_executable() is None:
     pytest.skip("no Java runtime (PySpark needs Java 17 or later)", allow_module_level=True)
 
-from twotower_pipeline.spark_prep import (  # noqa: E402
+from twotower_pipeline.spark.prep import (  # noqa: E402
     encode_ids_spark,
     split_interactions_spark,
     validate_interactions_spark,

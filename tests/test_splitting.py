@@ -11,8 +11,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twotower_pipeline.interactions import InvalidInteractionsError
-from twotower_pipeline.splitting import SplitSpec, cold_items, split_interactions
+from twotower_pipeline.data.interactions import InvalidInteractionsError
+from twotower_pipeline.data.splitting import SplitSpec, cold_items, split_interactions
 
 
 def log(rows: list[tuple[int, int, int]]) -> pd.DataFrame:

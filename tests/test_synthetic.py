@@ -11,22 +11,22 @@ import pytest
 import torch
 from kedro.io import DatasetError
 
-from twotower_pipeline.datasets import (
-    SYNTHETIC_COMPANIONS,
-    SyntheticInteractionsDataset,
-    synthetic_companion_path,
-)
-from twotower_pipeline.features import FeatureSpec, build_side, padded_tokens
-from twotower_pipeline.interactions import encode_ids
-from twotower_pipeline.metrics import ranking_metrics
-from twotower_pipeline.protocol import items_without_training, known_for_test
-from twotower_pipeline.splitting import SplitSpec, split_interactions
-from twotower_pipeline.synthetic import (
+from twotower_pipeline.data.features import FeatureSpec, build_side, padded_tokens
+from twotower_pipeline.data.interactions import encode_ids
+from twotower_pipeline.data.splitting import SplitSpec, split_interactions
+from twotower_pipeline.data.synthetic import (
     SyntheticLogSpec,
     generate_interactions,
     generate_world,
     oracle_scorer,
 )
+from twotower_pipeline.io.datasets import (
+    SYNTHETIC_COMPANIONS,
+    SyntheticInteractionsDataset,
+    synthetic_companion_path,
+)
+from twotower_pipeline.ranking.metrics import ranking_metrics
+from twotower_pipeline.ranking.protocol import items_without_training, known_for_test
 
 SMALL = SyntheticLogSpec(n_users=60, n_items=40, mean_interactions_per_user=8, seed=3)
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twotower_pipeline import tracking
-from twotower_pipeline.mlflow_hooks import MlflowTrackingHooks
+from twotower_pipeline.hooks.mlflow import MlflowTrackingHooks
+from twotower_pipeline.io import tracking
 
 mlflow = pytest.importorskip("mlflow", reason="the optional extra [mlflow] is not installed")
 

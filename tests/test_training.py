@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from twotower_pipeline import training
-from twotower_pipeline.errors import PipelineInputError, RunInterruptedError
-from twotower_pipeline.model import (
+from twotower_pipeline.config.errors import PipelineInputError, RunInterruptedError
+from twotower_pipeline.data.sampling import PositiveSet, build_training_examples
+from twotower_pipeline.model.towers import (
     TowerEnsemble,
     TwoTowerConfig,
     TwoTowerModel,
@@ -24,8 +24,8 @@ from twotower_pipeline.model import (
 )
 from twotower_pipeline.pipelines.training import nodes as training_nodes
 from twotower_pipeline.pipelines.training.nodes import model_candidates, train_two_tower
-from twotower_pipeline.sampling import PositiveSet, build_training_examples
-from twotower_pipeline.training import (
+from twotower_pipeline.training import loop as training
+from twotower_pipeline.training.loop import (
     RowwiseAdamW,
     RowwiseRMSProp,
     SparseRows,
@@ -377,7 +377,7 @@ def test_a_row_update_that_cannot_compile_runs_eagerly_and_says_so_once(monkeypa
     compiled_table = eager_table.clone()
     eager = RowwiseRMSProp([eager_table], lr=0.05, weight_decay=0.2)
     compiled = RowwiseRMSProp([compiled_table], lr=0.05, weight_decay=0.2, compiled=True)
-    with caplog.at_level(logging.WARNING, logger="twotower_pipeline.training"):
+    with caplog.at_level(logging.WARNING, logger="twotower_pipeline.training.loop"):
         for _ in steps_of_both(eager, compiled, eager_table, compiled_table, [7, 13, 5]):
             assert torch.equal(compiled_table, eager_table)
     warnings = [r.getMessage() for r in caplog.records]
@@ -536,7 +536,7 @@ def test_large_tables_under_rowwise_adamw_get_a_hint_for_rmsprop(
     rows, optimizer, hinted, tmp_path, caplog
 ):
     model = TwoTowerModel(replace(new_model(ID_ONLY).config, n_items=rows, embedding_dim=2))
-    with caplog.at_level(logging.INFO, logger="twotower_pipeline.training"):
+    with caplog.at_level(logging.INFO, logger="twotower_pipeline.training.loop"):
         make_optimizer(model, make_spec(tmp_path, optimizer=optimizer))
     hints = [r.getMessage() for r in caplog.records if "rowwise_rmsprop" in r.getMessage()]
     assert len(hints) == hinted
@@ -889,7 +889,7 @@ def test_one_log_line_per_epoch_and_no_progress_bar_off_a_terminal(
     monkeypatch.setenv("CI", "true")
     spec = make_spec(tmp_path, num_epochs=3, progress_bar=True)
     assert not training._show_progress(spec)
-    with caplog.at_level(logging.INFO, logger="twotower_pipeline.training"):
+    with caplog.at_level(logging.INFO, logger="twotower_pipeline.training.loop"):
         fit(new_model(), train, val, first_examples(train), spec)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert len(lines) == 3 and "train_loss" in lines[0] and "val_loss" in lines[0]

@@ -10,7 +10,7 @@ from twotower_pipeline.pipelines import (
     split,
     training,
 )
-from twotower_pipeline.spark_hooks import spark_env_active
+from twotower_pipeline.spark.hooks import spark_env_active
 
 
 def as_stage(stage: Pipeline, namespace: str) -> Pipeline:

@@ -1,16 +1,16 @@
 """Project settings: config loading and hooks."""
 
-from twotower_pipeline.environments import EnvironmentConfigLoader
-from twotower_pipeline.hooks import (
+from twotower_pipeline.config.loader import EnvironmentConfigLoader
+from twotower_pipeline.hooks.mlflow import MlflowTrackingHooks
+from twotower_pipeline.hooks.node_logging import NodeSummaryHooks
+from twotower_pipeline.hooks.run_hooks import (
     OutputRollbackHooks,
     PreparedDataHooks,
     ReadableErrorHooks,
     RunManifestHooks,
     SettingsHooks,
 )
-from twotower_pipeline.logging_hooks import NodeSummaryHooks
-from twotower_pipeline.mlflow_hooks import MlflowTrackingHooks
-from twotower_pipeline.spark_hooks import SparkHooks
+from twotower_pipeline.spark.hooks import SparkHooks
 
 # pluggy calls the last registered first: the missing-data check runs before
 # anything is kept aside for a rollback, and a failed run's outputs are restored

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from twotower_pipeline import ann
+from twotower_pipeline.evaluation import index as ann
 
 logger = logging.getLogger(__name__)
 

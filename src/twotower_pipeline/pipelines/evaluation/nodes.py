@@ -9,13 +9,20 @@ import pandas as pd
 from matplotlib.figure import Figure
 from plotly.graph_objects import Figure as PlotlyFigure
 
-from twotower_pipeline import ann, reporting
-from twotower_pipeline.baselines import als_scorer, popularity_scorer, random_scorer
-from twotower_pipeline.health import HealthThresholds, health_report
-from twotower_pipeline.metrics import Scorer, binary_log_loss, pair_scores, roc_auc, top_k_unseen
-from twotower_pipeline.model import TwoTowerModel
-from twotower_pipeline.protocol import COLD_SECTIONS, HeldOutSet, held_out_sets, score_sets
-from twotower_pipeline.training import validation_sample
+from twotower_pipeline.evaluation import index as ann
+from twotower_pipeline.evaluation.baselines import als_scorer, popularity_scorer, random_scorer
+from twotower_pipeline.evaluation.health import HealthThresholds, health_report
+from twotower_pipeline.model.towers import TwoTowerModel
+from twotower_pipeline.ranking.metrics import (
+    Scorer,
+    binary_log_loss,
+    pair_scores,
+    roc_auc,
+    top_k_unseen,
+)
+from twotower_pipeline.ranking.protocol import COLD_SECTIONS, HeldOutSet, held_out_sets, score_sets
+from twotower_pipeline.reporting import markdown as reporting
+from twotower_pipeline.training.loop import validation_sample
 
 logger = logging.getLogger(__name__)
 

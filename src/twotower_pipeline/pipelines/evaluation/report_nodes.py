@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from twotower_pipeline import reporting
-from twotower_pipeline.report_html import build_html_report
+from twotower_pipeline.reporting import markdown as reporting
+from twotower_pipeline.reporting.html import build_html_report
 
 from .nodes import plot_learning_curve, plot_model_vs_baselines, plot_ranking_curve
 

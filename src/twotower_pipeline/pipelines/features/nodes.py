@@ -1,4 +1,4 @@
-"""Feature nodes: thin wrappers over twotower_pipeline.features and the synthetic oracle."""
+"""Feature nodes: thin wrappers over twotower_pipeline.data.features and the synthetic oracle."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import logging
 
 import pandas as pd
 
-from twotower_pipeline.features import FeatureSpec, build_side
-from twotower_pipeline.protocol import held_out_sets, score_sets
-from twotower_pipeline.synthetic import oracle_scorer
+from twotower_pipeline.data.features import FeatureSpec, build_side
+from twotower_pipeline.data.synthetic import oracle_scorer
+from twotower_pipeline.ranking.protocol import held_out_sets, score_sets
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Ingestion nodes: thin wrappers over twotower_pipeline.interactions."""
+"""Ingestion nodes: thin wrappers over twotower_pipeline.data.interactions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pandas as pd
 
-from twotower_pipeline.interactions import IngestionSpec, encode_ids, validate_interactions
+from twotower_pipeline.data.interactions import IngestionSpec, encode_ids, validate_interactions
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Negative sampling node: a thin wrapper over twotower_pipeline.sampling."""
+"""Negative sampling node: a thin wrapper over twotower_pipeline.data.sampling."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from twotower_pipeline.sampling import build_training_examples, item_distribution
+from twotower_pipeline.data.sampling import build_training_examples, item_distribution
 
 logger = logging.getLogger(__name__)
 

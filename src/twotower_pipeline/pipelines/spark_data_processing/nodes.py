@@ -1,4 +1,4 @@
-"""Spark data-preparation nodes: thin wrappers over twotower_pipeline.spark_prep."""
+"""Spark data-preparation nodes: thin wrappers over twotower_pipeline.spark.prep."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import logging
 
 from pyspark.sql import DataFrame
 
-from twotower_pipeline.interactions import IngestionSpec
-from twotower_pipeline.spark_prep import (
+from twotower_pipeline.data.interactions import IngestionSpec
+from twotower_pipeline.data.splitting import SplitSpec
+from twotower_pipeline.spark.prep import (
     encode_ids_spark,
     split_interactions_spark,
     validate_interactions_spark,
 )
-from twotower_pipeline.splitting import SplitSpec
 
 logger = logging.getLogger(__name__)
 

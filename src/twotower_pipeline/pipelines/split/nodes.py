@@ -1,4 +1,4 @@
-"""Split node: a thin wrapper over twotower_pipeline.splitting."""
+"""Split node: a thin wrapper over twotower_pipeline.data.splitting."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import pandas as pd
 
-from twotower_pipeline.splitting import SplitSpec, split_interactions
+from twotower_pipeline.data.splitting import SplitSpec, split_interactions
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Training node: builds the model from parameters and runs twotower_pipeline.training."""
+"""Training node: builds the model from parameters and runs twotower_pipeline.training.loop."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twotower_pipeline.distributed import DistributedSettings, fit_distributed
-from twotower_pipeline.features import padded_tokens
-from twotower_pipeline.history import HistoryTable
-from twotower_pipeline.model import TowerEnsemble, TwoTowerConfig, TwoTowerModel
-from twotower_pipeline.sampling import item_distribution
-from twotower_pipeline.training import (
+from twotower_pipeline.data.features import padded_tokens
+from twotower_pipeline.data.sampling import item_distribution
+from twotower_pipeline.data.user_histories import HistoryTable
+from twotower_pipeline.model.towers import TowerEnsemble, TwoTowerConfig, TwoTowerModel
+from twotower_pipeline.training.distributed import DistributedSettings, fit_distributed
+from twotower_pipeline.training.loop import (
     TrainingDivergedError,
     TrainingSpec,
     fit,

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from twotower_pipeline.errors import PipelineInputError
+from twotower_pipeline.config.errors import PipelineInputError
 
 SIDES = ("item", "user")
 KINDS = ("categorical", "multi_valued", "multi_hot", "numeric")

@@ -10,7 +10,7 @@ import os
 import shutil
 from typing import Any
 
-from twotower_pipeline.errors import RunFailedError
+from twotower_pipeline.config.errors import RunFailedError
 
 INSTALL_PYSPARK = 'pip install -e ".[spark]"'
 

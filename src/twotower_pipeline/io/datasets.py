@@ -27,7 +27,7 @@ from kedro_datasets._typing import TablePreview
 from kedro_datasets.json import JSONDataset
 from kedro_datasets.pandas import ParquetDataset
 
-from twotower_pipeline.synthetic import SyntheticLogSpec, generate_world
+from twotower_pipeline.data.synthetic import SyntheticLogSpec, generate_world
 
 _SPEC_KEY = b"twotower_pipeline.synthetic_spec"
 # Files written beside the log, named <log stem>_<suffix>.parquet (SyntheticWorld's tables).

@@ -19,14 +19,14 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegralType, NumericType, StringType
 
-from twotower_pipeline.interactions import (
+from twotower_pipeline.data.interactions import (
     IngestionSpec,
     InvalidInteractionsError,
     _date,
     _fail,
     _shown,
 )
-from twotower_pipeline.splitting import SplitSpec, _empty_error, cold_items
+from twotower_pipeline.data.splitting import SplitSpec, _empty_error, cold_items
 
 _MS_THRESHOLD = 1e11  # as parse_timestamps: epoch ms pass it in 1973, epoch s not before 5138
 _POSITION_BITS = 33  # monotonically_increasing_id() = partition << 33 | position in partition

@@ -45,9 +45,9 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-from twotower_pipeline.errors import RunFailedError, RunInterruptedError, SettingsError
-from twotower_pipeline.model import TwoTowerModel
-from twotower_pipeline.training import TrainingSpec, checkpoint_path, fit, resolve_device
+from twotower_pipeline.config.errors import RunFailedError, RunInterruptedError, SettingsError
+from twotower_pipeline.model.towers import TwoTowerModel
+from twotower_pipeline.training.loop import TrainingSpec, checkpoint_path, fit, resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from twotower_pipeline.history import HistoryTable
+from twotower_pipeline.data.user_histories import HistoryTable
 
 Rows = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -37,15 +37,15 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from twotower_pipeline.errors import PipelineInputError, RunFailedError
-from twotower_pipeline.history import HistoryTable, training_history_ends
-from twotower_pipeline.metrics import binary_log_loss, ranking_metrics, roc_auc
-from twotower_pipeline.model import TowerEnsemble, TwoTowerModel, full_rows
-from twotower_pipeline.protocol import sample_users
-from twotower_pipeline.sampling import PositiveSet, item_groups, sample_negatives
+from twotower_pipeline.config.errors import PipelineInputError, RunFailedError
+from twotower_pipeline.data.sampling import PositiveSet, item_groups, sample_negatives
+from twotower_pipeline.data.user_histories import HistoryTable, training_history_ends
+from twotower_pipeline.model.towers import TowerEnsemble, TwoTowerModel, full_rows
+from twotower_pipeline.ranking.metrics import binary_log_loss, ranking_metrics, roc_auc
+from twotower_pipeline.ranking.protocol import sample_users
 
 if TYPE_CHECKING:
-    from twotower_pipeline.distributed import Shard
+    from twotower_pipeline.training.distributed import Shard
 
 logger = logging.getLogger(__name__)
 

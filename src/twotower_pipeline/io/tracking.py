@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from twotower_pipeline.health import chosen_epoch
+from twotower_pipeline.evaluation.health import chosen_epoch
 
 MODEL_ARTIFACT_DIR = "model"
 STATE_FILE = "two_tower_model.pt"
@@ -147,7 +147,7 @@ def load_logged_state(run_id: str, tracking_uri: str | None = None) -> tuple[dic
 
 def load_logged_model(run_id: str, tracking_uri: str | None = None):
     """Return the TwoTowerModel logged by a run, rebuilt from its state dict and config."""
-    from twotower_pipeline.model import TwoTowerModel
+    from twotower_pipeline.model.towers import TwoTowerModel
 
     state, config = load_logged_state(run_id, tracking_uri)
     return TwoTowerModel.from_state(config, state)

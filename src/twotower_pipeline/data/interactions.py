@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from twotower_pipeline.errors import PipelineInputError
+from twotower_pipeline.config.errors import PipelineInputError
 
 ROLES = ("user", "item", "timestamp", "rating", "weight")
 _DEFAULT_COLUMNS = {"user": "user_id", "item": "item_id", "timestamp": "timestamp"}

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twotower_pipeline.history import HistoryTable
-from twotower_pipeline.metrics import top_k_unseen
-from twotower_pipeline.model import TwoTowerModel
+from twotower_pipeline.data.user_histories import HistoryTable
+from twotower_pipeline.model.towers import TwoTowerModel
+from twotower_pipeline.ranking.metrics import top_k_unseen
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from kedro_datasets.spark import SparkDatasetV2
 
-from twotower_pipeline.datasets import SyntheticInteractionsDataset
+from twotower_pipeline.io.datasets import SyntheticInteractionsDataset
 
 
 class SyntheticInteractionsSparkDataset(SparkDatasetV2):

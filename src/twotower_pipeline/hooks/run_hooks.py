@@ -20,10 +20,10 @@ from kedro.io import DatasetError
 from kedro.io.core import get_protocol_and_path
 from kedro_datasets.pandas import CSVDataset
 
-from twotower_pipeline import manifest
-from twotower_pipeline.datasets import AtomicJSONDataset, AtomicParquetDataset
-from twotower_pipeline.errors import RunFailedError, RunInterruptedError, SettingsError
-from twotower_pipeline.schema import check_neg_ratio, check_parameters
+from twotower_pipeline.config.errors import RunFailedError, RunInterruptedError, SettingsError
+from twotower_pipeline.config.schema import check_neg_ratio, check_parameters
+from twotower_pipeline.io import manifest
+from twotower_pipeline.io.datasets import AtomicJSONDataset, AtomicParquetDataset
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twotower_pipeline.errors import RunFailedError
+from twotower_pipeline.config.errors import RunFailedError
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import click
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
-from twotower_pipeline.spark_session import SparkUnavailableError, start_spark_session
+from twotower_pipeline.spark.session import SparkUnavailableError, start_spark_session
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from plotly.subplots import make_subplots
 
-from twotower_pipeline.health import chosen_epoch, constant_predictor_loss
+from twotower_pipeline.evaluation.health import chosen_epoch, constant_predictor_loss
 
 SCORERS = ("model", "popularity", "random", "als")
 COLOURS = {"model": "#1f77b4", "popularity": "#ff7f0e", "random": "#7f7f7f", "als": "#2ca02c"}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from twotower_pipeline.interactions import (
+from twotower_pipeline.data.interactions import (
     InvalidInteractionsError,
     is_sorted_by_user_time,
     sort_by_user_time,

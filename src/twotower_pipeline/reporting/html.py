@@ -18,7 +18,11 @@ from typing import Any
 
 import pandas as pd
 
-from twotower_pipeline.reporting import chosen_epoch, persisted_model_sentence, selection_table
+from twotower_pipeline.reporting.markdown import (
+    chosen_epoch,
+    persisted_model_sentence,
+    selection_table,
+)
 
 FAMILIES = ("hit_rate", "recall", "ndcg", "coverage")
 # The scorers of an evaluation set, in the order they are shown; others follow.

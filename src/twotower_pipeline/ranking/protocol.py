@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from twotower_pipeline.metrics import Scorer, ranking_metrics
+from twotower_pipeline.ranking.metrics import Scorer, ranking_metrics
 
 SECTIONS = ("test", "validation", "cold_items", "cold_items_full")
 COLD_SECTIONS = ("cold_items", "cold_items_full")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from twotower_pipeline.errors import PipelineInputError
+from twotower_pipeline.config.errors import PipelineInputError
 
 
 class NegativeSamplingError(PipelineInputError, ValueError):

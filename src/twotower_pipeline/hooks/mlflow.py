@@ -16,7 +16,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from twotower_pipeline import tracking
+from twotower_pipeline.io import tracking
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from twotower_pipeline.ann import MISSING_FAISS, IndexConfig, ItemIndex, faiss_module
-from twotower_pipeline.datasets import _replace_atomically
+from twotower_pipeline.evaluation.index import MISSING_FAISS, IndexConfig, ItemIndex, faiss_module
+from twotower_pipeline.io.datasets import _replace_atomically
 
 
 def _sha256(path: Path) -> str:

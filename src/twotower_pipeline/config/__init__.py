@@ -1,0 +1,1 @@
+"""Parameters: the one schema, the config loader, the error types."""

@@ -1,0 +1,2 @@
+"""Interaction data: ingestion, split, features, negative sampling, user histories,
+the synthetic log."""

@@ -1,0 +1,1 @@
+"""Baselines, health checks, the retrieval index and retrieval from histories."""

@@ -1,0 +1,1 @@
+"""Kedro hooks: settings, provenance, rollback, readable errors, logging, MLflow."""

@@ -1,0 +1,1 @@
+"""Kedro datasets, the run manifest and experiment tracking."""

@@ -1,0 +1,1 @@
+"""The Markdown and HTML reports."""
