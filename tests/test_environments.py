@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from twotower_pipeline.config.loader import EnvironmentConfigLoader, relocate_path
-from twotower_pipeline.hooks.run_hooks import MissingPreparedDataError, ReadableError
+from twotower_pipeline.hooks.prepared_data import MissingPreparedDataError
+from twotower_pipeline.hooks.readable_errors import ReadableError
 from twotower_pipeline.io.manifest import provenance_differences
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ import torch
 from kedro.framework.hooks import hook_impl
 
 import twotower_pipeline.settings as project_settings
-from twotower_pipeline.hooks.run_hooks import ReadableError
+from twotower_pipeline.hooks.readable_errors import ReadableError
 
 CHECKPOINTS = "smoke/06_models/checkpoints_smoke"
 

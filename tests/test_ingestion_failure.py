@@ -18,7 +18,8 @@ import pytest
 from kedro.io import DatasetError
 
 from twotower_pipeline.data.synthetic import SyntheticLogSpec, generate_interactions
-from twotower_pipeline.hooks.run_hooks import MissingPreparedDataError, ReadableError
+from twotower_pipeline.hooks.prepared_data import MissingPreparedDataError
+from twotower_pipeline.hooks.readable_errors import ReadableError
 from twotower_pipeline.io.datasets import AtomicJSONDataset, AtomicParquetDataset
 
 OUTPUTS = [

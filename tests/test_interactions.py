@@ -25,7 +25,8 @@ from twotower_pipeline.data.interactions import (
     parse_timestamps,
     validate_interactions,
 )
-from twotower_pipeline.hooks.run_hooks import _configure_raw_reader, describe_load_failure
+from twotower_pipeline.io.load_failures import describe_load_failure
+from twotower_pipeline.io.raw_reader import configure_raw_reader as _configure_raw_reader
 
 ROOT = Path(__file__).resolve().parents[1]
 # MovieLens 100K is never part of the repository: ML100K_PATH, or the shared data beside it.

@@ -8,12 +8,9 @@ import pandas as pd
 import pytest
 
 from twotower_pipeline.config.errors import RunFailedError
+from twotower_pipeline.config.project import describe_missing_extra
 from twotower_pipeline.evaluation.baselines import als_scorer
-from twotower_pipeline.hooks.run_hooks import (
-    ReadableError,
-    ReadableErrorHooks,
-    describe_missing_extra,
-)
+from twotower_pipeline.hooks.readable_errors import ReadableError, ReadableErrorHooks
 
 TRAIN = pd.DataFrame({"user": [0, 1], "item": [0, 1], "timestamp": [1, 2]})
 ALS = {"factors": 2, "regularization": 0.1, "alpha": 1.0, "iterations": 1}

@@ -3,13 +3,11 @@
 from twotower_pipeline.config.loader import EnvironmentConfigLoader
 from twotower_pipeline.hooks.mlflow import MlflowTrackingHooks
 from twotower_pipeline.hooks.node_logging import NodeSummaryHooks
-from twotower_pipeline.hooks.run_hooks import (
-    OutputRollbackHooks,
-    PreparedDataHooks,
-    ReadableErrorHooks,
-    RunManifestHooks,
-    SettingsHooks,
-)
+from twotower_pipeline.hooks.prepared_data import PreparedDataHooks
+from twotower_pipeline.hooks.provenance import RunManifestHooks
+from twotower_pipeline.hooks.readable_errors import ReadableErrorHooks
+from twotower_pipeline.hooks.rollback import OutputRollbackHooks
+from twotower_pipeline.hooks.settings import SettingsHooks
 from twotower_pipeline.spark.hooks import SparkHooks
 
 # pluggy calls the last registered first: the missing-data check runs before
