@@ -18,9 +18,11 @@ import yaml
 from kedro.io import DatasetError
 from kedro_datasets.pandas import CSVDataset, ParquetDataset
 
+from twotower_pipeline.config.errors import SettingsError
+from twotower_pipeline.config.schema import check_parameters
+from twotower_pipeline.data.ingestion_report import InvalidInteractionsError
 from twotower_pipeline.data.interactions import (
     IngestionSpec,
-    InvalidInteractionsError,
     encode_ids,
     parse_timestamps,
     validate_interactions,
@@ -273,13 +275,33 @@ def test_a_threshold_that_drops_every_row_is_an_error():
     assert "no interaction is left" in message and "below_rating_threshold" in message
 
 
+def base_parameters() -> dict:
+    parameters = {}
+    for path in sorted((ROOT / "conf" / "base").glob("parameters*.yml")):
+        parameters.update(yaml.safe_load(path.read_text()))
+    return parameters
+
+
+def schema_message(ingestion: dict) -> str:
+    """The one line the parameter schema gives for conf/base with this ingestion block."""
+    with pytest.raises(SettingsError) as caught:
+        check_parameters({**base_parameters(), "ingestion": ingestion})
+    return str(caught.value)
+
+
 def test_unknown_parameters_and_roles_are_rejected():
-    with pytest.raises(ValueError, match="unknown ingestion parameter"):
-        IngestionSpec.from_params({"source": "x", "colums": {}})
-    with pytest.raises(ValueError, match=r"missing ingestion parameter\(s\): \['encoding'"):
-        IngestionSpec.from_params({"source": "x", "columns": {}})  # no code defaults
-    with pytest.raises(ValueError, match="unknown role"):
-        spec("x", columns={"customer": "c"})
+    # The schema (config/schema.py) checks the block before any node builds a spec from it.
+    base = base_parameters()["ingestion"]
+    message = schema_message({**base, "colums": {}})
+    assert "bad settings (1): unknown parameter ingestion.colums (did you mean" in message
+    without_encoding = {key: value for key, value in base.items() if key != "encoding"}
+    assert "bad settings (1): missing parameter ingestion.encoding" in schema_message(
+        without_encoding
+    )  # no code defaults
+    customer = {**base, "columns": {**base["columns"], "customer": "c"}}
+    assert "bad settings (1): unknown parameter ingestion.columns.customer" in schema_message(
+        customer
+    )
 
 
 # --- encoding -----------------------------------------------------------------------

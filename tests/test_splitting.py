@@ -11,7 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twotower_pipeline.data.interactions import InvalidInteractionsError
+from twotower_pipeline.data.ingestion_report import InvalidInteractionsError
 from twotower_pipeline.data.splitting import SplitSpec, cold_items, split_interactions
 
 

@@ -2,8 +2,8 @@
 
 Every problem found here is reported once, naming the file, the column and
 how many rows are affected; past this module the data is trusted. All work is
-vectorised (pandas hashing, numpy sorts): no Python loop runs per row, so a
-25M-row log is checked in seconds.
+vectorised (pandas hashing, numpy sorts): no Python loop runs per row. The
+messages and the report are data/ingestion_report.py's, shared with Spark.
 """
 
 from __future__ import annotations
@@ -14,29 +14,21 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from twotower_pipeline.config.errors import PipelineInputError
+from twotower_pipeline.data import ingestion_report as said
+from twotower_pipeline.data.ingestion_report import (
+    MS_THRESHOLD,
+    CleanLog,
+    FirstOutside,
+    InvalidInteractionsError,
+    fail,
+)
+from twotower_pipeline.data.ordering import factorize_ids, sort_by_user_time
+
+__all__ = ["IngestionSpec", "InvalidInteractionsError", "encode_ids", "validate_interactions"]
 
 ROLES = ("user", "item", "timestamp", "rating", "weight")
 _DEFAULT_COLUMNS = {"user": "user_id", "item": "item_id", "timestamp": "timestamp"}
 TIMESTAMP_UNITS = ("auto", "s", "ms", "iso")
-ID_TYPES = ("auto", "int", "text")
-# `auto` reads epoch numbers as milliseconds when their median exceeds this: epoch ms
-# pass it in 1973, epoch seconds not before the year 5138.
-_MS_THRESHOLD = 1e11
-_PARAMETERS = (
-    "source",
-    "columns",
-    "encoding",
-    "id_type",
-    "timestamp_unit",
-    "timestamp_window",
-    "rating_threshold",
-    "rating_range",
-)
-
-
-class InvalidInteractionsError(PipelineInputError, ValueError):
-    """The raw interaction log cannot be used as it is."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +41,7 @@ class IngestionSpec:
     timestamp_unit: str  # auto | s | ms | iso
     rating_threshold: float | None
     rating_range: tuple[float, float] | None
-    encoding: str  # of a text file; the catalog's reader is given it (hooks.py)
+    encoding: str  # of a text file; the catalog's reader is given it (hooks/run_hooks.py)
     id_type: str  # auto | int | text
     # Plausible time span, epoch seconds; None: unchecked. From parameters:
     # timestamp_window.earliest (a date) and .latest (a date, or null: the run's clock + 1 day).
@@ -59,36 +51,17 @@ class IngestionSpec:
 
     @classmethod
     def from_params(cls, params: dict) -> IngestionSpec:
-        unknown = set(params) - set(_PARAMETERS)
-        if unknown:
-            raise ValueError(f"unknown ingestion parameter(s): {sorted(unknown)}")
-        missing = [key for key in _PARAMETERS if key not in params]
-        if missing:
-            raise ValueError(f"missing ingestion parameter(s): {missing} (see conf/base)")
-        columns = dict(params["columns"] or {})
-        bad_roles = set(columns) - set(ROLES)
-        if bad_roles:
-            raise ValueError(
-                f"ingestion.columns has unknown role(s) {sorted(bad_roles)}; roles are {ROLES}"
-            )
-        unit = params["timestamp_unit"]
-        if unit not in TIMESTAMP_UNITS:
-            raise ValueError(
-                f"ingestion.timestamp_unit must be one of {TIMESTAMP_UNITS}, not {unit!r}"
-            )
-        id_type = params["id_type"]
-        if id_type not in ID_TYPES:
-            raise ValueError(f"ingestion.id_type must be one of {ID_TYPES}, not {id_type!r}")
+        """Return the spec of the `ingestion` block, as config/schema.py has checked it."""
         rating_range = params["rating_range"]
         earliest, latest = _window(params["timestamp_window"])
         return cls(
             source=params["source"],
-            columns=columns,
-            timestamp_unit=unit,
+            columns=dict(params["columns"] or {}),
+            timestamp_unit=params["timestamp_unit"],
             rating_threshold=params["rating_threshold"],
             rating_range=tuple(rating_range) if rating_range else None,
             encoding=params["encoding"],
-            id_type=id_type,
+            id_type=params["id_type"],
             earliest=earliest,
             latest=latest,
         )
@@ -102,6 +75,10 @@ class IngestionSpec:
     def column(self, role: str) -> str | None:
         """Return the raw column that plays `role`, or None when the log has none."""
         return self.columns.get(role, _DEFAULT_COLUMNS.get(role))
+
+    def columns_by_role(self) -> dict[str, str]:
+        """Return {role: raw column} for the roles the log has, in ROLES order."""
+        return {role: self.column(role) for role in ROLES if self.column(role)}
 
 
 def _window(window: dict | None) -> tuple[int | None, int | None]:
@@ -118,17 +95,8 @@ def _window(window: dict | None) -> tuple[int | None, int | None]:
     return low, high
 
 
-def _shown(value) -> str:
-    """Return a raw cell as a message shows it: 1.5, 'bob' (numpy scalars as plain numbers)."""
-    return repr(value.item() if isinstance(value, np.generic) else value)
-
-
-def _date(seconds: int) -> str:
-    return pd.Timestamp(seconds, unit="s", tz="UTC").strftime("%Y-%m-%d %H:%M")
-
-
-def _fail(spec: IngestionSpec, message: str) -> None:
-    raise InvalidInteractionsError(f"{spec.source}: {message}")
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
 
 
 def parse_timestamps(values: pd.Series, unit: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
@@ -158,7 +126,7 @@ def parse_timestamps(values: pd.Series, unit: str = "auto") -> tuple[np.ndarray,
     bad = ~np.isfinite(numeric)
     if unit == "s_or_ms":
         finite = numeric[~bad]
-        unit = "ms" if finite.size and np.median(finite) > _MS_THRESHOLD else "s"
+        unit = "ms" if finite.size and np.median(finite) > MS_THRESHOLD else "s"
     if unit == "ms":
         numeric = numeric / 1000.0
     elif unit != "s":
@@ -175,18 +143,12 @@ def _check_window(values: pd.Series, seconds: np.ndarray, unit: str, spec: Inges
     outside = (seconds < low) | (seconds > high)
     if not outside.any():
         return
-    first = int(np.flatnonzero(outside)[0])
-    bounds = (
-        f"[{'-' if spec.earliest is None else _date(low)}, "
-        f"{'-' if spec.latest is None else _date(high)}]"
+    first = _first(outside)
+    where = FirstOutside(values.iloc[first], spec.where(first), int(seconds[first]), unit)
+    message = said.outside_window_message(
+        values.name, int(outside.sum()), (spec.earliest, spec.latest), where
     )
-    _fail(
-        spec,
-        f"column {values.name!r} (timestamp) has {int(outside.sum())} timestamp(s) outside "
-        f"{bounds} UTC (first: {_shown(values.iloc[first])} at {spec.where(first)}, read as "
-        f"{_date(int(seconds[first]))} with unit {unit}); fix those rows, set "
-        "ingestion.timestamp_unit, or widen ingestion.timestamp_window",
-    )
+    fail(spec.source, message)
 
 
 def typed_ids(values: pd.Series, role: str, spec: IngestionSpec) -> np.ndarray:
@@ -198,7 +160,7 @@ def typed_ids(values: pd.Series, role: str, spec: IngestionSpec) -> np.ndarray:
     printing it would change what an id means (2 -> 2.0, "10" < "9").
     `int`: every id must be a whole number. `text`: every id becomes a string.
     """
-    column = f"column {values.name!r} ({role})"
+    label = f"column {values.name!r} ({role})"
     if spec.id_type == "text":
         return values.astype(str).to_numpy(dtype=object)
     if pd.api.types.is_integer_dtype(values.dtype):
@@ -212,50 +174,25 @@ def typed_ids(values: pd.Series, role: str, spec: IngestionSpec) -> np.ndarray:
     if spec.id_type == "auto" and (is_text.all() or (stored_as_text and is_number.all())):
         return values.astype(str).to_numpy(dtype=object)  # text in the file: kept as text
     if is_text.any():
-        first = int(np.flatnonzero(is_text)[0])
-        text = f"first text {_shown(values.iloc[first])} at {spec.where(first)}"
-        if spec.id_type == "int":
-            detail = f"{int(is_text.sum())} id(s) that are not numbers ({text})"
-        else:
-            number = int(np.flatnonzero(is_number)[0])
-            detail = (
-                f"{int(is_number.sum())} numeric and {int(is_text.sum())} text id(s) (first "
-                f"number {_shown(values.iloc[number])} at {spec.where(number)}, {text})"
-            )
-        _fail(spec, f"{column} has {detail}; set ingestion.id_type: text if the ids are names")
+        first = _first(is_text)
+        text = (int(is_text.sum()), spec.where(first), values.iloc[first])
+        number = None
+        if spec.id_type != "int":
+            row = _first(is_number)
+            number = (int(is_number.sum()), spec.where(row), values.iloc[row])
+        fail(spec.source, said.mixed_ids_message(label, spec.id_type, text, number))
     fractional = numeric != np.floor(numeric)
     if fractional.any():
-        first = int(np.flatnonzero(fractional)[0])
-        _fail(
-            spec,
-            f"{column} has {int(fractional.sum())} fractional id(s) (first "
-            f"{_shown(values.iloc[first])} at {spec.where(first)}); ids must be whole numbers, "
-            "or set ingestion.id_type: text",
+        first = _first(fractional)
+        message = said.fractional_ids_message(
+            label, int(fractional.sum()), values.iloc[first], spec.where(first)
         )
+        fail(spec.source, message)
     return numeric.astype(np.int64)
 
 
 def _numeric_column(raw: pd.DataFrame, column: str) -> np.ndarray:
     return pd.to_numeric(raw[column], errors="coerce").to_numpy(np.float64, na_value=np.nan)
-
-
-def factorize_ids(values: np.ndarray, sort: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Return (codes, uniques) like pandas.factorize; integer ids are coded by their rank.
-
-    Integer ids within a moderate range (as MovieLens' are) need no hashing:
-    a presence array and a cumulative sum give every id its rank, in one
-    pass and already sorted.
-    """
-    if values.dtype.kind in "iu" and values.size:
-        low, high = int(values.min()), int(values.max())
-        if high - low < max(4 * values.size, 1 << 20):
-            shifted = values - low
-            present = np.zeros(high - low + 1, dtype=bool)
-            present[shifted] = True
-            rank = np.cumsum(present, dtype=np.int64) - 1
-            uniques = (np.flatnonzero(present) + low).astype(values.dtype)
-            return rank[shifted], uniques
-    return pd.factorize(values, sort=sort)
 
 
 def _collapse_duplicates(
@@ -275,6 +212,74 @@ def _collapse_duplicates(
     return pair_codes, np.flatnonzero(first)
 
 
+def _check_columns(raw: pd.DataFrame, spec: IngestionSpec, wanted: dict[str, str]) -> None:
+    """Raise when a mapped column is missing, or an id or time column holds nulls."""
+    if len(raw) == 0:
+        fail(spec.source, said.NO_ROWS)
+    missing = [f"{col!r} ({role})" for role, col in wanted.items() if col not in raw.columns]
+    if missing:
+        fail(spec.source, said.missing_columns_message(missing, raw.columns))
+    for role in ("user", "item", "timestamp"):
+        column = wanted[role]
+        nulls = int(raw[column].isna().sum())
+        if nulls:
+            first = _first(raw[column].isna().to_numpy())
+            fail(spec.source, said.nulls_message(column, role, nulls, len(raw), spec.where(first)))
+
+
+def _read_timestamps(raw: pd.DataFrame, spec: IngestionSpec, column: str) -> tuple[np.ndarray, str]:
+    """Return (epoch seconds, unit used); raise on unparsable or implausible timestamps."""
+    timestamps, unparsed, unit = parse_timestamps(raw[column], spec.timestamp_unit)
+    unparsable = int(unparsed.sum())
+    if unparsable:
+        first = _first(unparsed)
+        value = raw[column].iloc[first]
+        message = said.unparsable_message(column, unparsable, len(raw), value, spec.where(first))
+        fail(spec.source, message)
+    _check_window(raw[column], timestamps, unit, spec)
+    return timestamps, unit
+
+
+def _kept_by_rating(
+    raw: pd.DataFrame, spec: IngestionSpec, wanted: dict[str, str]
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Return (rows kept, rows dropped by reason); raise on bad or out-of-range ratings."""
+    keep = np.ones(len(raw), dtype=bool)
+    dropped: dict[str, int] = {}
+    if "rating" in wanted:
+        column = wanted["rating"]
+        rating = _numeric_column(raw, column)
+        bad = int((~np.isfinite(rating)).sum())
+        if bad:
+            fail(spec.source, said.bad_ratings_message(column, bad))
+        if spec.rating_range is not None:
+            low, high = spec.rating_range
+            outside = (rating < low) | (rating > high)
+            if outside.any():
+                message = said.ratings_outside_message(
+                    column, int(outside.sum()), low, high, rating[outside][0]
+                )
+                fail(spec.source, message)
+        if spec.rating_threshold is not None:
+            keep &= rating >= spec.rating_threshold
+            dropped["below_rating_threshold"] = int((~keep).sum())
+    elif spec.rating_threshold is not None:
+        fail(spec.source, said.THRESHOLD_WITHOUT_RATING)
+    return keep, dropped
+
+
+def _weights(raw: pd.DataFrame, spec: IngestionSpec, wanted: dict[str, str]) -> np.ndarray | None:
+    """Return the weight column as float64 (None without one); raise on missing or negative."""
+    if "weight" not in wanted:
+        return None
+    column = wanted["weight"]
+    weight = _numeric_column(raw, column)
+    bad = int((~np.isfinite(weight) | (weight < 0)).sum())
+    if bad:
+        fail(spec.source, said.bad_weights_message(column, bad))
+    return weight
+
+
 def validate_interactions(raw: pd.DataFrame, spec: IngestionSpec) -> tuple[pd.DataFrame, dict]:
     """Return the clean log (user_id, item_id, timestamp[, weight]) and an ingestion report.
 
@@ -283,75 +288,13 @@ def validate_interactions(raw: pd.DataFrame, spec: IngestionSpec) -> tuple[pd.Da
     A repeated (user, item) pair becomes one positive at its latest time (its
     weights summed), in the order of its first occurrence; the report counts it.
     """
-    rows_read = len(raw)
-    if rows_read == 0:
-        _fail(spec, "the file holds no rows")
-
-    wanted = {role: spec.column(role) for role in ROLES if spec.column(role)}
-    missing = [f"{col!r} ({role})" for role, col in wanted.items() if col not in raw.columns]
-    if missing:
-        _fail(
-            spec,
-            f"missing column(s) {', '.join(missing)}; the file has {list(map(str, raw.columns))}. "
-            "Map your columns with ingestion.columns in parameters.",
-        )
-
-    for role in ("user", "item", "timestamp"):
-        column = wanted[role]
-        nulls = int(raw[column].isna().sum())
-        if nulls:
-            first = int(np.flatnonzero(raw[column].isna().to_numpy())[0])
-            _fail(
-                spec,
-                f"column {column!r} ({role}) has {nulls} null value(s) of {rows_read} rows "
-                f"(first at {spec.where(first)})",
-            )
-
-    timestamps, unparsed, unit = parse_timestamps(raw[wanted["timestamp"]], spec.timestamp_unit)
-    unparsable = int(unparsed.sum())
-    if unparsable:
-        first = int(np.flatnonzero(unparsed)[0])
-        _fail(
-            spec,
-            f"column {wanted['timestamp']!r} (timestamp) has {unparsable} unparsable "
-            f"timestamp(s) of {rows_read} rows (first: {raw[wanted['timestamp']].iloc[first]!r} "
-            f"at {spec.where(first)}); expected epoch seconds, milliseconds or ISO 8601",
-        )
-    _check_window(raw[wanted["timestamp"]], timestamps, unit, spec)
-
-    keep = np.ones(rows_read, dtype=bool)
-    dropped: dict[str, int] = {}
-    if "rating" in wanted:
-        column = wanted["rating"]
-        rating = _numeric_column(raw, column)
-        bad = int((~np.isfinite(rating)).sum())
-        if bad:
-            _fail(spec, f"column {column!r} (rating) has {bad} missing or non-numeric rating(s)")
-        if spec.rating_range is not None:
-            low, high = spec.rating_range
-            outside = (rating < low) | (rating > high)
-            if outside.any():
-                _fail(
-                    spec,
-                    f"column {column!r} (rating) has {int(outside.sum())} rating(s) outside the "
-                    f"declared range [{low}, {high}] (e.g. {rating[outside][0]:g})",
-                )
-        if spec.rating_threshold is not None:
-            keep &= rating >= spec.rating_threshold
-            dropped["below_rating_threshold"] = int((~keep).sum())
-    elif spec.rating_threshold is not None:
-        _fail(spec, "ingestion.rating_threshold is set but no rating column is mapped")
-
-    weight = None
-    if "weight" in wanted:
-        column = wanted["weight"]
-        weight = _numeric_column(raw, column)
-        bad = int((~np.isfinite(weight) | (weight < 0)).sum())
-        if bad:
-            _fail(spec, f"column {column!r} (weight) has {bad} missing or negative weight(s)")
-
+    wanted = spec.columns_by_role()
+    _check_columns(raw, spec, wanted)
+    timestamps, unit = _read_timestamps(raw, spec, wanted["timestamp"])
+    keep, dropped = _kept_by_rating(raw, spec, wanted)
+    weight = _weights(raw, spec, wanted)
     if not keep.any():
-        _fail(spec, f"no interaction is left after dropping {dropped}")
+        fail(spec.source, f"no interaction is left after dropping {dropped}")
     user_ids = typed_ids(raw[wanted["user"]], "user", spec)
     item_ids = typed_ids(raw[wanted["item"]], "item", spec)
     if not keep.all():
@@ -375,33 +318,18 @@ def validate_interactions(raw: pd.DataFrame, spec: IngestionSpec) -> tuple[pd.Da
     clean = pd.DataFrame({"user_id": user_ids, "item_id": item_ids, "timestamp": timestamps})
     if weight is not None:
         clean["weight"] = weight.astype(np.float32)
-
-    n_users = int(np.count_nonzero(np.bincount(user_codes, minlength=len(user_uniques))))
-    n_items = int(np.count_nonzero(np.bincount(item_codes, minlength=len(item_uniques))))
-    report = {
-        "source": spec.source,
-        "rows_read": rows_read,
-        "rows_dropped": dropped,
-        "interactions": len(clean),
-        "users": n_users,
-        "items": n_items,
-        "density": len(clean) / (n_users * n_items),
-        "timestamp_unit": unit,
-        "timestamp_unit_from": (
-            "ingestion.timestamp_unit"
-            if spec.timestamp_unit != "auto"
-            else "inferred from the median value (ms above 1e11)"
-            if unit in ("s", "ms")
-            else "inferred: text timestamps"
-        ),
-        "time_span": [
-            pd.Timestamp(int(timestamps.min()), unit="s", tz="UTC").isoformat(),
-            pd.Timestamp(int(timestamps.max()), unit="s", tz="UTC").isoformat(),
-        ],
-    }
-    if weight is not None:
-        report["weight_total"] = float(weight.sum())
-    return clean, report
+    log = CleanLog(
+        rows_read=len(raw),
+        rows_dropped=dropped,
+        interactions=len(clean),
+        users=int(np.count_nonzero(np.bincount(user_codes, minlength=len(user_uniques)))),
+        items=int(np.count_nonzero(np.bincount(item_codes, minlength=len(item_uniques)))),
+        timestamp_unit=unit,
+        first_timestamp=int(timestamps.min()),
+        last_timestamp=int(timestamps.max()),
+        weight_total=None if weight is None else float(weight.sum()),
+    )
+    return clean, said.ingestion_report(spec.source, spec.timestamp_unit, log)
 
 
 def encode_ids(clean: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -430,44 +358,3 @@ def encode_ids(clean: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
         {"item": np.arange(len(item_ids), dtype=np.int32), "item_id": item_ids}
     )
     return interactions, user_index, item_index
-
-
-def sort_by_user_time(users: np.ndarray, timestamps: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Return the permutation that orders rows by (user, timestamp, item).
-
-    One sort of a single int64 key (user, time) when it fits, then the rare
-    rows that tie on it are ordered by item; three-key lexsort otherwise.
-    """
-    if users.size == 0:
-        return np.arange(0)
-    t_low = int(timestamps.min())
-    span = int(timestamps.max()) - t_low + 1
-    if (int(users.max()) + 1) * span >= 2**62:
-        return np.lexsort((items, timestamps, users))
-    key = users.astype(np.int64) * span + (timestamps - t_low)
-    order = np.argsort(key)
-    sorted_key = key[order]
-    tie = sorted_key[1:] == sorted_key[:-1]
-    if tie.any():
-        in_tie = np.zeros(order.size, dtype=bool)
-        in_tie[1:] |= tie
-        in_tie[:-1] |= tie
-        slots = np.flatnonzero(in_tie)
-        rows = order[slots]
-        order[slots] = rows[np.lexsort((items[rows], key[rows]))]
-    return order
-
-
-def is_sorted_by_user_time(users: np.ndarray, timestamps: np.ndarray, items: np.ndarray) -> bool:
-    """Return whether rows are already in (user, timestamp, item) order."""
-    if users.size < 2:
-        return True
-    du = np.diff(users.astype(np.int64))
-    if (du < 0).any():
-        return False
-    same_user = du == 0
-    dt = np.diff(timestamps)
-    if (same_user & (dt < 0)).any():
-        return False
-    tie = same_user & (dt == 0)
-    return not (tie & (np.diff(items.astype(np.int64)) < 0)).any()

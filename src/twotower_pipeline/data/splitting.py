@@ -15,11 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from twotower_pipeline.data.interactions import (
-    InvalidInteractionsError,
-    is_sorted_by_user_time,
-    sort_by_user_time,
-)
+from twotower_pipeline.data.ingestion_report import InvalidInteractionsError, iso_utc
+from twotower_pipeline.data.ordering import is_sorted_by_user_time, sort_by_user_time
 
 STRATEGIES = ("leave_last_out", "global_temporal")
 
@@ -122,22 +119,10 @@ def cold_items(n_items: int, fraction: float, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n_items, size=n_cold, replace=False))
 
 
-def _count_distinct(codes: np.ndarray, size: int) -> int:
-    return int(np.count_nonzero(np.bincount(codes, minlength=size)))
-
-
-def _iso(seconds: int) -> str:
-    return pd.Timestamp(int(seconds), unit="s", tz="UTC").isoformat()
-
-
-def _span(frame: pd.DataFrame) -> list[str] | None:
-    ts = frame["timestamp"].to_numpy()
-    return [_iso(ts.min()), _iso(ts.max())] if ts.size else None
-
-
-def _empty_error(
+def empty_split_error(
     source: str, spec: SplitSpec, which: str, candidates: int, cold_users: int, cold_items: int
 ) -> InvalidInteractionsError:
+    """Return the error for a split that leaves `which` (validation or test) empty."""
     if spec.strategy == "leave_last_out":
         fix = (
             f"leave_last_out needs users with at least {2 + spec.min_train_interactions} "
@@ -149,6 +134,106 @@ def _empty_error(
         f"{source}: the {spec.strategy} split leaves {which} empty ({candidates} candidate "
         f"row(s), {cold_users} with users unseen in train, {cold_items} with items unseen in "
         f"train); {fix}"
+    )
+
+
+def no_interactions_error(source: str) -> InvalidInteractionsError:
+    return InvalidInteractionsError(f"{source}: there are no interactions to split")
+
+
+def time_span(first: int | None, last: int | None) -> list[str] | None:
+    """Return [first, last] as ISO 8601 UTC, or None for an empty table."""
+    return None if first is None else [iso_utc(first), iso_utc(last)]
+
+
+# The report's counts, in the order it lists them; split_report adds what follows from them.
+_SIZES = (
+    "train_interactions",
+    "val_interactions",
+    "test_interactions",
+    "test_cold_interactions",
+    "train_users",
+    "train_items",
+    "val_users",
+    "val_items",
+    "test_users",
+    "test_items",
+    "test_cold_users",
+    "test_cold_items",
+)
+_DROPS = (
+    "val_candidates",
+    "val_dropped_cold_users",
+    "val_dropped_cold_items",
+    "test_candidates",
+    "test_dropped_cold_users",
+)
+
+
+def split_report(
+    spec: SplitSpec,
+    counts: dict[str, int],
+    spans: dict[str, list[str] | None],
+    cutoffs: tuple[int, int] | None,
+) -> dict:
+    """Return the split report (split_report.json), the same whichever engine counted.
+
+    counts: _SIZES and _DROPS, plus users and items (of the whole log),
+    cold_items_held_out and train_rows_removed_cold_items; spans: train, val and
+    test time spans; cutoffs: global_temporal's (validation, test) times.
+    """
+    report: dict = {"strategy": spec.strategy}
+    report.update({name: counts[name] for name in _SIZES})
+    report["users_without_validation"] = counts["users"] - counts["val_users"]
+    report["users_without_test"] = counts["users"] - counts["test_users"]
+    report.update({name: counts[name] for name in _DROPS})
+    report["items_without_training"] = counts["items"] - counts["train_items"]
+    report["cold_item_fraction"] = spec.cold_item_fraction
+    report["cold_items_held_out"] = counts["cold_items_held_out"]
+    report["train_rows_removed_cold_items"] = counts["train_rows_removed_cold_items"]
+    report.update({f"{kind}_time_span": spans[kind] for kind in ("train", "val", "test")})
+    if cutoffs is None:
+        report["min_train_interactions"] = spec.min_train_interactions
+    else:
+        report["temporal_quantiles"] = list(spec.temporal_quantiles)
+        report["temporal_cutoffs"] = [iso_utc(cutoffs[0]), iso_utc(cutoffs[1])]
+    return report
+
+
+def _count_distinct(codes: np.ndarray, size: int) -> int:
+    return int(np.count_nonzero(np.bincount(codes, minlength=size)))
+
+
+def _span(frame: pd.DataFrame) -> list[str] | None:
+    ts = frame["timestamp"].to_numpy()
+    return time_span(ts.min(), ts.max()) if ts.size else None
+
+
+@dataclass
+class _HeldOut:
+    """Which rows of one held-out set survive, and why the others do not."""
+
+    candidates: np.ndarray  # row numbers
+    kept: np.ndarray
+    cold: np.ndarray  # warm user, item unseen in train
+    cold_users: int  # rows whose user has no training row
+
+
+def _warm_rows(
+    is_held: np.ndarray,
+    users: np.ndarray,
+    items: np.ndarray,
+    user_in_train: np.ndarray,
+    item_in_train: np.ndarray,
+) -> _HeldOut:
+    candidates = np.flatnonzero(is_held)
+    warm_user = user_in_train[users[candidates]]
+    warm_item = item_in_train[items[candidates]]
+    return _HeldOut(
+        candidates,
+        candidates[warm_user & warm_item],
+        candidates[warm_user & ~warm_item],
+        int((~warm_user).sum()),
     )
 
 
@@ -165,8 +250,7 @@ def split_interactions(
     when validation or test ends up empty.
     """
     if interactions.empty:
-        raise InvalidInteractionsError(f"{source}: there are no interactions to split")
-
+        raise no_interactions_error(source)
     cutoffs = None
     if spec.strategy == "leave_last_out":
         is_val, is_test = _leave_last_out(interactions, spec)
@@ -175,78 +259,46 @@ def split_interactions(
 
     users = interactions["user"].to_numpy()
     items = interactions["item"].to_numpy()
-    n_users = int(users.max()) + 1
-    n_items = int(items.max()) + 1
+    n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
     held_out_cold = np.zeros(n_items, dtype=bool)
     held_out_cold[cold_items(n_items, spec.cold_item_fraction, seed)] = True
     in_train = ~is_val & ~is_test
     removed_cold = in_train & held_out_cold[items]
     in_train &= ~removed_cold
-    item_in_train = np.bincount(items[in_train], minlength=n_items) > 0
     user_in_train = np.bincount(users[in_train], minlength=n_users) > 0
-
-    val_candidates = np.flatnonzero(is_val)
-    val_warm_user = user_in_train[users[val_candidates]]
-    val_warm_item = item_in_train[items[val_candidates]]
-    val_rows = val_candidates[val_warm_user & val_warm_item]
-    val_cold_users = int((~val_warm_user).sum())
-    val_cold_items = int((val_warm_user & ~val_warm_item).sum())
-
-    test_candidates = np.flatnonzero(is_test)
-    test_warm_user = user_in_train[users[test_candidates]]
-    test_warm_item = item_in_train[items[test_candidates]]
-    test_rows = test_candidates[test_warm_user & test_warm_item]
-    test_cold_rows = test_candidates[test_warm_user & ~test_warm_item]
-    test_cold_users = int((~test_warm_user).sum())
-
-    if val_rows.size == 0:
-        raise _empty_error(
-            source, spec, "validation", val_candidates.size, val_cold_users, val_cold_items
+    item_in_train = np.bincount(items[in_train], minlength=n_items) > 0
+    val = _warm_rows(is_val, users, items, user_in_train, item_in_train)
+    test = _warm_rows(is_test, users, items, user_in_train, item_in_train)
+    if val.kept.size == 0:
+        raise empty_split_error(
+            source, spec, "validation", val.candidates.size, val.cold_users, val.cold.size
         )
-    if test_rows.size == 0:
-        raise _empty_error(
-            source, spec, "test", test_candidates.size, test_cold_users, test_cold_rows.size
+    if test.kept.size == 0:
+        raise empty_split_error(
+            source, spec, "test", test.candidates.size, test.cold_users, test.cold.size
         )
 
-    train = interactions.loc[in_train].reset_index(drop=True)
-    val = interactions.iloc[val_rows].reset_index(drop=True)
-    test = interactions.iloc[test_rows].reset_index(drop=True)
-    test_cold = interactions.iloc[test_cold_rows].reset_index(drop=True)
-    all_users = _count_distinct(users, n_users)
-    val_users = _count_distinct(val["user"].to_numpy(), n_users)
-    test_users = _count_distinct(test["user"].to_numpy(), n_users)
-    report = {
-        "strategy": spec.strategy,
-        "train_interactions": len(train),
-        "val_interactions": len(val),
-        "test_interactions": len(test),
-        "test_cold_interactions": len(test_cold),
-        "train_users": _count_distinct(train["user"].to_numpy(), n_users),
-        "train_items": int(item_in_train.sum()),
-        "val_users": val_users,
-        "val_items": _count_distinct(val["item"].to_numpy(), n_items),
-        "test_users": test_users,
-        "test_items": _count_distinct(test["item"].to_numpy(), n_items),
-        "test_cold_users": _count_distinct(test_cold["user"].to_numpy(), n_users),
-        "test_cold_items": _count_distinct(test_cold["item"].to_numpy(), n_items),
-        "users_without_validation": all_users - val_users,
-        "users_without_test": all_users - test_users,
-        "val_candidates": int(val_candidates.size),
-        "val_dropped_cold_users": val_cold_users,
-        "val_dropped_cold_items": val_cold_items,
-        "test_candidates": int(test_candidates.size),
-        "test_dropped_cold_users": test_cold_users,
-        "items_without_training": int(n_items - item_in_train.sum()),
-        "cold_item_fraction": spec.cold_item_fraction,
+    tables = {
+        "train": interactions.loc[in_train].reset_index(drop=True),
+        "val": interactions.iloc[val.kept].reset_index(drop=True),
+        "test": interactions.iloc[test.kept].reset_index(drop=True),
+        "test_cold": interactions.iloc[test.cold].reset_index(drop=True),
+    }
+    counts = {
+        "users": _count_distinct(users, n_users),
+        "items": n_items,
         "cold_items_held_out": int(held_out_cold.sum()),
         "train_rows_removed_cold_items": int(removed_cold.sum()),
-        "train_time_span": _span(train),
-        "val_time_span": _span(val),
-        "test_time_span": _span(test),
+        "val_candidates": int(val.candidates.size),
+        "val_dropped_cold_users": val.cold_users,
+        "val_dropped_cold_items": int(val.cold.size),
+        "test_candidates": int(test.candidates.size),
+        "test_dropped_cold_users": test.cold_users,
     }
-    if cutoffs is None:
-        report["min_train_interactions"] = spec.min_train_interactions
-    else:
-        report["temporal_quantiles"] = list(spec.temporal_quantiles)
-        report["temporal_cutoffs"] = [_iso(cutoffs[0]), _iso(cutoffs[1])]
-    return Split(train, val, test, test_cold, report)
+    for kind, table in tables.items():
+        counts[f"{kind}_interactions"] = len(table)
+        counts[f"{kind}_users"] = _count_distinct(table["user"].to_numpy(), n_users)
+        counts[f"{kind}_items"] = _count_distinct(table["item"].to_numpy(), n_items)
+    spans = {kind: _span(tables[kind]) for kind in ("train", "val", "test")}
+    report = split_report(spec, counts, spans, cutoffs)
+    return Split(tables["train"], tables["val"], tables["test"], tables["test_cold"], report)

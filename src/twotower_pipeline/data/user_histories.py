@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twotower_pipeline.data.interactions import is_sorted_by_user_time, sort_by_user_time
+from twotower_pipeline.data.ordering import is_sorted_by_user_time, sort_by_user_time
 
 
 @dataclass
