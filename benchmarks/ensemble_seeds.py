@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from twotower_pipeline.model.towers import TowerEnsemble, TwoTowerModel
+from twotower_pipeline.model.ensemble import TowerEnsemble
+from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.ranking.protocol import held_out_sets, score_sets
 from untuned import kedro_run, make_project, write_json
 

@@ -49,14 +49,13 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from twotower_pipeline.data.user_histories import HistoryTable
-from twotower_pipeline.model.towers import TwoTowerConfig, TwoTowerModel
-from twotower_pipeline.training.loop import (
-    Optimizers,
-    Positives,
-    TrainingSpec,
-    keep_freed_memory,
-    train_epoch,
-)
+from twotower_pipeline.model.config import TwoTowerConfig
+from twotower_pipeline.model.towers import TwoTowerModel
+from twotower_pipeline.training.examples import Positives
+from twotower_pipeline.training.loop import train_epoch
+from twotower_pipeline.training.memory import keep_freed_memory
+from twotower_pipeline.training.optimizers import Optimizers
+from twotower_pipeline.training.spec import TrainingSpec
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NEG_RATIO, BATCH_POSITIVES = 5, 2048

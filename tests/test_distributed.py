@@ -20,12 +20,10 @@ from twotower_pipeline.pipelines.training.nodes import build_model, train_two_to
 from twotower_pipeline.ranking.metrics import ranking_metrics
 from twotower_pipeline.training import distributed
 from twotower_pipeline.training import loop as training
-from twotower_pipeline.training.distributed import (
-    DistributedSettings,
-    DistributedTrainingError,
-    Shard,
-)
-from twotower_pipeline.training.loop import TrainingSpec
+from twotower_pipeline.training.checkpoints import checkpoint_path
+from twotower_pipeline.training.distributed import DistributedSettings, DistributedTrainingError
+from twotower_pipeline.training.shard import Shard
+from twotower_pipeline.training.spec import TrainingSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED, NEG, K = 42, 5, 10
@@ -210,7 +208,7 @@ def test_a_dying_rank_is_named_and_the_last_good_checkpoint_resumes(data, tmp_pa
     assert "\n" not in message
     assert "training rank 1 failed" in message and "simulated loss of rank 1" in message
     assert "last good checkpoint is kept" in message
-    kept = torch.load(training.checkpoint_path(spec), weights_only=True)
+    kept = torch.load(checkpoint_path(spec), weights_only=True)
     assert 1 <= len(kept["history"]) <= 2
 
     resumed = distributed.fit_distributed(

@@ -222,7 +222,8 @@ def test_towers_scored_together_are_persisted_served_and_evaluated_like_one_mode
     import numpy as np
     import torch
 
-    from twotower_pipeline.model.towers import TowerEnsemble, TwoTowerModel
+    from twotower_pipeline.model.ensemble import TowerEnsemble
+    from twotower_pipeline.model.towers import TwoTowerModel
     from twotower_pipeline.pipelines.training import nodes as training_nodes
 
     monkeypatch.setattr(

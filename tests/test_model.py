@@ -11,12 +11,10 @@ import torch
 from torch.nn import functional as F
 
 from twotower_pipeline.evaluation.retrieval import recommend_from_histories
-from twotower_pipeline.model.towers import (
-    ScaledCosine,
-    TowerEnsemble,
-    TwoTowerConfig,
-    TwoTowerModel,
-)
+from twotower_pipeline.model.config import TwoTowerConfig
+from twotower_pipeline.model.ensemble import TowerEnsemble
+from twotower_pipeline.model.layers import ScaledCosine
+from twotower_pipeline.model.towers import TwoTowerModel
 
 N_USERS, N_ITEMS, DIM = 5, 7, 4
 

@@ -14,7 +14,8 @@ from test_model import ID_ONLY
 from test_training import make_spec
 from twotower_pipeline.data.sampling import build_training_examples
 from twotower_pipeline.evaluation.retrieval import recommend_from_histories
-from twotower_pipeline.model.towers import TwoTowerConfig, TwoTowerModel
+from twotower_pipeline.model.config import TwoTowerConfig
+from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.training.loop import fit
 
 N_USERS, N_ITEMS, NEG = 40, 10, 3

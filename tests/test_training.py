@@ -15,30 +15,29 @@ from torch.nn import functional as F
 
 from twotower_pipeline.config.errors import PipelineInputError, RunInterruptedError
 from twotower_pipeline.data.sampling import PositiveSet, build_training_examples
-from twotower_pipeline.model.towers import (
-    TowerEnsemble,
-    TwoTowerConfig,
-    TwoTowerModel,
-    full_rows,
-    weighted_rows,
-)
+from twotower_pipeline.model.config import TwoTowerConfig
+from twotower_pipeline.model.ensemble import TowerEnsemble
+from twotower_pipeline.model.layers import full_rows, weighted_rows
+from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.pipelines.training import nodes as training_nodes
 from twotower_pipeline.pipelines.training.nodes import model_candidates, train_two_tower
+from twotower_pipeline.training import examples, memory, row_optimizers, sparse_rows
 from twotower_pipeline.training import loop as training
-from twotower_pipeline.training.loop import (
-    RowwiseAdamW,
-    RowwiseRMSProp,
-    SparseRows,
+from twotower_pipeline.training.checkpoints import checkpoint_path
+from twotower_pipeline.training.examples import (
+    draw_groups,
+    groups_from_examples,
+    training_positives,
+)
+from twotower_pipeline.training.loop import fit, train_epoch
+from twotower_pipeline.training.optimizers import make_optimizer
+from twotower_pipeline.training.row_optimizers import RowwiseAdamW, RowwiseRMSProp
+from twotower_pipeline.training.sparse_rows import SparseRows
+from twotower_pipeline.training.spec import (
     TrainingDivergedError,
     TrainingSpec,
-    draw_groups,
-    fit,
-    groups_from_examples,
     learning_rate_at,
-    make_optimizer,
     resolve_device,
-    train_epoch,
-    training_positives,
 )
 
 N_USERS, N_ITEMS, NEG = 12, 10, 3
@@ -148,7 +147,7 @@ def assert_same_weights(a: TwoTowerModel, b: TwoTowerModel) -> None:
 @pytest.fixture
 def sparse_small_tables(monkeypatch):
     """Row-wise updates even for the tiny tables of these tests (no whole-table shortcut)."""
-    monkeypatch.setattr(training, "WHOLE_TABLE_VALUES", 0)
+    monkeypatch.setattr(sparse_rows, "WHOLE_TABLE_VALUES", 0)
 
 
 def test_sparse_rows_give_the_gradient_rows_of_a_dense_embedding(sparse_small_tables):
@@ -233,7 +232,7 @@ def rowwise_and_reference_tables(lr=0.01, weight_decay=0.1):
 def test_rowwise_adamw_equals_torch_adamw_when_every_row_is_touched(
     through, chunk_rows, sparse_small_tables, monkeypatch
 ):
-    monkeypatch.setattr(training, "OPTIMIZER_CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(row_optimizers, "OPTIMIZER_CHUNK_ROWS", chunk_rows)
     rowwise, reference, optimizer, adamw = rowwise_and_reference_tables()
     for step in range(5):
         ids = torch.randperm(6, generator=torch.Generator().manual_seed(step)).repeat(2)
@@ -264,8 +263,8 @@ def rmsprop_by_hand(table, v, step, touched_rows, grad, lr, weight_decay, beta2=
 @pytest.mark.parametrize("chunk_rows", [2048, 2])  # 2: the touched rows in several parts
 @pytest.mark.parametrize("whole", [False, True], ids=["touched_rows", "whole_table"])
 def test_rowwise_rmsprop_follows_its_rule_row_by_row(chunk_rows, whole, monkeypatch):
-    monkeypatch.setattr(training, "OPTIMIZER_CHUNK_ROWS", chunk_rows)
-    monkeypatch.setattr(training, "WHOLE_TABLE_VALUES", 10**6 if whole else 0)
+    monkeypatch.setattr(row_optimizers, "OPTIMIZER_CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(sparse_rows, "WHOLE_TABLE_VALUES", 10**6 if whole else 0)
     torch.manual_seed(0)
     table = torch.randn(10, 3)
     expected = table.clone().double()
@@ -333,7 +332,7 @@ def steps_of_both(eager, compiled, eager_table, compiled_table, counts):
 
 @pytest.mark.parametrize("optimizer_class", [RowwiseAdamW, RowwiseRMSProp])
 def test_the_compiled_row_update_follows_the_eager_one(optimizer_class, monkeypatch):
-    monkeypatch.setattr(training, "WHOLE_TABLE_VALUES", 0)  # rows, as on a large table
+    monkeypatch.setattr(sparse_rows, "WHOLE_TABLE_VALUES", 0)  # rows, as on a large table
     torch.manual_seed(0)
     eager_table = torch.randn(40, 4)
     compiled_table = eager_table.clone()
@@ -349,7 +348,7 @@ def test_the_compiled_row_update_follows_the_eager_one(optimizer_class, monkeypa
 
 
 def test_the_compiled_row_update_gives_the_same_bits_every_time(monkeypatch):
-    monkeypatch.setattr(training, "WHOLE_TABLE_VALUES", 0)
+    monkeypatch.setattr(sparse_rows, "WHOLE_TABLE_VALUES", 0)
     torch.manual_seed(0)
     first_table = torch.randn(40, 4)
     second_table = first_table.clone()
@@ -363,7 +362,7 @@ def test_the_compiled_row_update_gives_the_same_bits_every_time(monkeypatch):
 
 
 def test_a_row_update_that_cannot_compile_runs_eagerly_and_says_so_once(monkeypatch, caplog):
-    monkeypatch.setattr(training, "WHOLE_TABLE_VALUES", 0)
+    monkeypatch.setattr(sparse_rows, "WHOLE_TABLE_VALUES", 0)
 
     def without_a_compiler(function, **options):
         def compiled(*arguments):
@@ -377,7 +376,7 @@ def test_a_row_update_that_cannot_compile_runs_eagerly_and_says_so_once(monkeypa
     compiled_table = eager_table.clone()
     eager = RowwiseRMSProp([eager_table], lr=0.05, weight_decay=0.2)
     compiled = RowwiseRMSProp([compiled_table], lr=0.05, weight_decay=0.2, compiled=True)
-    with caplog.at_level(logging.WARNING, logger="twotower_pipeline.training.loop"):
+    with caplog.at_level(logging.WARNING, logger="twotower_pipeline.training.row_optimizers"):
         for _ in steps_of_both(eager, compiled, eager_table, compiled_table, [7, 13, 5]):
             assert torch.equal(compiled_table, eager_table)
     warnings = [r.getMessage() for r in caplog.records]
@@ -389,7 +388,7 @@ def test_a_row_update_that_cannot_compile_runs_eagerly_and_says_so_once(monkeypa
 
 
 def test_a_stop_during_the_compiled_update_stops_the_run(monkeypatch):
-    monkeypatch.setattr(training, "WHOLE_TABLE_VALUES", 0)
+    monkeypatch.setattr(sparse_rows, "WHOLE_TABLE_VALUES", 0)
 
     def interrupted_while_compiling(function, **options):
         def compiled(*arguments):
@@ -407,7 +406,7 @@ def test_a_stop_during_the_compiled_update_stops_the_run(monkeypatch):
 
 
 def test_an_error_after_the_kernel_has_run_is_raised_not_retried_eagerly(monkeypatch):
-    monkeypatch.setattr(training, "WHOLE_TABLE_VALUES", 0)
+    monkeypatch.setattr(sparse_rows, "WHOLE_TABLE_VALUES", 0)
     calls = []
 
     def works_once(function, **options):
@@ -454,9 +453,9 @@ def test_compile_rows_auto_compiles_where_a_table_is_large(
 
 
 def test_a_table_on_huge_pages_keeps_its_values_and_starts_on_a_2_mib_boundary(monkeypatch):
-    monkeypatch.setattr(training, "HUGE_PAGE_MIN_BYTES", 0)
+    monkeypatch.setattr(memory, "HUGE_PAGE_MIN_BYTES", 0)
     table = torch.randn(1000, 3)
-    moved = training.on_huge_pages(table)
+    moved = memory.on_huge_pages(table)
     assert torch.equal(moved, table) and moved.dtype == table.dtype
     moved[0, 0] += 1.0  # a copy, not a view of the original
     assert not torch.equal(moved, table)
@@ -466,7 +465,7 @@ def test_a_table_on_huge_pages_keeps_its_values_and_starts_on_a_2_mib_boundary(m
 
 def test_a_small_table_stays_where_it_is():
     table = torch.randn(10, 3)
-    assert training.on_huge_pages(table) is table
+    assert memory.on_huge_pages(table) is table
 
 
 def test_tables_on_huge_pages_train_and_resume_exactly_as_on_plain_pages(
@@ -475,7 +474,7 @@ def test_tables_on_huge_pages_train_and_resume_exactly_as_on_plain_pages(
     train, val = data
     plain_model = new_model()
     plain = fit(plain_model, train, val, first_examples(train), make_spec(tmp_path / "plain"))
-    monkeypatch.setattr(training, "HUGE_PAGE_MIN_BYTES", 0)  # every table, moment and scratch
+    monkeypatch.setattr(memory, "HUGE_PAGE_MIN_BYTES", 0)  # every table, moment and scratch
     spec = make_spec(tmp_path / "huge")
     with monkeypatch.context() as patch:
         kill_in_epoch(patch, 3)
@@ -536,7 +535,7 @@ def test_large_tables_under_rowwise_adamw_get_a_hint_for_rmsprop(
     rows, optimizer, hinted, tmp_path, caplog
 ):
     model = TwoTowerModel(replace(new_model(ID_ONLY).config, n_items=rows, embedding_dim=2))
-    with caplog.at_level(logging.INFO, logger="twotower_pipeline.training.loop"):
+    with caplog.at_level(logging.INFO, logger="twotower_pipeline.training.optimizers"):
         make_optimizer(model, make_spec(tmp_path, optimizer=optimizer))
     hints = [r.getMessage() for r in caplog.records if "rowwise_rmsprop" in r.getMessage()]
     assert len(hints) == hinted
@@ -585,14 +584,14 @@ def test_examples_in_another_layout_or_of_other_positives_are_rejected(data, tmp
 
 def record_negative_draws(monkeypatch) -> list[tuple[np.ndarray, np.ndarray]]:
     draws = []
-    real = training.sample_negatives
+    real = examples.sample_negatives
 
     def recording(users, positives, neg_ratio, rng, probabilities=None):
         drawn = real(users, positives, neg_ratio, rng, probabilities)
         draws.append((users.copy(), drawn.copy()))
         return drawn
 
-    monkeypatch.setattr(training, "sample_negatives", recording)
+    monkeypatch.setattr(examples, "sample_negatives", recording)
     return draws
 
 
@@ -779,7 +778,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
     pd.testing.assert_frame_equal(timeless(history), timeless(full))
     assert_same_weights(resumed, uninterrupted)
     last_full, last_cut = (
-        torch.load(training.checkpoint_path(run), weights_only=True)["model"] for run in (spec, cut)
+        torch.load(checkpoint_path(run), weights_only=True)["model"] for run in (spec, cut)
     )
     for name, tensor in last_full.items():  # the last epoch too, not only the chosen one
         assert torch.equal(tensor, last_cut[name]), name
@@ -799,7 +798,7 @@ def test_a_fresh_run_keeps_the_earlier_checkpoint_until_it_writes_its_own(
     train, val = data
     spec = make_spec(tmp_path, num_epochs=2)
     fit(new_model(), train, val, first_examples(train), spec)
-    path = training.checkpoint_path(spec)
+    path = checkpoint_path(spec)
     before = torch.load(path, weights_only=True)
     kill_in_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
@@ -852,7 +851,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(data, tmp_pa
     monkeypatch.setattr(TwoTowerModel, "forward", poisoned_in_epoch_3)
     with pytest.raises(TrainingDivergedError, match=r"epoch 3.*last good checkpoint \(epoch 2\)"):
         fit(new_model(), train, val, first_examples(train), spec)
-    state = torch.load(training.checkpoint_path(spec), weights_only=True)
+    state = torch.load(checkpoint_path(spec), weights_only=True)
     assert len(state["history"]) == 2
     assert all(torch.isfinite(tensor).all() for tensor in state["model"].values())
 

@@ -22,7 +22,7 @@ from twotower_pipeline.ranking.metrics import (
 )
 from twotower_pipeline.ranking.protocol import COLD_SECTIONS, HeldOutSet, held_out_sets, score_sets
 from twotower_pipeline.reporting import markdown as reporting
-from twotower_pipeline.training.loop import validation_sample
+from twotower_pipeline.training.examples import validation_sample
 
 logger = logging.getLogger(__name__)
 

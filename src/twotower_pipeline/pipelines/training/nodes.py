@@ -11,14 +11,13 @@ import torch
 from twotower_pipeline.data.features import padded_tokens
 from twotower_pipeline.data.sampling import item_distribution
 from twotower_pipeline.data.user_histories import HistoryTable
-from twotower_pipeline.model.towers import TowerEnsemble, TwoTowerConfig, TwoTowerModel
+from twotower_pipeline.model.config import TwoTowerConfig
+from twotower_pipeline.model.ensemble import TowerEnsemble
+from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.training.distributed import DistributedSettings, fit_distributed
-from twotower_pipeline.training.loop import (
-    TrainingDivergedError,
-    TrainingSpec,
-    fit,
-    validation_ranking,
-)
+from twotower_pipeline.training.loop import fit
+from twotower_pipeline.training.spec import TrainingDivergedError, TrainingSpec
+from twotower_pipeline.training.validation import validation_ranking
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,70 @@
+"""The configuration of one two-tower model: everything needed to rebuild it from its weights."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class TwoTowerConfig:
+    """Everything needed to rebuild the model from its state dict."""
+
+    # No defaults: the values come from conf/base (parameters.yml, parameters_training.yml).
+    n_users: int
+    n_items: int
+    embedding_dim: int
+    hidden_dims: list[int]
+    init_std: float
+    logit_scale: float
+    max_logit_scale: float
+    user_id: bool  # a user-id embedding in the user tower
+    user_id_dropout: float  # probability that a user's id is left out in a training step
+    history_length: int  # items pooled into the user vector; 0: no history
+    history_pooling: str  # mean | recency (a learned weight per position)
+    item_id_dropout: float  # probability that an item's id is left out in a training step
+    item_feature_vocab: int  # size of the item feature token space (1: no features)
+    item_feature_width: int  # tokens per item (padded with 0)
+    user_feature_vocab: int
+    user_feature_width: int
+
+    def __post_init__(self) -> None:
+        if self.n_users < 1 or self.n_items < 1 or self.embedding_dim < 1:
+            raise ValueError(
+                f"n_users, n_items and embedding_dim must be positive, got {self.n_users}, "
+                f"{self.n_items}, {self.embedding_dim}"
+            )
+        if not 0 < self.logit_scale <= self.max_logit_scale:
+            raise ValueError(
+                f"logit_scale must be in (0, max_logit_scale={self.max_logit_scale}], "
+                f"got {self.logit_scale}"
+            )
+        if not self.user_id and self.history_length < 1 and self.user_feature_vocab <= 1:
+            raise ValueError(
+                "the user tower has nothing to read: set model.user_id true, "
+                "model.history_length >= 1, or give user features"
+            )
+        if self.history_pooling not in ("mean", "recency"):
+            raise ValueError(
+                f"model.history_pooling must be mean or recency, not {self.history_pooling!r}"
+            )
+        for name in ("item_id_dropout", "user_id_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), not {getattr(self, name)}")
+        self.hidden_dims = [int(width) for width in self.hidden_dims]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TwoTowerConfig:
+        """Return the config of a model_config JSON (its `run_id`, the run that made it, aside)."""
+        values = {key: value for key, value in values.items() if key != "run_id"}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        missing = sorted(known - set(values))
+        if unknown or missing:
+            raise ValueError(
+                f"model config keys do not match this version: unknown {unknown}, "
+                f"missing {missing}; retrain the model"
+            )
+        return cls(**values)
