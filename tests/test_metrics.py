@@ -11,14 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twotower_pipeline.ranking.metrics import (
-    binary_log_loss,
-    pair_scores,
-    rank_positives,
-    ranking_metrics,
-    roc_auc,
-    top_k_unseen,
-)
+from twotower_pipeline.ranking.metrics import rank_positives, ranking_metrics, top_k_unseen
+from twotower_pipeline.ranking.pointwise import binary_log_loss, pair_scores, roc_auc
 
 
 def pairs(rows: list[tuple[int, int]]) -> pd.DataFrame:

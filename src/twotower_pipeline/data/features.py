@@ -11,7 +11,7 @@ that appear in the training interactions only, so nothing about held-out
 rows or cold items leaks into them.
 
 Problems in a feature file are reported once, naming the file, the column and
-the count, as interactions.py does for the log. All work is vectorised
+the count, as data/interactions.py does for the log. All work is vectorised
 (pandas explode / categorical codes, numpy searchsorted): no Python loop per row.
 """
 

@@ -41,7 +41,7 @@ class IngestionSpec:
     timestamp_unit: str  # auto | s | ms | iso
     rating_threshold: float | None
     rating_range: tuple[float, float] | None
-    encoding: str  # of a text file; the catalog's reader is given it (hooks/run_hooks.py)
+    encoding: str  # of a text file; the catalog's reader is given it (hooks/readable_errors.py)
     id_type: str  # auto | int | text
     # Plausible time span, epoch seconds; None: unchecked. From parameters:
     # timestamp_window.earliest (a date) and .latest (a date, or null: the run's clock + 1 day).

@@ -34,7 +34,7 @@ class PositiveSet:
         self.n_items = int(n_items)
         keys = users.astype(np.int64) * self.n_items + items.astype(np.int64)
         keys.sort()
-        # Sort and drop repeats by hand: np.unique's hashing path is several times slower.
+        # Sort and drop repeats by hand: np.unique's hashing path is slower (benchmarks/data_prep.py).
         self.keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if keys.size else keys
         self._counts: np.ndarray | None = None  # positives per user, counted once
 
@@ -130,8 +130,8 @@ class _UserRangeBitmap:
     """Positives of the users first_user..last_user as one bit per (user, item).
 
     A lookup reads one byte near the previous one (rows come grouped by user,
-    a user's row of bits is a few kB), several times faster than a binary
-    search over all positives.
+    a user's row of bits is a few kB), faster than a binary search over all
+    positives (benchmarks/data_prep.py).
     """
 
     def __init__(self, positives: PositiveSet, first_user: int, last_user: int) -> None:

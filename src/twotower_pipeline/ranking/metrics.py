@@ -32,8 +32,8 @@ import torch
 Scorer = Callable[[np.ndarray], torch.Tensor]
 
 # Rows compared at once when counting ranks: 32 rows of 10^5 float32 scores and
-# their comparison masks stay in cache, which makes counting several times
-# faster than comparing a whole chunk in one go.
+# their comparison masks stay in cache, which makes counting faster than comparing
+# a whole chunk in one go (benchmarks/evaluation.py measures it).
 _ROW_BLOCK = 32
 
 
@@ -103,7 +103,7 @@ def _count_above(
     """Return, per target, how many scores of its row are > it and how many are >= it."""
     # numpy on blocks of rows, one contiguous share of the rows per thread (numpy
     # releases the GIL): no per-operation thread barriers, which made torch's
-    # comparisons of small blocks 10-100x slower on a busy machine, and each block
+    # comparisons of small blocks slow on a busy machine, and each block
     # stays in cache between its two passes.
     scores_np, rows_np, targets_np = scores.numpy(), rows.numpy(), targets.numpy()
     greater = np.empty(rows_np.size, dtype=np.int64)
@@ -196,8 +196,8 @@ def _random_tie_positions(
 def _one_torch_thread() -> Iterator[None]:
     """Run torch single-threaded inside, then restore the caller's thread count.
 
-    A chunk's bookkeeping is many small operations; their per-operation thread
-    barriers made it 4x slower on a busy 2-core machine.
+    A chunk's bookkeeping is many small operations, and per-operation thread
+    barriers cost more than they save on a busy machine (benchmarks/evaluation.py).
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -388,23 +388,6 @@ def ranking_metrics(
     return metrics_from_ranks(rankings, ks)
 
 
-def pair_scores(
-    score_users: Scorer, users: np.ndarray, items: np.ndarray, *, chunk_size: int
-) -> np.ndarray:
-    """Return the scorer's float32 score of each (user, item) pair, scoring each user once."""
-    users = np.asarray(users, dtype=np.int64)
-    items = np.asarray(items, dtype=np.int64)
-    unique, inverse = np.unique(users, return_inverse=True)
-    out = np.empty(users.size, dtype=np.float32)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(0, unique.size + chunk_size, chunk_size))
-    for c, start in enumerate(range(0, unique.size, chunk_size)):
-        rows = order[bounds[c] : bounds[c + 1]]
-        scores = score_users(unique[start : start + chunk_size]).to(torch.float32).numpy()
-        out[rows] = scores[inverse[rows] - start, items[rows]]
-    return out
-
-
 def top_k_unseen(
     score_users: Scorer,
     known: pd.DataFrame,
@@ -440,34 +423,3 @@ def top_k_unseen(
         return pd.DataFrame({"user": [], "rank": [], "item": [], "score": []})
     recs = pd.concat(parts, ignore_index=True)
     return recs[np.isfinite(recs["score"].to_numpy())].reset_index(drop=True)
-
-
-def _check_binary(labels: np.ndarray) -> np.ndarray:
-    labels = np.asarray(labels)
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError("labels must be 0 or 1")
-    n_pos = int(labels.sum())
-    if n_pos == 0 or n_pos == labels.size:
-        # A pointwise loss on one class says nothing: a model scoring everything
-        # high gets ~0 on positives alone. That was the seed's "val loss 0.0001".
-        raise ValueError(
-            f"labels hold one class only ({n_pos} positives of {labels.size}); pointwise "
-            "metrics need positives and sampled negatives"
-        )
-    return labels
-
-
-def binary_log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Return mean BCE of sigmoid(logits) against 0/1 labels; raises if one class only."""
-    labels = _check_binary(labels)
-    logits_t = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    labels_t = torch.as_tensor(labels, dtype=torch.float64)
-    return float(torch.nn.functional.binary_cross_entropy_with_logits(logits_t, labels_t))
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Return ROC AUC (ties count one half), by the rank-sum formula; raises if one class only."""
-    labels = _check_binary(labels).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    ranks = pd.Series(np.asarray(scores, dtype=np.float64)).rank(method="average").to_numpy()
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -2,7 +2,7 @@
 
 Everything is inside the file (PNG plots as base64 data URIs, CSS inline, no
 script), so it opens from disk, from an e-mail or from an MLflow artefact alike.
-The numbers come from the same outputs as report.md (reporting.py); this module
+The numbers come from the same outputs as report.md (reporting/markdown.py); this module
 only lays them out.
 """
 

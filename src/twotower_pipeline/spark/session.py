@@ -1,6 +1,6 @@
 """Starting the SparkSession of a Spark environment, with one clear line when it cannot start.
 
-No Kedro here: the hook in spark_hooks.py reads `conf/<env>/spark.yml` and
+No Kedro here: the hook in spark/hooks.py reads `conf/<env>/spark.yml` and
 calls start_spark_session with its keys.
 """
 

@@ -9,7 +9,8 @@ import torch
 from twotower_pipeline.data.user_histories import HistoryTable
 from twotower_pipeline.model.ensemble import TowerEnsemble
 from twotower_pipeline.model.towers import TwoTowerModel
-from twotower_pipeline.ranking.metrics import binary_log_loss, ranking_metrics, roc_auc
+from twotower_pipeline.ranking.metrics import ranking_metrics
+from twotower_pipeline.ranking.pointwise import binary_log_loss, roc_auc
 from twotower_pipeline.ranking.protocol import sample_users
 from twotower_pipeline.training.examples import ValidationSample
 

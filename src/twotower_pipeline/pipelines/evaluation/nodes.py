@@ -13,13 +13,8 @@ from twotower_pipeline.evaluation import index as ann
 from twotower_pipeline.evaluation.baselines import als_scorer, popularity_scorer, random_scorer
 from twotower_pipeline.evaluation.health import HealthThresholds, health_report
 from twotower_pipeline.model.towers import TwoTowerModel
-from twotower_pipeline.ranking.metrics import (
-    Scorer,
-    binary_log_loss,
-    pair_scores,
-    roc_auc,
-    top_k_unseen,
-)
+from twotower_pipeline.ranking.metrics import Scorer, top_k_unseen
+from twotower_pipeline.ranking.pointwise import binary_log_loss, pair_scores, roc_auc
 from twotower_pipeline.ranking.protocol import COLD_SECTIONS, HeldOutSet, held_out_sets, score_sets
 from twotower_pipeline.reporting import markdown as reporting
 from twotower_pipeline.training.examples import validation_sample
