@@ -26,11 +26,11 @@ pyspark = pytest.importorskip(
 if java_executable() is None:
     pytest.skip("no Java runtime (PySpark needs Java 17 or later)", allow_module_level=True)
 
-from twotower_pipeline.spark.prep import (  # noqa: E402
+from twotower_pipeline.spark.ingestion import (  # noqa: E402
     encode_ids_spark,
-    split_interactions_spark,
     validate_interactions_spark,
 )
+from twotower_pipeline.spark.split import split_interactions_spark  # noqa: E402
 
 SPLIT_TABLES = ("train", "val", "test", "test_cold")
 

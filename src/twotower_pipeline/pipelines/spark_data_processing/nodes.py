@@ -1,55 +1,28 @@
-"""Spark data-preparation nodes: thin wrappers over twotower_pipeline.spark.prep."""
+"""Spark data-preparation nodes: each builds its spec and calls twotower_pipeline.spark.prep.
+
+The tables are Spark DataFrames; pyspark itself is imported in spark/ only.
+"""
 
 from __future__ import annotations
 
-import logging
-
-from pyspark.sql import DataFrame
-
 from twotower_pipeline.data.interactions import IngestionSpec
 from twotower_pipeline.data.splitting import SplitSpec
-from twotower_pipeline.spark.prep import (
-    encode_ids_spark,
-    split_interactions_spark,
-    validate_interactions_spark,
-)
-
-logger = logging.getLogger(__name__)
+from twotower_pipeline.spark import prep
+from twotower_pipeline.spark.frames import DataFrame
 
 
 def validate_on_spark(raw_interactions: DataFrame, ingestion: dict) -> tuple[DataFrame, dict]:
     """Return the checked, de-duplicated log (a Spark DataFrame) and the ingestion report."""
-    clean, report = validate_interactions_spark(
-        raw_interactions, IngestionSpec.from_params(ingestion)
-    )
-    logger.info(
-        "Spark read %d rows from %s: %d interactions, %d users, %d items (dropped %s)",
-        report["rows_read"],
-        report["source"],
-        report["interactions"],
-        report["users"],
-        report["items"],
-        report["rows_dropped"],
-    )
-    return clean, report
+    return prep.validate_on_spark(raw_interactions, IngestionSpec.from_params(ingestion))
 
 
 def encode_on_spark(clean_interactions: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
     """Return interactions with integer ids in (user, time, item) order, and the id maps."""
-    return encode_ids_spark(clean_interactions)
+    return prep.encode_on_spark(clean_interactions)
 
 
 def split_on_spark(
     interactions: DataFrame, split: dict, seed: int
 ) -> tuple[DataFrame, DataFrame, DataFrame, DataFrame, dict]:
     """Return train, validation and test positives, cold test rows and the split report."""
-    *tables, report = split_interactions_spark(interactions, SplitSpec.from_params(split), seed)
-    logger.info(
-        "Spark %s split: %d train, %d validation and %d test positives (+%d cold test rows)",
-        report["strategy"],
-        report["train_interactions"],
-        report["val_interactions"],
-        report["test_interactions"],
-        report["test_cold_interactions"],
-    )
-    return (*tables, report)
+    return prep.split_on_spark(interactions, SplitSpec.from_params(split), seed)
