@@ -13,13 +13,13 @@ from twotower_pipeline.training.memory import huge_page_zeros
 
 logger = logging.getLogger(__name__)
 
-# The row optimizer updates touched rows this many at a time (measured: 2,048 of d 64 ~20%
-# faster than all ~12k rows at once, whose temporaries spill out of a core's cache).
+# The row optimizer updates touched rows this many at a time, so that the temporaries of a
+# part stay in a core's cache (benchmarks/row_optimizers.py).
 OPTIMIZER_CHUNK_ROWS = 2048
 
 
 class RowStep(NamedTuple):
-    """The scalars of one row-optimizer step, as its compiled rule takes them."""
+    """The scalars of one row-optimizer step, as its rule takes them."""
 
     lr: float
     weight_decay: float
@@ -37,17 +37,17 @@ class RowOptimizer:
     weight decay is decoupled (AdamW's) and lazy: a row decays in the steps that
     touch it. A table handed over whole (ids None) is updated whole.
 
-    A subclass gives `_new_state(table)` (its state tensor for one table),
-    `_update_table(table, state, grad)` (every row), `_update_rows(table,
-    state, ids, values, grad)` (the distinct rows ids, their values and
-    gradients, in eager torch ops) and `rows_rule` (the same rule as one
-    function of tensors and scalars, written for torch.compile).
+    A subclass gives `_new_state(table)` (its state tensor for one table) and
+    `rule(state, values, grad, step)`: the update, in place, of some rows' state
+    and weights. It is the one definition of the update: applied to the whole
+    table in place, to the touched rows gathered and written back
+    (`update_rows`, a few thousand at a time), and compiled.
 
-    compiled: the touched rows of each table are updated by `rows_rule` compiled
-    (torch.compile, dynamic shapes) into one kernel: one pass that reads each
-    row's state and values and writes them back, in place of a dozen eager ops
-    each making its own pass. When compiling fails (no C++ compiler, say) it
-    says so once and goes on eagerly.
+    compiled: the touched rows of each table are updated by `update_rows`
+    compiled (torch.compile, dynamic shapes) into one kernel: one pass that
+    reads each row's state and values and writes them back, in place of a dozen
+    eager ops each making its own pass. When compiling fails (no C++ compiler,
+    say) it says so once and goes on eagerly.
     """
 
     def __init__(
@@ -67,26 +67,58 @@ class RowOptimizer:
         self.step_count = 0
         self.state = [self._new_state(t) for t in tables]
         self._index = {id(t): i for i, t in enumerate(tables)}
-        self.kernel = torch.compile(type(self).rows_rule, dynamic=True) if compiled else None
+        self.kernel = torch.compile(type(self).update_rows, dynamic=True) if compiled else None
         self.kernel_ran = False
+
+    @staticmethod
+    def rule(state: torch.Tensor, values: torch.Tensor, grad: torch.Tensor, step: RowStep) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def update_rows(
+        cls,
+        table: torch.Tensor,
+        state: torch.Tensor,
+        ids: torch.Tensor,
+        values: torch.Tensor,
+        grad: torch.Tensor,
+        step: RowStep,
+    ) -> None:
+        """Apply the rule to the distinct rows ids of table (values: their weights, updated)."""
+        rows = state[ids]
+        cls.rule(rows, values, grad, step)
+        state[ids] = rows
+        table[ids] = values
 
     @torch.no_grad()
     def step(self, touched: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]) -> None:
         self.step_count += 1
+        step = self._step()
         for table, ids, leaf in touched:
             if leaf.grad is None:
                 continue
             state = self.state[self._index[id(table)]]
             if ids is None:  # the whole table was touched: update it in place
-                self._update_table(table, state, leaf.grad)
+                self.rule(state, table.data, leaf.grad, step)
                 continue
-            values = leaf.detach()
+            values = leaf.detach()  # a gathered copy of the rows, updated in place
             if self.kernel is not None and self._run_kernel(table, state, ids, values, leaf.grad):
                 continue
-            # A few thousand rows at a time: the temporaries stay in the core's cache.
             for start in range(0, len(ids), OPTIMIZER_CHUNK_ROWS):
                 part = slice(start, start + OPTIMIZER_CHUNK_ROWS)
-                self._update_rows(table, state, ids[part], values[part], leaf.grad[part])
+                self.update_rows(table, state, ids[part], values[part], leaf.grad[part], step)
+
+    def _step(self) -> RowStep:
+        beta1, beta2 = self.betas
+        return RowStep(
+            self.lr,
+            self.weight_decay,
+            beta1,
+            beta2,
+            self.eps,
+            math.sqrt(1 - beta2**self.step_count),
+            1 - beta1**self.step_count,
+        )
 
     def _run_kernel(
         self,
@@ -103,18 +135,8 @@ class RowOptimizer:
         once the kernel has run, an error is raised as it is, and so is a stop of the run
         (an interrupt) at any time.
         """
-        beta1, beta2 = self.betas
-        step = RowStep(
-            self.lr,
-            self.weight_decay,
-            beta1,
-            beta2,
-            self.eps,
-            self._root_correction2(),
-            1 - beta1**self.step_count,
-        )
         try:
-            self.kernel(table, state, ids, values, grad, step)
+            self.kernel(table, state, ids, values, grad, self._step())
         except RunFailedError:
             raise
         except Exception as error:  # noqa: BLE001 - any compiler failure: go on eagerly
@@ -132,9 +154,6 @@ class RowOptimizer:
         self.kernel_ran = True
         return True
 
-    def _root_correction2(self) -> float:
-        return math.sqrt(1 - self.betas[1] ** self.step_count)
-
     def state_dict(self) -> dict:
         return {"step_count": self.step_count, "state": [s.clone() for s in self.state]}
 
@@ -148,66 +167,23 @@ class RowwiseAdamW(RowOptimizer):
     """AdamW on the rows a step touched: moments, decay and update of those rows only.
 
     State: both moments of every row, 2 x d values a row, side by side as
-    (rows, 2, d) so a touched row's state is one gather and one scattered add.
+    (rows, 2, d) so a touched row's state is one gather and one scattered copy.
     """
 
     def _new_state(self, table: torch.Tensor) -> torch.Tensor:
         return huge_page_zeros((table.shape[0], 2, table.shape[1]), table)
 
-    def _update_table(self, table: torch.Tensor, state: torch.Tensor, grad: torch.Tensor) -> None:
-        beta1, beta2 = self.betas
-        mean, square = state.unbind(1)
-        mean.mul_(beta1).add_(grad, alpha=1 - beta1)
-        square.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        table.data.mul_(1 - self.lr * self.weight_decay)
-        denominator = square.sqrt().div_(self._root_correction2()).add_(self.eps)
-        table.data.addcdiv_(mean, denominator, value=-self.lr / (1 - beta1**self.step_count))
-
-    def _update_rows(
-        self,
-        table: torch.Tensor,
-        state: torch.Tensor,
-        ids: torch.Tensor,
-        values: torch.Tensor,
-        grad: torch.Tensor,
-    ) -> None:
-        """AdamW on the distinct rows ids of table, whose values and gradients are given."""
-        beta1, beta2 = self.betas
-        # The touched rows change by deltas added in place (ids are distinct): on the
-        # CPU a scattered add costs about half a scattered copy (measured).
-        rows = state.index_select(0, ids)
-        # (g, g^2) - (m, v), times (1 - beta1, 1 - beta2): both moments' steps side by side.
-        steps = torch.stack((grad, grad * grad), 1).sub_(rows)
-        steps[:, 0].mul_(1 - beta1)
-        steps[:, 1].mul_(1 - beta2)
-        rows.add_(steps)
-        denominator = rows[:, 1].sqrt().div_(self._root_correction2()).add_(self.eps)
-        weight_step = torch.addcdiv(
-            values * (-self.lr * self.weight_decay),
-            rows[:, 0],
-            denominator,
-            value=-self.lr / (1 - beta1**self.step_count),
-        )
-        state.index_add_(0, ids, steps)
-        table.index_add_(0, ids, weight_step)
-
     @staticmethod
-    def rows_rule(
-        table: torch.Tensor,
-        state: torch.Tensor,
-        ids: torch.Tensor,
-        values: torch.Tensor,
-        grad: torch.Tensor,
-        step: RowStep,
-    ) -> None:
-        """AdamW on the distinct rows ids (values: their weights), as one compilable function."""
-        rows = state[ids]
-        mean = rows[:, 0] * step.beta1 + grad * (1 - step.beta1)
-        square = rows[:, 1] * step.beta2 + grad * grad * (1 - step.beta2)
-        state[ids] = torch.stack((mean, square), 1)
-        denominator = square.sqrt() / step.root_correction2 + step.eps
-        decayed = values * (1 - step.lr * step.weight_decay)
-        table[ids] = decayed - (step.lr / step.correction1) * mean / denominator
+    def rule(state: torch.Tensor, values: torch.Tensor, grad: torch.Tensor, step: RowStep) -> None:
+        """AdamW, in place, on rows whose moments are state (rows, 2, d) and weights values."""
+        mean, square = state[:, 0], state[:, 1]  # views (unbind's would fix the row count)
+        mean.mul_(step.beta1).add_(grad, alpha=1 - step.beta1)
+        square.mul_(step.beta2).addcmul_(grad, grad, value=1 - step.beta2)
+        values.mul_(1 - step.lr * step.weight_decay)
+        denominator = square.sqrt().div_(step.root_correction2).add_(step.eps)
+        # addcdiv_'s arithmetic, self + value * t1 / t2, spelled out: a rate given as its
+        # `value` would be a constant to torch.compile, compiled again for every rate.
+        values.add_(-step.lr / step.correction1 * mean / denominator)
 
     def state_dict(self) -> dict:
         return {
@@ -236,42 +212,10 @@ class RowwiseRMSProp(RowOptimizer):
     def _new_state(self, table: torch.Tensor) -> torch.Tensor:
         return huge_page_zeros((table.shape[0],), table)
 
-    def _update_table(self, table: torch.Tensor, state: torch.Tensor, grad: torch.Tensor) -> None:
-        state.mul_(self.betas[1]).add_(grad.square().mean(1), alpha=1 - self.betas[1])
-        denominator = state.sqrt().div_(self._root_correction2()).add_(self.eps)
-        table.data.mul_(1 - self.lr * self.weight_decay)
-        table.data.addcdiv_(grad, denominator.unsqueeze(1), value=-self.lr)
-
-    def _update_rows(
-        self,
-        table: torch.Tensor,
-        state: torch.Tensor,
-        ids: torch.Tensor,
-        values: torch.Tensor,
-        grad: torch.Tensor,
-    ) -> None:
-        """RMSprop on the distinct rows ids of table, whose values and gradients are given."""
-        rows = state.index_select(0, ids)
-        steps = grad.square().mean(1).sub_(rows).mul_(1 - self.betas[1])
-        denominator = rows.add_(steps).sqrt_().div_(self._root_correction2()).add_(self.eps)
-        weight_step = torch.addcdiv(
-            values * (-self.lr * self.weight_decay), grad, denominator.unsqueeze(1), value=-self.lr
-        )
-        state.index_add_(0, ids, steps)
-        table.index_add_(0, ids, weight_step)
-
     @staticmethod
-    def rows_rule(
-        table: torch.Tensor,
-        state: torch.Tensor,
-        ids: torch.Tensor,
-        values: torch.Tensor,
-        grad: torch.Tensor,
-        step: RowStep,
-    ) -> None:
-        """RMSprop on the distinct rows ids (values: their weights), as one compilable function."""
-        rows = state[ids]
-        square = rows + ((grad * grad).mean(1) - rows) * (1 - step.beta2)
-        state[ids] = square
-        denominator = (square.sqrt() / step.root_correction2 + step.eps).unsqueeze(1)
-        table[ids] = values * (1 - step.lr * step.weight_decay) - step.lr * grad / denominator
+    def rule(state: torch.Tensor, values: torch.Tensor, grad: torch.Tensor, step: RowStep) -> None:
+        """RMSprop, in place, on rows whose second moments are state (rows,) and weights values."""
+        state.mul_(step.beta2).add_(grad.square().mean(1), alpha=1 - step.beta2)
+        denominator = state.sqrt().div_(step.root_correction2).add_(step.eps)
+        values.mul_(1 - step.lr * step.weight_decay)
+        values.add_(-step.lr * grad / denominator.unsqueeze(1))  # addcdiv_, as in AdamW's rule
