@@ -52,7 +52,7 @@ FRAMEWORKS: dict[str, tuple[str, ...]] = {
         "pipeline_registry",
         "__main__",
     ),
-    "kedro_datasets": ("io.", "spark.datasets"),
+    "kedro_datasets": ("io.", "hooks.", "spark.datasets"),
     "kedro_mlflow": ("hooks.mlflow",),
     "pyspark": ("spark.",),
     "mlflow": ("io.tracking",),
