@@ -34,7 +34,8 @@ class PositiveSet:
         self.n_items = int(n_items)
         keys = users.astype(np.int64) * self.n_items + items.astype(np.int64)
         keys.sort()
-        # Sort and drop repeats by hand: np.unique's hashing path is slower (benchmarks/data_prep.py).
+        # Sort and drop repeats by hand: np.unique's hashing path is slower
+        # (benchmarks/data_prep.py).
         self.keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if keys.size else keys
         self._counts: np.ndarray | None = None  # positives per user, counted once
 

@@ -137,6 +137,28 @@ def empty_split_error(
     )
 
 
+def raise_if_empty(source: str, spec: SplitSpec, counts: dict[str, int]) -> None:
+    """Raise empty_split_error when validation or test keeps no row (counts: the report's)."""
+    if counts["val_interactions"] == 0:
+        raise empty_split_error(
+            source,
+            spec,
+            "validation",
+            counts["val_candidates"],
+            counts["val_dropped_cold_users"],
+            counts["val_dropped_cold_items"],
+        )
+    if counts["test_interactions"] == 0:
+        raise empty_split_error(
+            source,
+            spec,
+            "test",
+            counts["test_candidates"],
+            counts["test_dropped_cold_users"],
+            counts["test_cold_interactions"],
+        )
+
+
 def no_interactions_error(source: str) -> InvalidInteractionsError:
     return InvalidInteractionsError(f"{source}: there are no interactions to split")
 
@@ -251,39 +273,21 @@ def split_interactions(
     """
     if interactions.empty:
         raise no_interactions_error(source)
-    cutoffs = None
     if spec.strategy == "leave_last_out":
-        is_val, is_test = _leave_last_out(interactions, spec)
+        (is_val, is_test), cutoffs = _leave_last_out(interactions, spec), None
     else:
         is_val, is_test, cutoffs = _global_temporal(interactions, spec)
-
     users = interactions["user"].to_numpy()
     items = interactions["item"].to_numpy()
     n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
     held_out_cold = np.zeros(n_items, dtype=bool)
     held_out_cold[cold_items(n_items, spec.cold_item_fraction, seed)] = True
-    in_train = ~is_val & ~is_test
-    removed_cold = in_train & held_out_cold[items]
-    in_train &= ~removed_cold
+    removed_cold = ~is_val & ~is_test & held_out_cold[items]
+    in_train = ~is_val & ~is_test & ~removed_cold
     user_in_train = np.bincount(users[in_train], minlength=n_users) > 0
     item_in_train = np.bincount(items[in_train], minlength=n_items) > 0
     val = _warm_rows(is_val, users, items, user_in_train, item_in_train)
     test = _warm_rows(is_test, users, items, user_in_train, item_in_train)
-    if val.kept.size == 0:
-        raise empty_split_error(
-            source, spec, "validation", val.candidates.size, val.cold_users, val.cold.size
-        )
-    if test.kept.size == 0:
-        raise empty_split_error(
-            source, spec, "test", test.candidates.size, test.cold_users, test.cold.size
-        )
-
-    tables = {
-        "train": interactions.loc[in_train].reset_index(drop=True),
-        "val": interactions.iloc[val.kept].reset_index(drop=True),
-        "test": interactions.iloc[test.kept].reset_index(drop=True),
-        "test_cold": interactions.iloc[test.cold].reset_index(drop=True),
-    }
     counts = {
         "users": _count_distinct(users, n_users),
         "items": n_items,
@@ -294,6 +298,16 @@ def split_interactions(
         "val_dropped_cold_items": int(val.cold.size),
         "test_candidates": int(test.candidates.size),
         "test_dropped_cold_users": test.cold_users,
+        "val_interactions": int(val.kept.size),
+        "test_interactions": int(test.kept.size),
+        "test_cold_interactions": int(test.cold.size),
+    }
+    raise_if_empty(source, spec, counts)
+    tables = {
+        "train": interactions.loc[in_train].reset_index(drop=True),
+        "val": interactions.iloc[val.kept].reset_index(drop=True),
+        "test": interactions.iloc[test.kept].reset_index(drop=True),
+        "test_cold": interactions.iloc[test.cold].reset_index(drop=True),
     }
     for kind, table in tables.items():
         counts[f"{kind}_interactions"] = len(table)

@@ -16,8 +16,8 @@ from pyspark.sql import functions as F
 from twotower_pipeline.data.splitting import (
     SplitSpec,
     cold_items,
-    empty_split_error,
     no_interactions_error,
+    raise_if_empty,
     split_report,
     time_span,
 )
@@ -117,6 +117,17 @@ def _held_out_counts(held: DataFrame) -> Any:
     ).first()
 
 
+def _train_counts(labelled: DataFrame) -> Any:
+    """Return the row of training rows, cold items' removed rows, and the training time span."""
+    role = F.col("_role")
+    return labelled.agg(
+        count_if(role == "train").alias("rows"),
+        count_if(role == "removed").alias("removed"),
+        F.min(F.when(role == "train", F.col("timestamp"))).alias("first"),
+        F.max(F.when(role == "train", F.col("timestamp"))).alias("last"),
+    ).first()
+
+
 def split_interactions_spark(
     interactions: DataFrame, spec: SplitSpec, seed: int, source: str = "interactions"
 ) -> tuple[DataFrame, DataFrame, DataFrame, DataFrame, dict]:
@@ -145,32 +156,9 @@ def split_interactions_spark(
     train_items = train.select("item").distinct().withColumn("_warm_item", F.lit(True)).persist()
     held = _held_out(labelled, train_users, train_items)
     held_counts = _held_out_counts(held)
-    role = F.col("_role")
-    train_counts = labelled.agg(
-        count_if(role == "train").alias("rows"),
-        count_if(role == "removed").alias("removed"),
-        F.min(F.when(role == "train", F.col("timestamp"))).alias("first"),
-        F.max(F.when(role == "train", F.col("timestamp"))).alias("last"),
-    ).first()
+    train_counts = _train_counts(labelled)
     counts = {name: int(held_counts[name] or 0) for name in held_counts.asDict()}
-    if counts["val_interactions"] == 0:
-        raise empty_split_error(
-            source,
-            spec,
-            "validation",
-            counts["val_candidates"],
-            counts["val_dropped_cold_users"],
-            counts["val_dropped_cold_items"],
-        )
-    if counts["test_interactions"] == 0:
-        raise empty_split_error(
-            source,
-            spec,
-            "test",
-            counts["test_candidates"],
-            counts["test_dropped_cold_users"],
-            counts["test_cold_interactions"],
-        )
+    raise_if_empty(source, spec, counts)
     counts.update(
         users=int(extent["users"]),
         items=n_items,
@@ -189,7 +177,7 @@ def split_interactions_spark(
     def rows(frame: DataFrame, condition: Column) -> DataFrame:
         return frame.filter(condition).select(*columns).orderBy(*ORDER)
 
-    out = F.col("_out")
+    out, role = F.col("_out"), F.col("_role")
     return (
         rows(labelled, role == "train"),
         rows(held, out == "val"),
