@@ -52,7 +52,7 @@ from twotower_pipeline.data.user_histories import HistoryTable
 from twotower_pipeline.model.config import TwoTowerConfig
 from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.training.examples import Positives
-from twotower_pipeline.training.loop import train_epoch
+from twotower_pipeline.training.loop import EpochPass, train_epoch
 from twotower_pipeline.training.memory import keep_freed_memory
 from twotower_pipeline.training.optimizers import Optimizers
 from twotower_pipeline.training.spec import TrainingSpec
@@ -172,10 +172,12 @@ def project_rate(
                 positives.history_ends[:count],
                 positives.histories,
             ),
-            negatives_of,
-            BATCH_POSITIVES,
-            spec.chunk_positives,
-            torch.Generator().manual_seed(1),
+            EpochPass(
+                negatives_of,
+                BATCH_POSITIVES,
+                spec.chunk_positives,
+                torch.Generator().manual_seed(1),
+            ),
         )
         if target.type == "cuda":
             torch.cuda.synchronize()

@@ -12,6 +12,8 @@ import torch
 import yaml
 
 from twotower_pipeline.config.errors import SettingsError
+from twotower_pipeline.config.loader import EnvironmentConfigLoader
+from twotower_pipeline.config.schema import check_parameters
 from twotower_pipeline.data.sampling import build_training_examples, item_distribution
 from twotower_pipeline.data.splitting import SplitSpec, split_interactions
 from twotower_pipeline.data.synthetic import SyntheticLogSpec, generate_interactions
@@ -273,20 +275,37 @@ def test_a_batch_splits_into_contiguous_shares_that_cover_it_once():
     assert float(loss) == 0.0
 
 
+def project_parameters() -> dict:
+    """Return the parameters of conf/base as a run loads them."""
+    loader = EnvironmentConfigLoader(
+        conf_source=str(ROOT / "conf"),
+        env=None,
+        base_env="base",
+        default_run_env="local",
+        merge_strategy={"parameters": "soft", "catalog": "soft", "globals": "soft"},
+    )
+    return loader["parameters"]
+
+
 @pytest.mark.parametrize(
     ("changes", "complaint"),
     [
-        ({"nproc_per_node": 0}, "nproc_per_node must be an integer >= 1"),
-        ({"backend": "mpi"}, "backend must be auto, gloo or nccl"),
-        ({"nnodes": 2}, "rdzv_endpoint is not set"),
-        ({"nprocs": 2}, "unknown keys ['nprocs']"),
+        (
+            {"nproc_per_node": 0},
+            "training.distributed.nproc_per_node=0: input should be greater than or equal to 1",
+        ),
+        ({"backend": "mpi"}, "training.distributed.backend='mpi': input should be 'auto'"),
+        ({"nnodes": 2}, "training.distributed: nnodes > 1 needs rdzv_endpoint"),
+        ({"nprocs": 2}, "unknown parameter training.distributed.nprocs"),
     ],
 )
 def test_distributed_settings_are_checked(changes, complaint):
-    params = base_parameters()["training"]["distributed"] | changes
+    # The schema is the one check of training.distributed, before any node runs.
+    parameters = project_parameters()
+    parameters["training"]["distributed"] |= changes
     with pytest.raises(SettingsError) as error:
-        DistributedSettings.from_params(params)
-    assert complaint in str(error.value)
+        check_parameters(parameters)
+    assert complaint in str(error.value) and "\n" not in str(error.value)
 
 
 def test_more_processes_than_gpus_is_refused_before_any_process_starts(monkeypatch, tmp_path):

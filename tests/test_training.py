@@ -29,7 +29,7 @@ from twotower_pipeline.training.examples import (
     groups_from_examples,
     training_positives,
 )
-from twotower_pipeline.training.loop import fit, train_epoch
+from twotower_pipeline.training.loop import EpochPass, fit, train_epoch
 from twotower_pipeline.training.optimizers import make_optimizer
 from twotower_pipeline.training.row_optimizers import RowwiseAdamW, RowwiseRMSProp
 from twotower_pipeline.training.sparse_rows import SparseRows
@@ -642,10 +642,12 @@ def test_training_loss_is_bce_with_logits_on_the_raw_logits(data, tmp_path):
         model,
         frozen,
         training_positives(train, N_USERS, 0, torch.device("cpu")),
-        lambda chunk, rows: groups.items[rows, 1:],
-        batch_size=len(train),
-        chunk_positives=len(train),
-        generator=torch.Generator().manual_seed(0),
+        EpochPass(
+            lambda chunk, rows: groups.items[rows, 1:],
+            batch_size=len(train),
+            chunk_positives=len(train),
+            generator=torch.Generator().manual_seed(0),
+        ),
     )
     assert n_examples == len(train) * (1 + NEG)
     assert loss == pytest.approx(expected, rel=1e-6)

@@ -82,8 +82,8 @@ def weighted_rows(
     """Return sum_l weights[..., l] * table[ids[..., l]], shape ids.shape[:-1] + (d,).
 
     One fused gather-and-sum, forward and backward (F.embedding_bag with
-    per-sample weights), instead of gathering every row, scaling and summing:
-    at d 64 a 50-item history pools in less than half the time (measured).
+    per-sample weights), instead of gathering every row, scaling and summing
+    (one pass over the rows instead of three).
     A `rows` function with a `local` method (training.SparseRows) hands over
     the small leaf of touched rows and the ids' positions in it.
     """

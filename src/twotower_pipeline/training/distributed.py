@@ -50,8 +50,6 @@ from twotower_pipeline.training.spec import TrainingSpec, resolve_device
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "gloo", "nccl")
-
 
 class DistributedTrainingError(RunFailedError):
     """A training rank failed; the message names the rank and where the last checkpoint is."""
@@ -68,35 +66,9 @@ class DistributedSettings:
     rdzv_id: str  # the same on every machine of one job
     timeout_minutes: float  # how long a rank waits in a collective (rank 0 evaluating)
 
-    def __post_init__(self) -> None:
-        for key in ("nproc_per_node", "nnodes"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SettingsError(
-                    f"training.distributed.{key} must be an integer >= 1, not {value!r}"
-                )
-        if self.backend not in BACKENDS:
-            raise SettingsError(
-                f"training.distributed.backend must be auto, gloo or nccl, not {self.backend!r}"
-            )
-        if self.nnodes > 1 and not self.rdzv_endpoint:
-            raise SettingsError(
-                f"training.distributed.nnodes is {self.nnodes} but rdzv_endpoint is not set: "
-                "give the host:port every machine can reach"
-            )
-        if not self.timeout_minutes > 0:
-            raise SettingsError(
-                f"training.distributed.timeout_minutes must be > 0, not {self.timeout_minutes!r}"
-            )
-
     @classmethod
     def from_params(cls, params: dict) -> DistributedSettings:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise SettingsError(
-                f"training.distributed has unknown keys {unknown}; known: {sorted(known)}"
-            )
+        """Return the settings of a training.distributed block (checked by config.schema)."""
         return cls(**params)
 
     @property
@@ -239,10 +211,6 @@ def fit_distributed(
     Raises DistributedTrainingError naming the rank when a rank fails, and
     when the replicas of this machine end with different weights.
     """
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import elastic_launch
-
     device = resolve_device(spec.device)
     if device.type == "cuda" and settings.nproc_per_node > torch.cuda.device_count():
         # nccl needs one GPU per process: two ranks on one device fail deep inside NCCL.
@@ -270,17 +238,29 @@ def fit_distributed(
         settings.nnodes,
         settings.backend,
     )
+    try:
+        results = _launch(job, entrypoint)
+    finally:
+        failure_dir.cleanup()
+    return _lead_result(model, results)
+
+
+def _launch(job: _Job, entrypoint) -> dict:
+    """Return each local rank's result; a failed rank or a signal raises one clear error."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+
     started = time.time()
     # The launcher installs its own SIGINT/SIGTERM handlers (they stop the workers); the
     # run's own handlers (a Ctrl-C rolls the run back) come back when it returns.
     handlers = _signal_handlers()
     try:
-        results = elastic_launch(launch_config(settings), entrypoint)(job)
+        return elastic_launch(launch_config(job.settings), entrypoint)(job)
     except ChildFailedError as error:
+        recorded = _recorded_failures(Path(job.failure_dir))
         raise DistributedTrainingError(
-            _failure_message(
-                error, checkpoint_path(spec), started, _recorded_failures(Path(failure_dir.name))
-            )
+            _failure_message(error, checkpoint_path(job.spec), started, recorded)
         ) from None
     except SignalException as error:
         _restore(handlers)
@@ -294,7 +274,10 @@ def fit_distributed(
         ) from None
     finally:
         _restore(handlers)
-        failure_dir.cleanup()
+
+
+def _lead_result(model: TwoTowerModel, results: dict) -> pd.DataFrame:
+    """Set the model to the lowest local rank's weights; return its history with the digests."""
     mine = [r for r in results.values() if r is not None]
     digests = {r["rank"]: r["digest"] for r in mine}
     if len(set(digests.values())) > 1:

@@ -24,6 +24,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -42,6 +44,7 @@ from twotower_pipeline.training.checkpoints import (
 from twotower_pipeline.training.examples import (
     EpochNegatives,
     Positives,
+    ValidationSample,
     training_positives,
     validation_sample,
 )
@@ -78,85 +81,110 @@ def _show_progress(spec: TrainingSpec) -> bool:
     return spec.progress_bar and sys.stderr.isatty() and not os.environ.get("CI")
 
 
+@dataclass
+class EpochPass:
+    """How one pass walks the positives: their negatives, batches, chunks, order and display."""
+
+    negatives_of: Callable[[int, torch.Tensor], torch.Tensor]  # (chunk, rows) -> negatives
+    batch_size: int
+    chunk_positives: int
+    generator: torch.Generator  # draws the order of the positives
+    description: str = ""
+    progress: bool = False
+
+
 def train_epoch(
     model: TwoTowerModel,
     optimizers: Optimizers,
     positives: Positives,
-    negatives_of,
-    batch_size: int,
-    chunk_positives: int,
-    generator: torch.Generator,
-    description: str = "",
-    progress: bool = False,
+    walk: EpochPass,
     shard: Shard | None = None,
 ) -> tuple[float, int]:
     """Run one pass over the positives in a seeded random order; return (mean loss, examples).
 
-    `negatives_of(chunk_index, rows)` returns the (len(rows), neg_ratio) negatives
-    of the positives at `rows` (a CPU int64 tensor), so only one chunk of
-    examples exists at a time. Raises TrainingDivergedError at the first step
+    `walk.negatives_of(chunk_index, rows)` returns the (len(rows), neg_ratio)
+    negatives of the positives at `rows` (a CPU int64 tensor), so only one chunk
+    of examples exists at a time. Raises TrainingDivergedError at the first step
     whose loss is NaN or infinite, before that step changes any weight. With a
-    shard (distributed.Shard), this rank steps on its share of each batch, the
+    shard (shard.Shard), this rank steps on its share of each batch, the
     gradients are summed over ranks, and loss and examples are those of all ranks.
     """
     device = positives.users.device
     n_positives = positives.users.numel()
-    order = torch.randperm(n_positives, generator=generator)
-    length = model.config.history_length
+    order = torch.randperm(n_positives, generator=walk.generator)
     total = torch.zeros((), dtype=torch.float64, device=device)
     n_examples = 0
     labels = None
     steps = tqdm(
-        total=-(-n_positives // batch_size), desc=description, leave=False, disable=not progress
+        total=-(-n_positives // walk.batch_size),
+        desc=walk.description,
+        leave=False,
+        disable=not walk.progress,
     )
-    for chunk_index, chunk_start in enumerate(range(0, n_positives, chunk_positives)):
-        rows_cpu = order[chunk_start : chunk_start + chunk_positives]
-        negatives = negatives_of(chunk_index, rows_cpu).to(device)
+    for chunk_index, chunk_start in enumerate(range(0, n_positives, walk.chunk_positives)):
+        rows_cpu = order[chunk_start : chunk_start + walk.chunk_positives]
+        negatives = walk.negatives_of(chunk_index, rows_cpu).to(device)
         rows = rows_cpu.to(device)
-        for start in range(0, rows.numel(), batch_size):
-            batch = rows[start : start + batch_size]
-            batch_negatives = negatives[start : start + batch_size]
+        for start in range(0, rows.numel(), walk.batch_size):
+            batch = rows[start : start + walk.batch_size]
+            batch_negatives = negatives[start : start + walk.batch_size]
             if shard is not None:
                 batch, batch_negatives = shard.split(batch, batch_negatives)
             items = torch.cat([positives.items[batch].unsqueeze(1), batch_negatives], 1)
             if labels is None or labels.shape != items.shape:
                 labels = torch.zeros(items.shape, device=device)
                 labels[:, 0] = 1.0
-            sparse = SparseRows(optimizers.scratch) if optimizers.rowwise else None
-            logits = model(
-                positives.users[batch],
-                items,
-                positives.window(batch, length),
-                sparse if sparse is not None else full_rows,
-            )
-            if shard is None:
-                loss = F.binary_cross_entropy_with_logits(logits, labels)
-            else:
-                loss = shard.step_loss(logits, labels)
-            if not torch.isfinite(loss):
+            try:
+                loss_sum = _step(model, optimizers, positives, batch, items, labels, shard)
+            except TrainingDivergedError as error:
                 raise TrainingDivergedError(
-                    f"loss is {loss.item()} at the step starting at positive {chunk_start + start}"
-                )
-            optimizers.dense.zero_grad(set_to_none=True)
-            loss.backward()
-            touched = sparse.touched if sparse is not None else None
-            if shard is not None:
-                touched = shard.reduce_gradients(optimizers.dense, touched)
-            optimizers.dense.step()
-            if touched is not None:
-                optimizers.rows.step(touched)
-            model.clamp_scale()
-            optimizers.step_taken()
-            if shard is None:
-                total += loss.detach() * logits.numel()
-            else:  # the rank's loss is its part of the global mean: this is its sum
-                total += loss.detach() * shard.batch_examples
-            n_examples += logits.numel()
+                    f"{error} at the step starting at positive {chunk_start + start}"
+                ) from None
+            total += loss_sum
+            n_examples += items.numel()
             steps.update()
     steps.close()
     if shard is not None:
         total, n_examples = shard.sum(total, n_examples)
     return float(total) / max(n_examples, 1), n_examples
+
+
+def _step(
+    model: TwoTowerModel,
+    optimizers: Optimizers,
+    positives: Positives,
+    batch: torch.Tensor,
+    items: torch.Tensor,
+    labels: torch.Tensor,
+    shard: Shard | None,
+) -> torch.Tensor:
+    """Take one step on a batch; return its loss summed over its examples (detached)."""
+    sparse = SparseRows(optimizers.scratch) if optimizers.rowwise else None
+    logits = model(
+        positives.users[batch],
+        items,
+        positives.window(batch, model.config.history_length),
+        sparse if sparse is not None else full_rows,
+    )
+    if shard is None:
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+    else:
+        loss = shard.step_loss(logits, labels)
+    if not torch.isfinite(loss):
+        raise TrainingDivergedError(f"loss is {loss.item()}")
+    optimizers.dense.zero_grad(set_to_none=True)
+    loss.backward()
+    touched = sparse.touched if sparse is not None else None
+    if shard is not None:
+        touched = shard.reduce_gradients(optimizers.dense, touched)
+    optimizers.dense.step()
+    if touched is not None:
+        optimizers.rows.step(touched)
+    model.clamp_scale()
+    optimizers.step_taken()
+    if shard is None:
+        return loss.detach() * logits.numel()
+    return loss.detach() * shard.batch_examples  # the rank's part of the global mean: its sum
 
 
 def _copy_state(model: TwoTowerModel) -> dict:
@@ -178,6 +206,26 @@ def _diverged(
     )
 
 
+@dataclass
+class _Run:
+    """What fit holds across epochs."""
+
+    spec: TrainingSpec
+    train: pd.DataFrame
+    val: pd.DataFrame
+    shard: Shard | None
+    optimizers: Optimizers
+    positives: Positives
+    negatives: EpochNegatives
+    sample: ValidationSample
+    history: list[dict]
+    best: dict | None
+
+    @property
+    def writes(self) -> bool:
+        return self.shard is None or self.shard.writes
+
+
 def fit(
     model: TwoTowerModel,
     train: pd.DataFrame,
@@ -194,7 +242,35 @@ def fit(
     shard (one rank of distributed.fit_distributed), only rank 0 evaluates,
     logs and writes checkpoints; the other ranks receive its epoch row.
     """
-    writes = shard is None or shard.writes
+    run = _start(model, train, val, first_examples, spec, probabilities, shard)
+    k = spec.eval_k
+    for epoch in range(len(run.history), spec.num_epochs):
+        row = _train_and_evaluate(model, run, epoch)
+        if shard is not None:  # the other ranks wait here while rank 0 evaluates
+            row = shard.broadcast(row)
+        run.history.append(row)
+        if run.best is None or row[f"recall@{k}"] > run.best["recall"]:
+            run.best = {
+                "epoch": row["epoch"],
+                "recall": row[f"recall@{k}"],
+                "model": _copy_state(model),
+            }
+        if run.writes:
+            _log_epoch(row, spec.num_epochs, k, row["learning_rate"])
+            _save(model, run)
+    return _finish(model, run)
+
+
+def _start(
+    model: TwoTowerModel,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    first_examples: pd.DataFrame,
+    spec: TrainingSpec,
+    probabilities: np.ndarray | None,
+    shard: Shard | None,
+) -> _Run:
+    """Return the run set up: model on its device, optimizers, resumed state, examples."""
     device = resolve_device(spec.device)
     if device.type == "cpu":
         keep_freed_memory()
@@ -211,77 +287,72 @@ def fit(
     sample = validation_sample(train, val, n_items, spec.neg_ratio, spec.seed)
     negatives = EpochNegatives(train, first_examples, n_items, spec, probabilities)
     positives = training_positives(train, model.config.n_users, model.config.history_length, device)
-    k = spec.eval_k
+    return _Run(spec, train, val, shard, optimizers, positives, negatives, sample, history, best)
 
-    for epoch in range(len(history), spec.num_epochs):
-        started = time.perf_counter()
-        lr = learning_rate_at(spec, epoch)
-        optimizers.set_lr(lr)
-        # Item-id dropout draws from torch's global generator: seed it by (seed, epoch) too,
-        # so a resumed run draws what an uninterrupted one would, whatever ran before it.
-        torch.manual_seed(int(np.random.SeedSequence([spec.seed, epoch]).generate_state(1)[0]))
-        step_started = time.perf_counter()
-        try:
-            train_loss, n_examples = train_epoch(
-                model,
-                optimizers,
-                positives,
-                negatives.of_epoch(epoch),
-                spec.batch_size,
-                spec.chunk_positives,
-                torch.Generator().manual_seed(spec.seed * 100_003 + epoch),
-                f"epoch {epoch + 1}/{spec.num_epochs}",
-                _show_progress(spec) and writes,
-                shard,
-            )
-        except TrainingDivergedError as error:
-            raise _diverged(error, epoch, len(history), spec) from error
-        step_seconds = time.perf_counter() - step_started
 
-        row = None
-        if writes:
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                **evaluate_epoch(
-                    model,
-                    train,
-                    val,
-                    sample,
-                    k,
-                    spec.seed,
-                    spec.eval_chunk_size,
-                    spec.eval_max_users,
-                ),
-                "logit_scale": model.logit_scale,
-                "learning_rate": lr,
-                "examples_per_second": n_examples / step_seconds,
-                "seconds": time.perf_counter() - started,
-            }
-        if shard is not None:  # the other ranks wait here while rank 0 evaluates
-            row = shard.broadcast(row)
-        history.append(row)
-        if best is None or row[f"recall@{k}"] > best["recall"]:
-            best = {
-                "epoch": row["epoch"],
-                "recall": row[f"recall@{k}"],
-                "model": _copy_state(model),
-            }
-        if not writes:
-            continue
-        _log_epoch(row, spec.num_epochs, k, lr)
-        save_checkpoint(
-            spec,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizers.state_dict(),
-                "model_config": model.config.to_dict(),
-                "seed": spec.seed,
-                "training": resumable_settings(spec),
-                "history": history,
-                "best": best,
-            },
-        )
+def _train_and_evaluate(model: TwoTowerModel, run: _Run, epoch: int) -> dict | None:
+    """Train one epoch; return its history row (None on a rank that does not evaluate)."""
+    spec = run.spec
+    started = time.perf_counter()
+    lr = learning_rate_at(spec, epoch)
+    run.optimizers.set_lr(lr)
+    # Item-id dropout draws from torch's global generator: seed it by (seed, epoch) too,
+    # so a resumed run draws what an uninterrupted one would, whatever ran before it.
+    torch.manual_seed(int(np.random.SeedSequence([spec.seed, epoch]).generate_state(1)[0]))
+    step_started = time.perf_counter()
+    walk = EpochPass(
+        run.negatives.of_epoch(epoch),
+        spec.batch_size,
+        spec.chunk_positives,
+        torch.Generator().manual_seed(spec.seed * 100_003 + epoch),
+        f"epoch {epoch + 1}/{spec.num_epochs}",
+        _show_progress(spec) and run.writes,
+    )
+    try:
+        train_loss, n_examples = train_epoch(model, run.optimizers, run.positives, walk, run.shard)
+    except TrainingDivergedError as error:
+        raise _diverged(error, epoch, len(run.history), spec) from error
+    step_seconds = time.perf_counter() - step_started
+    if not run.writes:
+        return None
+    return {
+        "epoch": epoch + 1,
+        "train_loss": train_loss,
+        **evaluate_epoch(
+            model,
+            run.train,
+            run.val,
+            run.sample,
+            spec.eval_k,
+            spec.seed,
+            spec.eval_chunk_size,
+            spec.eval_max_users,
+        ),
+        "logit_scale": model.logit_scale,
+        "learning_rate": lr,
+        "examples_per_second": n_examples / step_seconds,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _save(model: TwoTowerModel, run: _Run) -> None:
+    save_checkpoint(
+        run.spec,
+        {
+            "model": model.state_dict(),
+            "optimizer": run.optimizers.state_dict(),
+            "model_config": model.config.to_dict(),
+            "seed": run.spec.seed,
+            "training": resumable_settings(run.spec),
+            "history": run.history,
+            "best": run.best,
+        },
+    )
+
+
+def _finish(model: TwoTowerModel, run: _Run) -> pd.DataFrame:
+    """Return the history as a frame, the model set to its best epoch and back on the CPU."""
+    k, best = run.spec.eval_k, run.best
     if best is not None:
         model.load_state_dict(best["model"])
         logger.info(
@@ -291,7 +362,7 @@ def fit(
             best["recall"],
         )
     model.to("cpu")
-    frame = pd.DataFrame(history, columns=[c.format(k=k) for c in HISTORY_COLUMNS[:-1]])
+    frame = pd.DataFrame(run.history, columns=[c.format(k=k) for c in HISTORY_COLUMNS[:-1]])
     frame["chosen"] = frame["epoch"] == (best["epoch"] if best is not None else -1)
     return frame
 

@@ -65,7 +65,7 @@ def keep_freed_memory() -> bool:
     step. By default glibc maps blocks that large freshly and unmaps them on free,
     so each step pays page faults on memory it just gave back; raising the mmap
     threshold to 32 MB and the trim threshold to 256 MB keeps them in the heap
-    (measured: the default shape's step 35% faster on one thread, see README).
+    (benchmarks/train_throughput.py measures what it saves).
     Returns whether it applied: only on Linux with glibc; elsewhere nothing changes.
     """
     if not sys.platform.startswith("linux"):

@@ -99,7 +99,7 @@ class Optimizers:
 
 
 # From about this many rows a table's touched rows are trips to memory, not to cache, and
-# row-wise RMSprop's lighter state pays (measured: docs/training.md, the catalogue sweep);
+# row-wise RMSprop's lighter state pays (docs/training.md, the catalogue sweep);
 # so does updating them in one compiled pass (training.compile_rows: auto).
 LARGE_TABLE_ROWS = 100_000
 
@@ -108,15 +108,11 @@ def compile_row_updates(model: TwoTowerModel, spec: TrainingSpec) -> bool:
     """Return whether the row optimizer's update runs compiled (training.compile_rows).
 
     auto: row-wise AdamW on the CPU, when a table of LARGE_TABLE_ROWS rows or more
-    is updated by rows: there it was measured to pay (~1.4x the step at 10^5 to
-    5 x 10^6 rows); row-wise RMSprop's lighter update gained nothing consistent
-    (-12% to +33%), and smaller tables are updated whole, where a compile would
-    only cost its seconds. true: whenever rows are updated; false: never.
+    is updated by rows: there it pays (docs/training.md); row-wise RMSprop's
+    lighter update gained nothing consistent, and smaller tables are updated
+    whole, where a compile would only cost its seconds. true: whenever rows are
+    updated; false: never.
     """
-    if spec.compile_rows not in ("auto", True, False):
-        raise ValueError(
-            f"training.compile_rows must be auto, true or false, not {spec.compile_rows!r}"
-        )
     if spec.optimizer == "dense" or spec.compile_rows is False:
         return False
     tables = model.sparse_tables()
@@ -143,9 +139,8 @@ def make_optimizer(model: TwoTowerModel, spec: TrainingSpec) -> Optimizers:
     if spec.optimizer == "rowwise" and largest >= LARGE_TABLE_ROWS:
         logger.info(
             "embedding tables of up to %d rows: training.optimizer=rowwise_rmsprop keeps one "
-            "optimizer value a row instead of AdamW's 2 x %d, and trained 1.1-1.25x faster "
-            "(against AdamW rows compiled) with 26-45%% less memory at 10^5-10^6 rows "
-            "(docs/training.md); choose it on validation",
+            "optimizer value a row instead of AdamW's 2 x %d, and trains faster with less "
+            "memory on tables this large (docs/training.md); choose it on validation",
             largest,
             model.config.embedding_dim,
         )

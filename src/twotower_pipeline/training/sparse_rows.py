@@ -28,7 +28,7 @@ class SparseRows:
     def __call__(self, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         leaf, index = self.local(table, ids)
         # index_select's backward is a scattered add into the small leaf: cheaper than
-        # F.embedding's, which sorts the lookups (measured).
+        # F.embedding's, which sorts the lookups.
         return leaf.index_select(0, index.reshape(-1)).view(*ids.shape, table.shape[1])
 
     def local(self, table: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,139 @@
+"""Training losses, each with the value a model without skill gets (the health checks' floor).
+
+- `bce`: binary cross-entropy over each positive and its neg_ratio sampled
+  negatives, labels 1 then 0. No skill is the constant guess 1 / (1 + neg_ratio):
+  its entropy, 0.4506 at neg_ratio 5.
+- `softmax`: a sampled softmax. Each positive competes with its own neg_ratio
+  sampled negatives and with the batch's other positives' items (shared
+  negatives, no extra item vectors to compute). A candidate's logit has the
+  log of how it was drawn subtracted (logQ; Yi et al., RecSys 2019): the
+  sampler's probability for a sampled negative (uniform or popularity) and
+  the item's frequency among the batch's positives for an in-batch one, the
+  positive included (it is one of the batch's items). Without it the loss
+  pushes popular items down for being drawn often, not for being wrong. A
+  candidate that is one of the row's user's own positives in the batch (an
+  accidental hit, the target itself included when it shows up again) is left
+  out. No skill is a model whose corrected logits are all equal: log of the
+  number of candidates, log(batch_size + neg_ratio).
+
+The losses take logits, not vectors: the model decides how a score is made
+(scaled cosine here), the loss only how scores are compared.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+LOSSES = ("bce", "softmax")
+
+
+def bce_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Return the mean BCE-with-logits of (B, 1 + k) logits whose first column is the positive."""
+    labels = torch.zeros_like(logits)
+    labels[:, 0] = 1.0
+    return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+def bce_no_skill(neg_ratio: int) -> float:
+    """Return BCE's loss for the constant guess 1 / (1 + neg_ratio): 0.4506 at neg_ratio 5."""
+    p = 1.0 / (1 + neg_ratio)
+    return -(p * math.log(p) + (1 - p) * math.log(1 - p))
+
+
+def softmax_no_skill(neg_ratio: int, batch_size: int) -> float:
+    """Return the sampled softmax's loss when every corrected logit is equal: log(#candidates).
+
+    A full batch gives each positive batch_size - 1 in-batch negatives and
+    neg_ratio sampled ones, the positive itself the last candidate.
+    """
+    return math.log(batch_size + neg_ratio)
+
+
+def no_skill(loss: str, neg_ratio: int, batch_size: int) -> float:
+    """Return the no-skill value of a `training.loss` choice."""
+    if loss == "bce":
+        return bce_no_skill(neg_ratio)
+    if loss == "softmax":
+        return softmax_no_skill(neg_ratio, batch_size)
+    raise ValueError(f"training.loss must be one of {', '.join(LOSSES)}, not {loss!r}")
+
+
+def sampler_log_q(
+    negatives: torch.Tensor, n_items: int, probabilities: np.ndarray | torch.Tensor | None
+) -> torch.Tensor:
+    """Return log q of each sampled negative: -log n_items for uniform, log p[item] otherwise.
+
+    probabilities is the sampler's distribution over items (None: uniform), as
+    data.sampling.item_distribution returns it.
+    """
+    if probabilities is None:
+        return torch.full(negatives.shape, -math.log(n_items), device=negatives.device)
+    p = torch.as_tensor(probabilities, dtype=torch.float32, device=negatives.device)
+    return p[negatives].clamp(min=1e-30).log()
+
+
+def _accidental_hits(
+    users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (in-batch (B, B), sampled (B, k)) bool: the candidate is a positive of the row's user.
+
+    A (batch users x batch items) table of who has what, read per candidate:
+    B^2 bits at most, and two gathers for the in-batch block.
+    """
+    user_rows = torch.unique(users, return_inverse=True)[1]
+    items, item_cols = torch.unique(positives, return_inverse=True)
+    has = torch.zeros(
+        int(user_rows.max()) + 1, items.numel(), dtype=torch.bool, device=users.device
+    )
+    has[user_rows, item_cols] = True
+    in_batch = has.index_select(0, user_rows).index_select(1, item_cols)
+    where = torch.searchsorted(items, negatives.contiguous()).clamp_(max=items.numel() - 1)
+    sampled = (items[where] == negatives) & has[user_rows.unsqueeze(1), where]
+    return in_batch, sampled
+
+
+def sampled_softmax_loss(
+    in_batch_logits: torch.Tensor,
+    sampled_logits: torch.Tensor,
+    users: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    sampled_log_q: torch.Tensor | None,
+) -> torch.Tensor:
+    """Return the mean sampled-softmax loss of a batch of B positives.
+
+    in_batch_logits (B, B): row b's user scored against row j's positive item,
+    the diagonal each row's own positive. sampled_logits (B, k): row b's user
+    against its k sampled negatives, the items `negatives` (B, k). users and
+    positives (B,) say whose positives the rows are, for the accidental hits.
+    sampled_log_q (B, k): the log probability the sampler drew each negative
+    (sampler_log_q); None turns the logQ correction off for both kinds of
+    candidate.
+    """
+    batch = positives.numel()
+    if in_batch_logits.shape != (batch, batch) or sampled_logits.shape != negatives.shape:
+        raise ValueError(
+            f"in-batch logits {tuple(in_batch_logits.shape)} must be ({batch}, {batch}) and "
+            f"sampled logits {tuple(sampled_logits.shape)} the shape of negatives "
+            f"{tuple(negatives.shape)}"
+        )
+    if sampled_log_q is not None:
+        counts = torch.unique(positives, return_inverse=True, return_counts=True)
+        in_batch_log_q = (counts[2][counts[1]].to(in_batch_logits.dtype) / batch).log()
+        in_batch_logits = in_batch_logits - in_batch_log_q.unsqueeze(0)
+        sampled_logits = sampled_logits - sampled_log_q
+    target = in_batch_logits.diagonal()
+    in_batch_hit, sampled_hit = _accidental_hits(users, positives, negatives)
+    in_batch_hit.fill_diagonal_(False)
+    candidates = torch.cat(
+        [
+            in_batch_logits.masked_fill(in_batch_hit, -torch.inf),
+            sampled_logits.masked_fill(sampled_hit, -torch.inf),
+        ],
+        dim=1,
+    )
+    return (torch.logsumexp(candidates, dim=1) - target).mean()
