@@ -100,7 +100,7 @@ class SyntheticInteractionsDataset(AbstractDataset[None, pd.DataFrame]):
             {**(table.schema.metadata or {}), _SPEC_KEY: self._spec_json()}
         )
         # A reader never sees half a file.
-        _replace_atomically(path, lambda tmp: pq.write_table(table, tmp))
+        replace_atomically(path, lambda tmp: pq.write_table(table, tmp))
 
     def preview(self, nrows: int = 5) -> TablePreview:
         """Rows for kedro-viz's table preview (it picks the widget from the annotation)."""
@@ -116,7 +116,7 @@ def table_preview(frame: pd.DataFrame) -> TablePreview:
     return TablePreview(rows.to_dict(orient="split"))
 
 
-def _replace_atomically(target: Path, write: Any) -> None:
+def replace_atomically(target: Path, write: Any) -> None:
     """Call write(temporary path) beside `target`, then rename it over `target`."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -141,7 +141,7 @@ class AtomicParquetDataset(ParquetDataset):
             super().save(data)
             return
         target = Path(get_filepath_str(self._get_save_path(), self._protocol))
-        _replace_atomically(target, lambda tmp: data.to_parquet(tmp, **self._save_args))
+        replace_atomically(target, lambda tmp: data.to_parquet(tmp, **self._save_args))
         self._invalidate_cache()
 
 
@@ -154,7 +154,7 @@ class AtomicJSONDataset(JSONDataset):
             return
         text = json.dumps(data, **self._save_args)  # fails before any file is touched
         target = Path(get_filepath_str(self._get_save_path(), self._protocol))
-        _replace_atomically(target, lambda tmp: Path(tmp).write_text(text))
+        replace_atomically(target, lambda tmp: Path(tmp).write_text(text))
         self._invalidate_cache()
 
 

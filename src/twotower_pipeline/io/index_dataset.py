@@ -10,7 +10,7 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 
 from twotower_pipeline.evaluation.index import MISSING_FAISS, IndexConfig, ItemIndex, faiss_module
-from twotower_pipeline.io.datasets import _replace_atomically
+from twotower_pipeline.io.datasets import replace_atomically
 
 
 def _sha256(path: Path) -> str:
@@ -46,12 +46,12 @@ class ItemIndexDataset(AbstractDataset[ItemIndex, ItemIndex]):
                 faiss.write_index(data.index, str(tmp))
                 description["sha256"] = _sha256(tmp)
 
-            _replace_atomically(self._filepath, write)
+            replace_atomically(self._filepath, write)
         elif self._filepath.exists():
             # A config saying "skipped" must not sit beside an older run's index.
             self._filepath.unlink()
         text = json.dumps(description, indent=2)
-        _replace_atomically(self._config_path, lambda tmp: Path(tmp).write_text(text))
+        replace_atomically(self._config_path, lambda tmp: Path(tmp).write_text(text))
 
     def load(self) -> ItemIndex:
         if not self._config_path.exists():
