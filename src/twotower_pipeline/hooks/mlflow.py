@@ -1,4 +1,4 @@
-"""Logs a run's outputs to the MLflow run kedro-mlflow opened (tracking.py says what).
+"""Logs a run's outputs to the MLflow run kedro-mlflow opened (io/tracking.py says what).
 
 Does nothing when mlflow is not installed or no MLflow run is active (kedro-mlflow
 absent, or tracking disabled for the pipeline): tracking is an optional extra.
@@ -35,15 +35,6 @@ PLOTS = ("learning_curve_png", "ranking_curve_png", "model_vs_baselines_png")
 JSON_REPORTS = ("ingestion_report", "split_report", "ann_metrics")
 
 
-def _active_run_id() -> str | None:
-    try:
-        import mlflow
-    except ImportError:
-        return None
-    run = mlflow.active_run()
-    return run.info.run_id if run is not None else None
-
-
 # Runs that a session of this process opened through kedro-mlflow. kedro-mlflow
 # leaves its run open when a check stops the session before the pipeline starts
 # (Kedro calls no error hook then), and the next session of the same process (a
@@ -53,14 +44,7 @@ _SESSION_RUNS: set[str] = set()
 
 
 def _end_leftover_run() -> None:
-    try:
-        import mlflow
-    except ImportError:
-        return
-    run = mlflow.active_run()
-    while run is not None and run.info.run_id in _SESSION_RUNS:
-        mlflow.end_run("FAILED")
-        run = mlflow.active_run()
+    tracking.end_active_runs(_SESSION_RUNS)
 
 
 class MlflowTrackingHooks:
@@ -78,9 +62,9 @@ class MlflowTrackingHooks:
     def before_pipeline_run(self):
         """Remember the run kedro-mlflow opens; end it when a check stops the run first."""
         self._run_id, self._model = None, {}
-        before = _active_run_id()
+        before = tracking.active_run_id()
         outcome = yield
-        opened = _active_run_id()
+        opened = tracking.active_run_id()
         if opened is None or opened == before:
             return
         _SESSION_RUNS.add(opened)
@@ -89,7 +73,7 @@ class MlflowTrackingHooks:
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
-        run_id = _active_run_id()
+        run_id = tracking.active_run_id()
         if run_id is None:
             return
         self._run_id = run_id

@@ -2,7 +2,7 @@
 
 kedro-mlflow (the optional extra `[mlflow]`) starts and ends one MLflow run per
 `kedro run` and logs the parameters after overrides; the project's
-MlflowTrackingHooks (mlflow_hooks.py) call the functions here as the run's
+MlflowTrackingHooks (hooks/mlflow.py) call the functions here as the run's
 outputs are saved: the per-epoch history as metrics with steps, the metrics of
 the model and every baseline, the health flags, the reports and plots as
 artefacts, and the model as its state dict and JSON config (no pickle).
@@ -61,6 +61,28 @@ def history_metrics(history: pd.DataFrame, prefix: str = "epoch") -> list[tuple[
         values = history[column].to_numpy(float)
         rows += [(name, v, int(s)) for v, s in zip(values, steps, strict=True) if math.isfinite(v)]
     return rows
+
+
+def active_run_id() -> str | None:
+    """Return the id of the MLflow run open in this process, or None (none, or no mlflow)."""
+    try:
+        import mlflow
+    except ImportError:
+        return None
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else None
+
+
+def end_active_runs(run_ids: set[str]) -> None:
+    """End, as FAILED, the open MLflow runs among `run_ids`, innermost first."""
+    try:
+        import mlflow
+    except ImportError:
+        return
+    run = mlflow.active_run()
+    while run is not None and run.info.run_id in run_ids:
+        mlflow.end_run("FAILED")
+        run = mlflow.active_run()
 
 
 def log_history(run_id: str, history: pd.DataFrame) -> None:
