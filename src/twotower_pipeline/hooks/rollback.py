@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
 import signal
 import threading
 from pathlib import Path
@@ -15,10 +13,12 @@ from kedro.framework.hooks import hook_impl
 from twotower_pipeline.config.errors import RunInterruptedError
 from twotower_pipeline.io.datasets import AtomicJSONDataset, AtomicParquetDataset
 from twotower_pipeline.io.rollback import (
+    journal_path,
+    keep_aside,
     local_unversioned_file,
     new_version_folder,
     recover_killed_runs,
-    unchanged,
+    roll_back,
     write_journal,
 )
 
@@ -84,20 +84,9 @@ class OutputRollbackHooks:
             path = local_unversioned_file(dataset)
             if path is None:
                 continue
-            # Left by a run that was killed (no error hook ran): the file itself is whole.
-            for stale in path.parent.glob(f".{path.name}.*.keep"):
-                stale.unlink()
-            if not path.is_file():
-                self._kept[path] = None
-                continue
-            kept = path.with_name(f".{path.name}{suffix}")
-            if isinstance(dataset, AtomicParquetDataset | AtomicJSONDataset):
-                os.link(path, kept)
-            else:
-                shutil.copy2(path, kept)
-            self._kept[path] = kept
-        data = Path(run_params["project_path"]) / "data"
-        self._journal = data / f".run-{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}.journal.json"
+            link = isinstance(dataset, AtomicParquetDataset | AtomicJSONDataset)
+            self._kept[path] = keep_aside(path, suffix, link)
+        self._journal = journal_path(Path(run_params["project_path"]) / "data", run_id)
         write_journal(self._journal, self._kept, self._new_versions)
         self._interrupted = None
         self._catch_signals()
@@ -111,49 +100,20 @@ class OutputRollbackHooks:
             return
         raise self._interrupted
 
-    def _raise_if_interrupted(self) -> None:
+    @hook_impl
+    def before_node_run(self) -> None:
+        """Raise an interruption that code catching every exception swallowed."""
         if self._interrupted is not None:
             raise self._interrupted
 
-    @hook_impl
-    def before_node_run(self) -> None:
-        self._raise_if_interrupted()
-
-    @hook_impl
-    def after_node_run(self) -> None:
-        self._raise_if_interrupted()
-
-    @hook_impl
-    def before_dataset_loaded(self) -> None:
-        self._raise_if_interrupted()
-
-    @hook_impl
-    def before_dataset_saved(self) -> None:
-        self._raise_if_interrupted()
+    # The same check at every node boundary and every dataset load and save.
+    after_node_run = before_dataset_loaded = before_dataset_saved = before_node_run
 
     @hook_impl
     def on_pipeline_error(self) -> None:
         # A second Ctrl-C must not stop the rollback half-way.
         self._ignore_signals()
-        restored = 0
-        for path, kept in self._kept.items():
-            if kept is None:
-                if path.is_dir():  # a Spark dataset writes a folder of part files
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
-            elif path.exists() and unchanged(kept, path):
-                kept.unlink()  # never rewritten (and a rename between two links does nothing)
-            else:
-                os.replace(kept, path)
-                restored += 1
-        removed = 0
-        for folder, parent_existed in self._new_versions:
-            if folder.exists():
-                shutil.rmtree(folder)
-                removed += 1
-            if not parent_existed and folder.parent.is_dir() and not any(folder.parent.iterdir()):
-                folder.parent.rmdir()
+        restored, removed = roll_back(self._kept, self._new_versions)
         if restored or removed:
             logger.warning(
                 "run failed: %d output file(s) restored to the last successful run's, "

@@ -1,14 +1,72 @@
-"""The files of a rollback: the journal a run leaves, and what a killed run's journal puts back."""
+"""A rollback's files: what a run keeps aside, puts back if it fails, and journals if killed."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+
+def journal_path(data: Path, run_id: str) -> Path:
+    """Return the file under `data` where the run `run_id` keeps its journal."""
+    return data / f".run-{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}.journal.json"
+
+
+def keep_aside(path: Path, suffix: str, link: bool) -> Path | None:
+    """Return the hard link (`link`) or copy of `path` kept for a rollback, or None when absent.
+
+    A file replaced whole by its dataset (renamed over, never rewritten in place)
+    can be kept as a link; any other is copied.
+    """
+    # Left by a run that was killed (no error hook ran): the file itself is whole.
+    for stale in path.parent.glob(f".{path.name}.*.keep"):
+        stale.unlink()
+    if not path.is_file():
+        return None
+    kept = path.with_name(f".{path.name}{suffix}")
+    if link:
+        os.link(path, kept)
+    else:
+        shutil.copy2(path, kept)
+    return kept
+
+
+def roll_back(
+    kept: dict[Path, Path | None], new_versions: list[tuple[Path, bool]]
+) -> tuple[int, int]:
+    """Put kept files back, remove what the run created; return (files restored, versions removed).
+
+    `kept` maps each output to its kept copy (None: the run created it);
+    `new_versions` lists the version folders the run adds, each with whether
+    its parent folder existed before the run.
+    """
+    restored = 0
+    for path, keep in kept.items():
+        if keep is None:
+            if path.is_dir():  # a Spark dataset writes a folder of part files
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        elif not keep.exists():
+            continue  # put back already (a killed run's journal outlives its copies)
+        elif path.exists() and _unchanged(keep, path):
+            keep.unlink()  # never rewritten (and a rename between two links does nothing)
+        else:
+            os.replace(keep, path)
+            restored += 1
+    removed = 0
+    for folder, parent_existed in new_versions:
+        if folder.exists():
+            shutil.rmtree(folder)
+            removed += 1
+        if not parent_existed and folder.parent.is_dir() and not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
+    return restored, removed
 
 
 def write_journal(
@@ -52,24 +110,13 @@ def recover_killed_runs(data: Path) -> int:
             continue
         if _alive(int(record.get("pid", -1))):
             continue  # another run, still going
-        for path_text, kept_text in record.get("kept", []):
-            path = Path(path_text)
-            if kept_text is None:
-                path.unlink(missing_ok=True)
-                continue
-            kept = Path(kept_text)
-            if not kept.exists():
-                continue
-            if path.exists() and os.path.samefile(kept, path):
-                kept.unlink()  # never rewritten (a rename between two links does nothing)
-            else:
-                os.replace(kept, path)
-        for folder_text, parent_existed in record.get("new_versions", []):
-            folder = Path(folder_text)
-            if folder.exists():
-                shutil.rmtree(folder)
-            if not parent_existed and folder.parent.is_dir() and not any(folder.parent.iterdir()):
-                folder.parent.rmdir()
+        roll_back(
+            {
+                Path(path): None if kept is None else Path(kept)
+                for path, kept in record.get("kept", [])
+            },
+            [(Path(folder), existed) for folder, existed in record.get("new_versions", [])],
+        )
         journal.unlink()
         recovered += 1
         logger.warning(
@@ -91,7 +138,7 @@ def new_version_folder(dataset, run_id: str) -> Path | None:
     return Path(str(filepath)) / (version.save or run_id)
 
 
-def unchanged(kept: Path, path: Path) -> bool:
+def _unchanged(kept: Path, path: Path) -> bool:
     """True when `path` was not rewritten since `kept` was set aside (link, or copy with mtime)."""
     if os.path.samefile(kept, path):
         return True
