@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from kedro.io import DatasetError
+import yaml
+from kedro.io import DataCatalog, DatasetError
+from kedro_datasets.pandas import CSVDataset
 
 from twotower_pipeline.data.synthetic import SyntheticLogSpec, generate_interactions
 from twotower_pipeline.hooks.prepared_data import MissingPreparedDataError
-from twotower_pipeline.hooks.readable_errors import ReadableError
+from twotower_pipeline.hooks.readable_errors import ReadableError, ReadableErrorHooks
 from twotower_pipeline.io.datasets import AtomicJSONDataset, AtomicParquetDataset
 
 OUTPUTS = [
@@ -32,6 +34,11 @@ OUTPUTS = [
     "data/user_csv/08_reporting/ingestion_report.json",
     "data/user_csv/08_reporting/split_report.json",
 ]
+
+# The shipped ingestion block (conf/base/parameters_ingestion.yml), as the schema takes it.
+BASE_INGESTION = yaml.safe_load(
+    (Path(__file__).resolve().parents[1] / "conf/base/parameters_ingestion.yml").read_text()
+)["ingestion"]
 
 SPLIT_DROPS = [("val", "items"), ("val", "users"), ("test", "items"), ("test", "users")]
 
@@ -251,3 +258,19 @@ def test_a_catalog_file_other_than_the_one_errors_would_name_stops_before_anythi
     )
     assert "raw_interactions_path" in message and failed.value.exit_code == 2
     assert not any((project / "data" / "user_csv").rglob("*.*"))
+
+
+def test_text_ids_reach_the_csv_reader_so_leading_zeros_stay(tmp_path):
+    raw = tmp_path / "events.csv"
+    raw.write_text("who,what,when\n007,010,1\n")
+    ingestion = {
+        **BASE_INGESTION,
+        "source": str(raw),
+        "columns": {"user": "who", "item": "what", "timestamp": "when"},
+        "id_type": "text",
+    }
+    catalog = DataCatalog({"raw_interactions": CSVDataset(filepath=str(raw))})
+    catalog["params:ingestion"] = ingestion
+    ReadableErrorHooks().after_catalog_created(catalog)
+    loaded = catalog.load("raw_interactions")
+    assert loaded["who"].tolist() == ["007"] and loaded["what"].tolist() == ["010"]

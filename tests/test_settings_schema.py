@@ -16,7 +16,12 @@ import pytest
 
 from twotower_pipeline.config.errors import SettingsError
 from twotower_pipeline.config.loader import EnvironmentConfigLoader
-from twotower_pipeline.config.schema import check_neg_ratio, check_parameters
+from twotower_pipeline.config.schema import (
+    Training,
+    check_neg_ratio,
+    check_parameters,
+    parameter_block,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVIRONMENTS = sorted(
@@ -127,6 +132,29 @@ def test_a_missing_key_is_reported_not_filled_in():
     del values["training"]["batch_size"]
     with pytest.raises(SettingsError, match="missing parameter training.batch_size"):
         check_parameters(values)
+
+
+def test_a_block_is_handed_out_typed_and_checked_as_the_whole_checks_it():
+    values = parameters()
+    training = parameter_block("training", values["training"])
+    assert isinstance(training, Training)
+    assert training.batch_size == values["training"]["batch_size"]
+    assert training == check_parameters(values).training
+    values["training"]["bacth_size"] = values["training"].pop("batch_size")
+    with pytest.raises(SettingsError) as alone:
+        parameter_block("training", values["training"])
+    with pytest.raises(SettingsError) as whole:
+        check_parameters(values)
+    expected = (
+        "bad settings (2): missing parameter training.batch_size; unknown parameter "
+        "training.bacth_size (did you mean training.batch_size?)" + TAIL
+    )
+    assert str(alone.value) == str(whole.value) == expected
+
+
+def test_only_a_block_is_handed_out_as_a_block():
+    with pytest.raises(KeyError, match="'neg_ratio' is not a parameter block"):
+        parameter_block("neg_ratio", 5)
 
 
 def test_neg_ratio_must_leave_items_to_draw_from():

@@ -1,4 +1,4 @@
-"""One schema for every parameter, checked before any node runs (hooks.SettingsHooks).
+"""One schema for every parameter, checked before any node runs (hooks/settings.py).
 
 Types, ranges, allowed values and rules across fields are declared here with
 pydantic; every block forbids keys it does not know, and an unknown key is
@@ -7,8 +7,10 @@ conf/base/parameters*.yml only: no field has a default here, so a key that
 disappears from the yml is reported as missing rather than filled in
 silently.
 
-`check_parameters` returns nothing or raises SettingsError with every problem
-on one line; `check_neg_ratio` is the one rule that needs the data (the
+`check_parameters` returns the parameters as the schema's object or raises
+SettingsError with every problem on one line; `parameter_block` does the same
+for one block (`params:training`), the typed object code receives in place of
+the raw dict; `check_neg_ratio` is the one rule that needs the data (the
 number of items), checked when the negatives are about to be drawn.
 """
 
@@ -345,11 +347,34 @@ def check_parameters(parameters: dict) -> Parameters:
     try:
         return Parameters.model_validate(parameters)
     except ValidationError as error:
-        problems = [_describe(e) for e in error.errors(include_url=False)]
-        raise SettingsError(
-            f"bad settings ({len(problems)}): " + "; ".join(problems) + " (conf/*/parameters*.yml "
-            "or --params)"
-        ) from None
+        raise _settings_error(error) from None
+
+
+def parameter_block(name: str, values: Any) -> Block:
+    """Return the block `params:<name>` as the schema's object, checked as check_parameters does.
+
+    A problem is named by its full path (training.batch_size), as in the check of
+    the whole; the rules across blocks (logit_scale below model.max_logit_scale)
+    are the whole's own.
+    """
+    field = Parameters.model_fields.get(name)
+    block = field.annotation if field is not None else None
+    if not (isinstance(block, type) and issubclass(block, Block)):
+        raise KeyError(f"{name!r} is not a parameter block of the schema")
+    try:
+        return block.model_validate(values)
+    except ValidationError as error:
+        raise _settings_error(error, (name,)) from None
+
+
+def _settings_error(error: ValidationError, block: tuple[str, ...] = ()) -> SettingsError:
+    problems = [
+        _describe({**e, "loc": (*block, *e["loc"])}) for e in error.errors(include_url=False)
+    ]
+    return SettingsError(
+        f"bad settings ({len(problems)}): " + "; ".join(problems) + " (conf/*/parameters*.yml "
+        "or --params)"
+    )
 
 
 def check_neg_ratio(neg_ratio: int, n_items: int) -> None:

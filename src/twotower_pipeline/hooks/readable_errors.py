@@ -12,6 +12,7 @@ from kedro.io.core import get_protocol_and_path
 
 from twotower_pipeline.config.errors import RunFailedError, SettingsError
 from twotower_pipeline.config.project import describe_missing_extra
+from twotower_pipeline.config.schema import parameter_block
 from twotower_pipeline.io.load_failures import describe_load_failure
 from twotower_pipeline.io.raw_reader import configure_raw_reader, first_data_line
 
@@ -55,9 +56,10 @@ class ReadableErrorHooks:
         try:
             check_sources(catalog, self._project)
             if "raw_interactions" in catalog and "params:ingestion" in catalog:
-                configure_raw_reader(
-                    catalog.get("raw_interactions"), catalog.load("params:ingestion")
-                )
+                ingestion = parameter_block("ingestion", catalog.load("params:ingestion"))
+                ids = (ingestion.columns.user, ingestion.columns.item)
+                text_ids = ids if ingestion.id_type == "text" else ()
+                configure_raw_reader(catalog.get("raw_interactions"), ingestion.encoding, text_ids)
         except SettingsError as error:
             raise ReadableError(str(error), error.exit_code) from None
 
@@ -82,11 +84,11 @@ class ReadableErrorHooks:
             raise ReadableError(describe_load_failure(dataset, error)) from error
 
 
-# Each raw input and the parameter that names its file in error messages.
+# Each raw input, the parameter that names its file in error messages, its globals.yml key.
 _SOURCES = (
-    ("raw_interactions", "params:ingestion", ("source",), "raw_interactions_path"),
-    ("item_features", "params:features", ("item", "source"), "item_features_path"),
-    ("user_features", "params:features", ("user", "source"), "user_features_path"),
+    ("raw_interactions", "ingestion.source", "raw_interactions_path"),
+    ("item_features", "features.item.source", "item_features_path"),
+    ("user_features", "features.user.source", "user_features_path"),
 )
 
 
@@ -97,21 +99,29 @@ def check_sources(catalog, project: Path | None = None) -> None:
     features.item.source, features.user.source); a catalog entry pointed at
     another file would make those errors name the wrong one.
     """
-    for name, params, keys, global_key in _SOURCES:
-        if name not in catalog or params not in catalog:
+    for name, where, global_key in _SOURCES:
+        if name not in catalog:
             continue
-        source = catalog.load(params)
-        for key in keys:
-            source = source.get(key) if isinstance(source, dict) else None
+        source = _named_file(catalog, where)
         read = getattr(catalog.get(name), "_filepath", None)
-        if source is None or read is None or _same_file(str(read), str(source)):
+        if source is None or read is None or _same_file(str(read), source):
             continue
-        where = ".".join((params.removeprefix("params:"), *keys))
         raise SettingsError(
             f"{name}: the catalog reads {_shown(str(read), project)} but {where} names {source}, "
             f"the file its errors would name; set {global_key} in globals.yml and use "
             f"${{globals:{global_key}}} in both (README, 'Your own data')"
         )
+
+
+def _named_file(catalog, where: str) -> str | None:
+    """Return the file a parameter (`features.item.source`) names; None when it names none."""
+    block, *path = where.split(".")
+    if f"params:{block}" not in catalog:
+        return None
+    value = parameter_block(block, catalog.load(f"params:{block}"))
+    for key in path:
+        value = getattr(value, key) if value is not None else None  # features.item may be null
+    return value
 
 
 def _shown(path: str, project: Path | None) -> str:

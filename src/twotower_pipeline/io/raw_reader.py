@@ -9,26 +9,20 @@ from kedro_datasets.pandas import CSVDataset
 from twotower_pipeline.config.errors import SettingsError
 
 
-def configure_raw_reader(dataset, ingestion: dict) -> None:
-    """Give a CSV raw reader the parameters' encoding (and text ids when asked)."""
+def configure_raw_reader(dataset, encoding: str, text_columns: tuple[str, ...] = ()) -> None:
+    """Give a CSV raw reader the file's encoding, and read `text_columns` as text."""
     if not isinstance(dataset, CSVDataset):
         return
     load_args = dataset._load_args
-    encoding = ingestion.get("encoding")
     declared = load_args.get("encoding")
-    if encoding and declared and codecs.lookup(declared) != codecs.lookup(encoding):
+    if declared and codecs.lookup(declared) != codecs.lookup(encoding):
         raise SettingsError(
             f"raw_interactions: the catalog reads it as {declared} but ingestion.encoding is "
             f"{encoding}; set the encoding in parameters only"
         )
-    if encoding:
-        load_args["encoding"] = encoding
-    if ingestion.get("id_type") == "text":
-        columns = ingestion.get("columns") or {}
-        dtype = dict(load_args.get("dtype") or {})
-        for role, default in (("user", "user_id"), ("item", "item_id")):
-            dtype[columns.get(role) or default] = str
-        load_args["dtype"] = dtype
+    load_args["encoding"] = encoding
+    if text_columns:
+        load_args["dtype"] = {**(load_args.get("dtype") or {}), **dict.fromkeys(text_columns, str)}
 
 
 def first_data_line(dataset) -> int | None:
