@@ -23,11 +23,11 @@ HOOKS = (
     NodeSummaryHooks(),
     SparkHooks(),  # a SparkSession, only in an environment with a spark.yml (conf/spark)
     # Last registered, so called first: no SparkSession, MLflow run or kept file for a
-    # run whose parameters are wrong (schema.py).
+    # run whose parameters are wrong (config/schema.py).
     SettingsHooks(),
 )
 
-# Every environment but the default writes under data/<env>/ (environments.py).
+# Every environment but the default writes under data/<env>/ (config/loader.py).
 CONFIG_LOADER_CLASS = EnvironmentConfigLoader
 # Environments override base key by key ("soft" merge), so conf/smoke can change
 # one entry of a block without restating the rest of it.
@@ -35,9 +35,9 @@ CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     "merge_strategy": {"parameters": "soft", "catalog": "soft", "globals": "soft"},
-    # conf/<env>/spark.yml configures the SparkSession of a Spark environment (spark_hooks.py).
+    # conf/<env>/spark.yml configures the SparkSession of a Spark environment (spark/hooks.py).
     "config_patterns": {"spark": ["spark*", "spark*/**"]},
-    # ${project_root:} (environments.py) names the MLflow store by the project's absolute
+    # ${project_root:} (config/loader.py) names the MLflow store by the project's absolute
     # path: MLflow caches a store per URI string, so a relative sqlite URI would send a
     # second project's runs in the same process to the first one's, and a session started
     # from notebooks/ would open a store there.

@@ -1,7 +1,7 @@
 """The exceptions a user is meant to read: each message says what is wrong and where.
 
 `kedro run` prints such a message alone, as one line, without a stack trace, and
-exits with the error's `exit_code` (see hooks.py and docs/failures.md):
+exits with the error's `exit_code` (see hooks/readable_errors.py and docs/failures.md):
 
 | family | exit code | meaning |
 |---|---|---|

@@ -48,7 +48,7 @@ def describe(value: Any) -> str:
 
 
 def raised_flags(report: Any) -> list[str]:
-    """Return "name: message" of each raised flag of a health report (see health.py)."""
+    """Return "name: message" of each raised flag of a health report (evaluation/health.py)."""
     if not isinstance(report, dict) or not isinstance(report.get("flags"), list):
         return []
     return [f"{flag['name']}: {flag['message']}" for flag in report["flags"] if flag["raised"]]

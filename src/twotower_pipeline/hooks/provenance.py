@@ -15,7 +15,7 @@ from twotower_pipeline.io import manifest
 class RunManifestHooks:
     """Writes a manifest for each successful run; stops a run whose prepared data does not fit.
 
-    See manifest.py. The run id (Kedro's save version, the name of this run's
+    See io/manifest.py. The run id (Kedro's save version, the name of this run's
     version folders) is also put in the catalog as the dataset `run_id`, so a
     node can write it into what it produces (model_config, metrics, report).
     """

@@ -10,7 +10,7 @@ from twotower_pipeline.hooks.readable_errors import ReadableError
 
 
 class SettingsHooks:
-    """Every parameter is checked against one schema before anything runs (schema.py).
+    """Every parameter is checked against one schema before anything runs (config/schema.py).
 
     The check runs as the context is created, before any pipeline, catalog or
     other hook sees the parameters; a bad setting ends the run with one line
