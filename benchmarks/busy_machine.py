@@ -1,0 +1,164 @@
+"""Training beside other busy processes: the step and the default `kedro run`, per thread policy.
+
+Torch's OpenMP threads spin while they wait for each other; when another
+process takes one of the cores, the spinning thread burns the time slice the
+working one needs. The project sets passive waiting on its import
+(`src/twotower_pipeline/config/threads.py`). This benchmark measures, idle
+and beside one and two CPU-bound processes (a pure-Python loop each):
+
+- the training step at the default data's shape (the default history tower,
+  d 16, `train_throughput.py --one`), for each policy:
+  `spin` (libgomp's own spinning, as before the policy: GOMP_SPINCOUNT=300000),
+  `project` (nothing set: the project's passive policy),
+  `one_thread` (OMP_NUM_THREADS=1, which also changes the arithmetic's order);
+- the default `kedro run` in a temporary copy of the project, for `project`
+  idle and beside one and two busy processes, and `spin` idle (the run must
+  be no slower idle than before).
+
+Prints a table and writes benchmarks/results/busy_machine.json.
+
+    python benchmarks/busy_machine.py [--skip-run] [--busy 0,1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from untuned import kedro_run, latest, make_project, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+POLICIES = {
+    "spin": {"GOMP_SPINCOUNT": "300000"},
+    "project": {},
+    "one_thread": {"OMP_NUM_THREADS": "1"},
+}
+BUSY_LOOP = "while True: pass"
+
+
+def policy_environment(policy: str) -> dict[str, str]:
+    """Return this process's environment with only the policy's thread variables set."""
+    cleared = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS")
+    environ = {k: v for k, v in os.environ.items() if k not in cleared}
+    return {**environ, **POLICIES[policy], "KEDRO_DISABLE_TELEMETRY": "true"}
+
+
+class Busy:
+    """`count` CPU-bound Python processes, alive inside the `with` block."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.children: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Busy:
+        self.children = [
+            subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(self.count)
+        ]
+        time.sleep(0.5 if self.count else 0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for child in self.children:
+            child.kill()
+            child.wait()
+
+
+def step_rate(policy: str, busy: int, positives: int) -> float:
+    """Return the training step's examples/s under a policy beside `busy` busy processes."""
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "train_throughput.py"),
+        "--one",
+        "--method",
+        "project_history",
+        "--n-users",
+        "5000",
+        "--n-items",
+        "2000",
+        "--dim",
+        "16",
+        "--positives",
+        str(positives),
+    ]
+    with Busy(busy):
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=policy_environment(policy), check=True
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1])["examples_per_s"]
+
+
+def default_run(project: Path, policy: str, busy: int) -> dict:
+    """Return the default `kedro run`'s seconds and test HR@10 under a policy, beside `busy`."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(policy_environment(policy))
+    try:
+        with Busy(busy):
+            started = time.perf_counter()
+            _, peak_mb = kedro_run(project)
+            seconds = time.perf_counter() - started
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    metrics = latest(project / "data" / "08_reporting" / "evaluation_metrics.json")
+    return {"seconds": seconds, "peak_rss_mb": peak_mb, "test_hr@10": metrics["model"]["hit_rate@10"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--busy", default="0,1,2")
+    parser.add_argument("--positives", type=int, default=200_000)
+    parser.add_argument("--skip-run", action="store_true", help="the training step only")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.busy.split(",")]
+    steps = []
+    for busy in counts:
+        for policy in POLICIES:
+            rate = step_rate(policy, busy, args.positives)
+            steps.append({"policy": policy, "busy": busy, "examples_per_s": rate})
+            print(f"step  {policy:<10} busy {busy}: {rate / 1e6:.2f}M examples/s", flush=True)
+    runs = []
+    if not args.skip_run:
+        with tempfile.TemporaryDirectory() as workdir:
+            project = make_project(Path(workdir))
+            plan = [("spin", 0)] + [("project", n) for n in counts]
+            for policy, busy in plan:
+                row = {"policy": policy, "busy": busy, **default_run(project, policy, busy)}
+                runs.append(row)
+                print(
+                    f"run   {policy:<10} busy {busy}: {row['seconds']:.0f} s, "
+                    f"test HR@10 {row['test_hr@10']:.4f}",
+                    flush=True,
+                )
+    idle = {r["policy"]: r["examples_per_s"] for r in steps if r["busy"] == 0}
+    print("\n| policy | busy processes | step examples/s | x idle (same policy) |")
+    print("|---|---|---|---|")
+    for row in steps:
+        ratio = idle[row["policy"]] / row["examples_per_s"]
+        print(
+            f"| {row['policy']} | {row['busy']} | {row['examples_per_s'] / 1e6:.2f}M | "
+            f"{ratio:.2f} |"
+        )
+    if runs:
+        idle_run = next(r["seconds"] for r in runs if r["policy"] == "project" and r["busy"] == 0)
+        print("\n| default kedro run | busy processes | seconds | x idle | test HR@10 |")
+        print("|---|---|---|---|---|")
+        for row in runs:
+            print(
+                f"| {row['policy']} | {row['busy']} | {row['seconds']:.0f} | "
+                f"{row['seconds'] / idle_run:.2f} | {row['test_hr@10']:.4f} |"
+            )
+    write_json(
+        RESULTS / "busy_machine.json", {"cores": os.cpu_count(), "steps": steps, "runs": runs}
+    )
+
+
+if __name__ == "__main__":
+    main()
