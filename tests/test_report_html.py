@@ -12,6 +12,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from twotower_pipeline.reporting.html import build_html_report
+from twotower_pipeline.reporting.report_sections import RunOutputs
 
 matplotlib.use("Agg")
 
@@ -50,14 +51,18 @@ def figure() -> Figure:
     return fig
 
 
-def report(**overrides) -> str:
-    arguments = dict(
-        headline="test: model HR@10 0.05",
+def report(model_selection: dict | None = None, **overrides) -> str:
+    outputs = RunOutputs(
         ingestion_report={"rows_read": 100, "rows_dropped": {"duplicates": 2}},
         split_report={"strategy": "leave_last_out"},
         history=HISTORY,
         comparison=COMPARISON,
         health=HEALTH,
+        model_selection=model_selection,
+    )
+    arguments = dict(
+        headline="test: model HR@10 0.05",
+        outputs=outputs,
         figures={"Learning curve": figure(), "Model against the baselines": figure()},
         ks=[10],
         run={"run id": "2026-01-01T00.00.00.000Z", "parameters": {"neg_ratio": 5}},

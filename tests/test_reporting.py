@@ -15,6 +15,7 @@ from twotower_pipeline.reporting.markdown import (
     model_vs_baselines,
     ranking_curve,
 )
+from twotower_pipeline.reporting.report_sections import RunOutputs
 
 HISTORY = pd.DataFrame(
     {
@@ -152,7 +153,7 @@ def test_a_skipped_cold_set_carries_no_lift():
     )
     assert comparison["cold_items"] == {"model": skipped, "popularity": skipped, "random": skipped}
     assert "No cold-start figures: no test row has an item" in build_report(
-        INGESTION, SPLIT, HISTORY, comparison, HEALTH, 5, [10], 10
+        RunOutputs(INGESTION, SPLIT, HISTORY, comparison, HEALTH), 5, [10], 10
     )
 
 
@@ -166,7 +167,7 @@ def test_headline_is_on_test_with_the_standard_error_popularity_and_the_verdict(
 
 
 def test_report_has_data_split_curve_metrics_and_health_with_advice():
-    report = build_report(INGESTION, SPLIT, HISTORY, COMPARISON, HEALTH, 5, [10], 10)
+    report = build_report(RunOutputs(INGESTION, SPLIT, HISTORY, COMPARISON, HEALTH), 5, [10], 10)
     for section in (
         "## Data",
         "## Split",
@@ -261,7 +262,7 @@ def test_the_report_says_which_towers_validation_chose():
     configured["validation_recall@10"], user_id["validation_recall@10"] = 0.1902, 0.1945
     selection = {"metric": "validation recall@10", "candidates": [configured, user_id]}
     report = build_report(
-        INGESTION, SPLIT, HISTORY, COMPARISON, HEALTH, 5, [10], 10, model_selection=selection
+        RunOutputs(INGESTION, SPLIT, HISTORY, COMPARISON, HEALTH, selection), 5, [10], 10
     )
     assert "| user_id | user_id: True | 19 | 0.1945 | ✓ |" in report
     assert "| configured | (conf as given) | 13 | 0.1902 |  |" in report
@@ -271,7 +272,7 @@ def test_the_report_says_which_towers_validation_chose():
     ensemble |= {"kept_epoch": None, "validation_recall@10": 0.2009, "chosen": True}
     both = {**selection, "candidates": [configured, user_id, ensemble]}
     report = build_report(
-        INGESTION, SPLIT, HISTORY, COMPARISON, HEALTH, 5, [10], 10, model_selection=both
+        RunOutputs(INGESTION, SPLIT, HISTORY, COMPARISON, HEALTH, both), 5, [10], 10
     )
     assert "| ensemble | members: configured + user_id | each member's | 0.2009 | ✓ |" in report
     assert "its curve is that of its best member" in report
@@ -284,5 +285,5 @@ def test_the_report_says_which_towers_validation_chose():
     # One candidate (model_selection off): nothing to say.
     one = {**selection, "candidates": [configured]}
     assert "Validation chose the towers" not in build_report(
-        INGESTION, SPLIT, HISTORY, COMPARISON, HEALTH, 5, [10], 10, model_selection=one
+        RunOutputs(INGESTION, SPLIT, HISTORY, COMPARISON, HEALTH, one), 5, [10], 10
     )

@@ -18,8 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from twotower_pipeline.reporting.markdown import (
-    chosen_epoch,
+from twotower_pipeline.evaluation.health import chosen_epoch
+from twotower_pipeline.reporting.report_sections import (
+    RunOutputs,
     persisted_model_sentence,
     selection_table,
 )
@@ -178,33 +179,9 @@ def _history_table(history: pd.DataFrame) -> str:
     return table(columns, rows, classes)
 
 
-def build_html_report(
-    headline: str,
-    ingestion_report: Mapping,
-    split_report: Mapping,
-    history: pd.DataFrame,
-    comparison: Mapping,
-    health: Mapping,
-    figures: Mapping[str, Any],
-    ks: Sequence[int],
-    run: Mapping[str, Any] | None = None,
-    model_selection: Mapping[str, Any] | None = None,
-) -> str:
-    """Return the self-contained HTML report of a run.
-
-    figures maps a caption to a matplotlib figure (embedded as PNG); run holds
-    what identifies the run (its id, the parameters after overrides, where its
-    manifest will be), shown last; model_selection (the training node's choice)
-    adds which towers validation chose, when there was more than one candidate.
-    """
-    ann = comparison.get("ann") or {}
-    sections = [
-        "<h1>Two-tower run report</h1>",
-        f'<p class="headline">{_esc(headline)}</p>',
-        "<h2>Health</h2>",
-        _health_section(health),
-        "<h2>Model against the baselines</h2>",
-    ]
+def _metrics_sections(comparison: Mapping, ks: Sequence[int]) -> list[str]:
+    """Return each evaluation set's metrics table, the skipped scorers, the retrieval index."""
+    sections = ["<h2>Model against the baselines</h2>"]
     for title, section in _evaluation_sets(comparison):
         users = section["model"].get("users")
         sections.append(f"<h3>{_esc(title)}" + (f" ({users:,} users)" if users else "") + "</h3>")
@@ -216,42 +193,80 @@ def build_html_report(
     ]
     if skipped:
         sections.append("<ul>" + "".join(skipped) + "</ul>")
+    ann = comparison.get("ann") or {}
     if ann:
         sections.append("<h3>Retrieval index</h3>")
         sections.append(table(["", ""], _scalars(ann)))
-    sections.append(_selection_section(model_selection))
-    sections.append("<h2>Plots</h2>")
-    sections.append(
+    return sections
+
+
+def _plots_section(figures: Mapping[str, Any]) -> list[str]:
+    """Return the plots, each embedded as a PNG data URI under its caption."""
+    return [
+        "<h2>Plots</h2>",
         '<div class="plots">'
         + "".join(
             f'<figure><img alt="{_esc(caption)}" src="{figure_data_uri(fig)}">'
             f"<figcaption>{_esc(caption)}</figcaption></figure>"
             for caption, fig in figures.items()
         )
-        + "</div>"
-    )
-    sections.append("<h2>Training history</h2>")
-    chosen = chosen_epoch(history)
+        + "</div>",
+    ]
+
+
+def _run_section(run: Mapping[str, Any] | None) -> list[str]:
+    """Return what identifies the run: its id, where its manifest will be, its parameters."""
+    if not run:
+        return []
+    sections = ["<h2>Run</h2>"]
+    rows = [[k, v] for k, v in run.items() if k not in ("parameters", "manifest")]
+    sections.append(table(["", ""], rows))
+    if run.get("manifest"):
+        link = _esc(run["manifest"])
+        sections.append(
+            f'<p>Run manifest (written when the run ends): <a href="{link}">{link}</a></p>'
+        )
+    if run.get("parameters"):
+        text = json.dumps(run["parameters"], indent=2, sort_keys=True, default=str)
+        sections.append(
+            "<details><summary>Parameters after overrides</summary>"
+            f"<pre>{_esc(text)}</pre></details>"
+        )
+    return sections
+
+
+def build_html_report(
+    headline: str,
+    outputs: RunOutputs,
+    figures: Mapping[str, Any],
+    ks: Sequence[int],
+    run: Mapping[str, Any] | None = None,
+) -> str:
+    """Return the self-contained HTML report of a run.
+
+    figures maps a caption to a matplotlib figure (embedded as PNG); run holds
+    what identifies the run (its id, the parameters after overrides, where its
+    manifest will be), shown last; outputs.model_selection (the training node's
+    choice) adds which towers validation chose, when there was more than one candidate.
+    """
+    sections = [
+        "<h1>Two-tower run report</h1>",
+        f'<p class="headline">{_esc(headline)}</p>',
+        "<h2>Health</h2>",
+        _health_section(outputs.health),
+        *_metrics_sections(outputs.comparison, ks),
+        _selection_section(outputs.model_selection),
+        *_plots_section(figures),
+        "<h2>Training history</h2>",
+    ]
+    chosen = chosen_epoch(outputs.history)
     if chosen is not None:
-        sections.append(f"<p>{_esc(persisted_model_sentence(model_selection, chosen))}</p>")
-    sections.append(_history_table(history))
-    sections += ["<h2>Data</h2>", table(["", ""], _scalars(ingestion_report))]
-    sections += ["<h2>Split</h2>", table(["", ""], _scalars(split_report))]
-    if run:
-        sections.append("<h2>Run</h2>")
-        rows = [[k, v] for k, v in run.items() if k not in ("parameters", "manifest")]
-        sections.append(table(["", ""], rows))
-        if run.get("manifest"):
-            link = _esc(run["manifest"])
-            sections.append(
-                f'<p>Run manifest (written when the run ends): <a href="{link}">{link}</a></p>'
-            )
-        if run.get("parameters"):
-            text = json.dumps(run["parameters"], indent=2, sort_keys=True, default=str)
-            sections.append(
-                "<details><summary>Parameters after overrides</summary>"
-                f"<pre>{_esc(text)}</pre></details>"
-            )
+        sentence = persisted_model_sentence(outputs.model_selection, chosen)
+        sections.append(f"<p>{_esc(sentence)}</p>")
+    sections.append(_history_table(outputs.history))
+    sections += ["<h2>Data</h2>", table(["", ""], _scalars(outputs.ingestion_report))]
+    sections += ["<h2>Split</h2>", table(["", ""], _scalars(outputs.split_report))]
+    sections += _run_section(run)
     body = "\n".join(sections)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -17,6 +17,7 @@ from twotower_pipeline.ranking.metrics import Scorer, top_k_unseen
 from twotower_pipeline.ranking.pointwise import binary_log_loss, pair_scores, roc_auc
 from twotower_pipeline.ranking.protocol import COLD_SECTIONS, HeldOutSet, held_out_sets, score_sets
 from twotower_pipeline.reporting import markdown as reporting
+from twotower_pipeline.reporting.report_sections import RunOutputs
 from twotower_pipeline.training.examples import validation_sample
 
 logger = logging.getLogger(__name__)
@@ -307,7 +308,7 @@ def plot_model_vs_baselines(
     return reporting.model_vs_baselines(evaluation_metrics, evaluation["ks"])
 
 
-def write_report(
+def write_report(  # nine arguments: each is one dataset of the catalog
     ingestion_report: dict,
     split_report: dict,
     training_history: pd.DataFrame,
@@ -328,15 +329,12 @@ def write_report(
         logger.warning("run summary: %s", summary)
     else:
         logger.info("run summary: %s", summary)
-    return reporting.build_report(
+    outputs = RunOutputs(
         ingestion_report,
         split_report,
         training_history,
         evaluation_metrics,
         training_health,
-        neg_ratio,
-        evaluation["ks"],
-        k,
-        plot_version=run_id,
-        model_selection=model_selection,
+        model_selection,
     )
+    return reporting.build_report(outputs, neg_ratio, evaluation["ks"], k, plot_version=run_id)

@@ -6,11 +6,12 @@ import pandas as pd
 
 from twotower_pipeline.reporting import markdown as reporting
 from twotower_pipeline.reporting.html import build_html_report
+from twotower_pipeline.reporting.report_sections import RunOutputs
 
 from .nodes import plot_learning_curve, plot_model_vs_baselines, plot_ranking_curve
 
 
-def write_html_report(
+def write_html_report(  # eleven arguments: each is one dataset of the catalog
     ingestion_report: dict,
     split_report: dict,
     training_history: pd.DataFrame,
@@ -34,13 +35,17 @@ def write_html_report(
     learning_curve, _ = plot_learning_curve(training_history, model_config, neg_ratio)
     ranking_curve, _ = plot_ranking_curve(training_history, evaluation_metrics, evaluation)
     model_vs_baselines, _ = plot_model_vs_baselines(evaluation_metrics, evaluation)
-    return build_html_report(
-        reporting.headline(evaluation_metrics, training_health, k),
+    outputs = RunOutputs(
         ingestion_report,
         split_report,
         training_history,
         evaluation_metrics,
         training_health,
+        model_selection,
+    )
+    return build_html_report(
+        reporting.headline(evaluation_metrics, training_health, k),
+        outputs,
         {
             "Learning curve": learning_curve,
             f"Validation recall and NDCG@{k} per epoch": ranking_curve,
@@ -52,5 +57,4 @@ def write_html_report(
             "manifest": f"run_manifest.json/{run_id}/run_manifest.json",
             "parameters": parameters,
         },
-        model_selection,
     )
