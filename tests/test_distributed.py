@@ -17,8 +17,9 @@ from twotower_pipeline.config.schema import check_parameters
 from twotower_pipeline.data.sampling import build_training_examples, item_distribution
 from twotower_pipeline.data.splitting import SplitSpec, split_interactions
 from twotower_pipeline.data.synthetic import SyntheticLogSpec, generate_interactions
+from twotower_pipeline.model.build import build_model
 from twotower_pipeline.model.towers import TwoTowerModel
-from twotower_pipeline.pipelines.training.nodes import build_model, train_two_tower
+from twotower_pipeline.pipelines.training.nodes import train_two_tower
 from twotower_pipeline.ranking.metrics import ranking_metrics
 from twotower_pipeline.training import distributed
 from twotower_pipeline.training import loop as training

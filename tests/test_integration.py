@@ -224,10 +224,10 @@ def test_towers_scored_together_are_persisted_served_and_evaluated_like_one_mode
 
     from twotower_pipeline.model.ensemble import TowerEnsemble
     from twotower_pipeline.model.towers import TwoTowerModel
-    from twotower_pipeline.pipelines.training import nodes as training_nodes
+    from twotower_pipeline.training import selection as training_selection
 
     monkeypatch.setattr(
-        training_nodes, "validation_ranking", lambda *args, **kwargs: {"recall@10": 1.0}
+        training_selection, "validation_ranking", lambda *args, **kwargs: {"recall@10": 1.0}
     )
     project = make_project_copy("ensemble")
     kedro_run(project)

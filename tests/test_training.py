@@ -15,14 +15,15 @@ from torch.nn import functional as F
 
 from twotower_pipeline.config.errors import PipelineInputError, RunInterruptedError
 from twotower_pipeline.data.sampling import PositiveSet, build_training_examples
+from twotower_pipeline.model.build import build_model
 from twotower_pipeline.model.config import TwoTowerConfig
 from twotower_pipeline.model.ensemble import TowerEnsemble
 from twotower_pipeline.model.layers import full_rows, weighted_rows
 from twotower_pipeline.model.towers import TwoTowerModel
-from twotower_pipeline.pipelines.training import nodes as training_nodes
-from twotower_pipeline.pipelines.training.nodes import model_candidates, train_two_tower
+from twotower_pipeline.pipelines.training.nodes import train_two_tower
 from twotower_pipeline.training import examples, memory, row_optimizers, sparse_rows
 from twotower_pipeline.training import loop as training
+from twotower_pipeline.training import selection as training_selection
 from twotower_pipeline.training.checkpoints import checkpoint_path
 from twotower_pipeline.training.examples import (
     draw_groups,
@@ -32,6 +33,7 @@ from twotower_pipeline.training.examples import (
 from twotower_pipeline.training.loop import EpochPass, fit, train_epoch
 from twotower_pipeline.training.optimizers import make_optimizer
 from twotower_pipeline.training.row_optimizers import RowwiseAdamW, RowwiseRMSProp
+from twotower_pipeline.training.selection import model_candidates
 from twotower_pipeline.training.sparse_rows import SparseRows
 from twotower_pipeline.training.spec import (
     TrainingDivergedError,
@@ -980,7 +982,7 @@ SELECTION_BLOCK = {
 
 def untrained(block: dict) -> TwoTowerModel:
     """Return a real, untrained model of a candidate block (what the fakes below hand back)."""
-    return training_nodes.build_model(
+    return build_model(
         block,
         N_USERS,
         N_ITEMS,
@@ -1030,7 +1032,7 @@ def test_the_node_keeps_the_candidate_with_the_best_validation_recall(
         )
         return untrained(block), history
 
-    monkeypatch.setattr(training_nodes, "_train_candidate", trained)
+    monkeypatch.setattr(training_selection, "train_candidate", trained)
     model, config, history, _, _, selection = select(
         data, tmp_path, {"enabled": True, "alternatives": {"user_id": {"user_id": True}}}
     )
@@ -1067,8 +1069,8 @@ def test_the_node_keeps_the_ensemble_of_candidates_only_when_validation_ranks_it
         measured.append(model)
         return {f"recall@{k}": ensemble_recall}
 
-    monkeypatch.setattr(training_nodes, "_train_candidate", trained)
-    monkeypatch.setattr(training_nodes, "validation_ranking", ranking)
+    monkeypatch.setattr(training_selection, "train_candidate", trained)
+    monkeypatch.setattr(training_selection, "validation_ranking", ranking)
     model, config, history, users, items, selection = select(
         data,
         tmp_path,
@@ -1104,7 +1106,7 @@ def test_a_candidate_that_diverges_is_named_in_the_error(data, tmp_path, monkeyp
         history = pd.DataFrame({"epoch": [1], "recall@3": [0.2], "chosen": [True]})
         return None, history
 
-    monkeypatch.setattr(training_nodes, "_train_candidate", diverging)
+    monkeypatch.setattr(training_selection, "train_candidate", diverging)
     with pytest.raises(TrainingDivergedError, match=r"candidate 'wide' \(model.embedding_dim=32\)"):
         train_two_tower(
             first_examples(train),

@@ -66,3 +66,19 @@ class CatalogueScoring:
             return ((scale * self.user_vectors_from(users, histories, ends)) @ items.T).cpu()
 
         return score
+
+
+@torch.no_grad()
+def learned_vectors(model, known: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Return (user vectors, item vectors) of every user and item, histories from `known`.
+
+    A user's vector reads everything in `known` (train and validation after training).
+    """
+    model.eval()
+    n_users = model.config.n_users
+    histories, ends = None, None
+    if model.config.history_length > 0:
+        histories = HistoryTable.from_interactions(known, n_users)
+        ends = histories.ends_before(np.arange(n_users), None)
+    users = model.user_vectors_from(np.arange(n_users), histories, ends).numpy()
+    return users, model.all_item_vectors().numpy()

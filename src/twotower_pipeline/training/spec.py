@@ -55,4 +55,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("training.device is cuda but no CUDA device is available: use auto or cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"training.device must be auto, cpu or cuda, not {name!r}")
     return torch.device(name)
