@@ -481,7 +481,7 @@ def test_the_encoding_parameter_reaches_the_csv_reader(tmp_path):
     path = tmp_path / "latin.csv"
     path.write_bytes("user_id,item_id,timestamp\nJosé,i2,2\n".encode("latin-1"))
     dataset = CSVDataset(filepath=str(path))
-    _configure_raw_reader(dataset, {"encoding": "latin-1"})
+    _configure_raw_reader(dataset, "latin-1")
     assert dataset.load()["user_id"].tolist() == ["José"]
 
 
