@@ -10,7 +10,8 @@ from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.training.selection import TrainingBlocks, TrainingData, select_model
 
 
-def train_two_tower(  # noqa: PLR0913 - one parameter per pipeline input, as Kedro binds them
+# One parameter per pipeline input: Kedro binds them so, and provenance reads the params: ones.
+def train_two_tower(
     train_examples: pd.DataFrame,
     train_interactions: pd.DataFrame,
     val_interactions: pd.DataFrame,
@@ -46,16 +47,10 @@ def train_two_tower(  # noqa: PLR0913 - one parameter per pipeline input, as Ked
         user_feature_tokens,
         feature_encoders,
     )
+    selection = model_selection or {"enabled": False, "alternatives": {}}
     blocks = TrainingBlocks(
-        seed=seed,
-        neg_ratio=neg_ratio,
-        logit_scale=logit_scale,
-        num_epochs=num_epochs,
-        model=model,
-        training=training,
-        negative_sampling=negative_sampling,
-        evaluation=evaluation,
-        model_selection=model_selection or {"enabled": False, "alternatives": {}},
+        *(seed, neg_ratio, logit_scale, num_epochs, model, training, negative_sampling),
+        *(evaluation, selection),
     )
     chosen = select_model(data, blocks)
     known = pd.concat([train_interactions, val_interactions], ignore_index=True)
