@@ -10,6 +10,7 @@ import pytest
 
 from twotower_pipeline.evaluation.health import (
     HealthThresholds,
+    RunFacts,
     constant_predictor_loss,
     health_report,
     mean_pairwise_cosine,
@@ -58,18 +59,8 @@ def report(
     negatives=500,
     initial_scale=1.0,
 ):
-    return health_report(
-        history,
-        items,
-        max_scale,
-        comparison,
-        neg_ratio,
-        THRESHOLDS,
-        10,
-        positives,
-        negatives,
-        initial_scale,
-    )
+    facts = RunFacts(max_scale, neg_ratio, 10, positives, negatives, initial_scale)
+    return health_report(history, items, comparison, facts, THRESHOLDS)
 
 
 def raised(result) -> set[str]:

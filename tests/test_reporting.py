@@ -7,7 +7,7 @@ import io
 import pandas as pd
 import pytest
 
-from twotower_pipeline.pipelines.evaluation.nodes import compare_with_baselines
+from twotower_pipeline.evaluation.comparison import compare_with_baselines
 from twotower_pipeline.reporting.markdown import (
     build_report,
     headline,

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from twotower_pipeline.config.errors import RunFailedError
+from twotower_pipeline.ranking.protocol import COLD_SECTIONS, HeldOutSet, score_sets
 
 logger = logging.getLogger(__name__)
 
@@ -89,3 +90,57 @@ def als_scorer(
     users = torch.from_numpy(np.asarray(model.user_factors, dtype=np.float32))
     items = torch.from_numpy(np.asarray(model.item_factors, dtype=np.float32))
     return lambda ids: users[torch.from_numpy(np.asarray(ids))] @ items.T
+
+
+def baseline_scorers(
+    train: pd.DataFrame, n_users: int, n_items: int, als: dict, seed: int
+) -> tuple[dict[str, Scorer], str | None]:
+    """Return the baselines fitted on train by name, and why ALS is skipped (None if it is not)."""
+    scorers = {
+        "popularity": popularity_scorer(train, n_items),
+        "random": random_scorer(n_items, seed),
+    }
+    if not als["enabled"]:
+        return scorers, "disabled in parameters (evaluation.als.enabled)"
+    fitted = als_scorer(train, n_users, n_items, als, seed)
+    if fitted is None:
+        logger.warning(
+            "implicit is not installed: the ALS baseline is skipped (pip install -e '.[baselines]')"
+        )
+        return scorers, "the optional library implicit is not installed"
+    scorers["als"] = fitted
+    return scorers, None
+
+
+def baseline_metrics(
+    train: pd.DataFrame,
+    sets: dict[str, HeldOutSet],
+    n_users: int,
+    n_items: int,
+    evaluation: dict,
+    seed: int,
+) -> dict:
+    """Return, per evaluation set, the metrics of popularity, random and implicit ALS.
+
+    Every baseline is fitted on train only. ALS (when installed and enabled)
+    is scored on test and validation; the cold sets get popularity and random.
+    """
+    scorers, skipped = baseline_scorers(train, n_users, n_items, evaluation["als"], seed)
+    results: dict[str, dict] = {section: {} for section in sets}
+    for name, scorer in scorers.items():
+        scored = {s: held for s, held in sets.items() if name != "als" or s not in COLD_SECTIONS}
+        by_section = score_sets(
+            lambda known, positives, scorer=scorer: scorer,
+            scored,
+            n_users,
+            n_items,
+            evaluation["ks"],
+            evaluation["chunk_size"],
+            seed,
+        )
+        for section, metrics in by_section.items():
+            results[section][name] = metrics
+    if skipped:
+        for section in ("test", "validation"):
+            results[section]["als"] = {"skipped": skipped}
+    return results

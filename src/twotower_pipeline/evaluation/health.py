@@ -416,19 +416,29 @@ def check_behind_baseline(comparison: dict, k: int) -> dict:
     return _flag("behind_baseline", bool(better), message, model=model, baselines=others)
 
 
+@dataclass(frozen=True)
+class RunFacts:
+    """What the checks read of how the run was set up, besides its history and metrics."""
+
+    max_logit_scale: float  # model.max_logit_scale, the clamp
+    neg_ratio: int  # sampled negatives per positive in the losses
+    k: int  # the headline K the ranking checks read
+    sample_positives: int | None = None  # the validation sample val_loss is on: positives
+    sample_negatives: int | None = None  # ...and negatives
+    initial_scale: float | None = None  # the logit scale training started from
+
+
 def health_report(
     history: pd.DataFrame,
     item_vectors: np.ndarray,
-    max_logit_scale: float,
     comparison: dict,
-    neg_ratio: int,
+    facts: RunFacts,
     thresholds: HealthThresholds,
-    k: int,
-    sample_positives: int | None = None,
-    sample_negatives: int | None = None,
-    initial_scale: float | None = None,
 ) -> dict:
     """Return every check's flag and a one-line verdict ("healthy" or the raised flags)."""
+    max_logit_scale, neg_ratio, k = facts.max_logit_scale, facts.neg_ratio, facts.k
+    sample_positives, sample_negatives = facts.sample_positives, facts.sample_negatives
+    initial_scale = facts.initial_scale
     if history.empty:
         raise ValueError("training_history is empty: there is no run to diagnose")
     flags = [

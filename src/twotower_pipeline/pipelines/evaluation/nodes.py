@@ -1,4 +1,7 @@
-"""Evaluation nodes: the model and its baselines under one protocol, and what to show for it."""
+"""Evaluation nodes: the model and its baselines under one protocol, and what to show for it.
+
+The logic lives in evaluation/ and reporting/; a node unpacks its block and calls it.
+"""
 
 from __future__ import annotations
 
@@ -10,44 +13,40 @@ from matplotlib.figure import Figure
 from plotly.graph_objects import Figure as PlotlyFigure
 
 from twotower_pipeline.evaluation import index as ann
-from twotower_pipeline.evaluation.baselines import als_scorer, popularity_scorer, random_scorer
-from twotower_pipeline.evaluation.health import HealthThresholds, health_report
+from twotower_pipeline.evaluation.baselines import baseline_metrics
+from twotower_pipeline.evaluation.health import HealthThresholds, RunFacts, health_report
+from twotower_pipeline.evaluation.model_metrics import model_metrics
+from twotower_pipeline.evaluation.retrieval import recommend_known_users
 from twotower_pipeline.model.towers import TwoTowerModel
-from twotower_pipeline.ranking.metrics import Scorer, top_k_unseen
-from twotower_pipeline.ranking.pointwise import binary_log_loss, pair_scores, roc_auc
-from twotower_pipeline.ranking.protocol import COLD_SECTIONS, HeldOutSet, held_out_sets, score_sets
+from twotower_pipeline.ranking.protocol import HeldOutSet, held_out_sets
 from twotower_pipeline.reporting import markdown as reporting
 from twotower_pipeline.reporting.report_sections import RunOutputs
-from twotower_pipeline.training.examples import validation_sample
 
 logger = logging.getLogger(__name__)
 
 
-def _pointwise(
-    scorer: Scorer, held_out: HeldOutSet, n_items: int, neg_ratio: int, seed: int, chunk: int
-) -> dict:
-    """Return log loss and AUC of the scorer's logits on positives + neg_ratio negatives each.
-
-    The sample is drawn as training's validation sample (a user's negatives
-    exclude its known and held-out positives), so the figures compare with
-    the history's val_loss / val_auc.
-    """
-    sample = validation_sample(held_out.known, held_out.positives, n_items, neg_ratio, seed)
-    items = sample.items.numpy()
-    labels = sample.labels.numpy().ravel()
-    # One row per positive and its negatives (users (P,), items (P, 1 + neg_ratio)), or flat.
-    users = np.repeat(sample.users.numpy(), items.size // sample.users.numel())
-    logits = pair_scores(scorer, users, items.ravel(), chunk_size=chunk)
-    positives = int(labels.sum())
-    return {
-        "log_loss": binary_log_loss(logits, labels),
-        "auc": roc_auc(logits, labels),
-        "sample_positives": positives,
-        "sample_negatives": int(labels.size - positives),
-    }
+def _held_out(
+    train_interactions: pd.DataFrame,
+    val_interactions: pd.DataFrame,
+    test_interactions: pd.DataFrame,
+    test_cold_interactions: pd.DataFrame,
+    n_items: int,
+    evaluation: dict,
+    seed: int,
+) -> dict[str, HeldOutSet]:
+    """Return the four evaluation sets, each a seeded sample of evaluation.max_users users."""
+    return held_out_sets(
+        train_interactions,
+        val_interactions,
+        test_interactions,
+        test_cold_interactions,
+        n_items,
+        evaluation["max_users"],
+        seed,
+    )
 
 
-def evaluate_model(
+def evaluate_model(  # nine arguments: each is one dataset of the catalog
     two_tower_model: dict,
     model_config: dict,
     train_interactions: pd.DataFrame,
@@ -67,37 +66,16 @@ def evaluate_model(
     """
     model = TwoTowerModel.from_state(model_config, two_tower_model)
     n_users, n_items = int(model_config["n_users"]), int(model_config["n_items"])
-    sets = held_out_sets(
+    sets = _held_out(
         train_interactions,
         val_interactions,
         test_interactions,
         test_cold_interactions,
         n_items,
-        evaluation["max_users"],
+        evaluation,
         seed,
     )
-    scorers: dict[tuple[int, int], Scorer] = {}
-
-    def scorer_for(known: pd.DataFrame, positives: pd.DataFrame) -> Scorer:
-        key = (id(known), id(positives))
-        if key not in scorers:
-            scorers[key] = model.catalogue_scorer(known, positives)
-        return scorers[key]
-
-    chunk = evaluation["chunk_size"]
-    results = score_sets(scorer_for, sets, n_users, n_items, evaluation["ks"], chunk, seed)
-    for section, prefix in (("test", "test"), ("validation", "val")):
-        held_out = sets[section]
-        pointwise = _pointwise(
-            scorer_for(held_out.known, held_out.positives),
-            held_out,
-            n_items,
-            neg_ratio,
-            seed,
-            chunk,
-        )
-        results[section].update({f"{prefix}_{name}": v for name, v in pointwise.items()})
-    return results
+    return model_metrics(model, sets, n_users, n_items, evaluation, neg_ratio, seed)
 
 
 def evaluate_baselines(
@@ -112,94 +90,22 @@ def evaluate_baselines(
 ) -> dict:
     """Return, per evaluation set, the metrics of popularity, random and implicit ALS.
 
-    Every baseline is fitted on train only. ALS (when installed and enabled)
-    is scored on test and validation; the cold sets get popularity and random.
+    Every baseline is fitted on train only (evaluation.baselines.baseline_metrics).
     """
     n_users, n_items = len(user_index), len(item_index)
-    sets = held_out_sets(
+    sets = _held_out(
         train_interactions,
         val_interactions,
         test_interactions,
         test_cold_interactions,
         n_items,
-        evaluation["max_users"],
+        evaluation,
         seed,
     )
-    scorers = {
-        "popularity": popularity_scorer(train_interactions, n_items),
-        "random": random_scorer(n_items, seed),
-    }
-    skipped = None
-    if not evaluation["als"]["enabled"]:
-        skipped = "disabled in parameters (evaluation.als.enabled)"
-    else:
-        als = als_scorer(train_interactions, n_users, n_items, evaluation["als"], seed)
-        if als is None:
-            skipped = "the optional library implicit is not installed"
-            logger.warning(
-                "implicit is not installed: the ALS baseline is skipped "
-                "(pip install -e '.[baselines]')"
-            )
-        else:
-            scorers["als"] = als
-    results: dict[str, dict] = {section: {} for section in sets}
-    for name, scorer in scorers.items():
-        scored = {s: held for s, held in sets.items() if name != "als" or s not in COLD_SECTIONS}
-        by_section = score_sets(
-            lambda known, positives, scorer=scorer: scorer,
-            scored,
-            n_users,
-            n_items,
-            evaluation["ks"],
-            evaluation["chunk_size"],
-            seed,
-        )
-        for section, metrics in by_section.items():
-            results[section][name] = metrics
-    if skipped:
-        for section in ("test", "validation"):
-            results[section]["als"] = {"skipped": skipped}
-    return results
+    return baseline_metrics(train_interactions, sets, n_users, n_items, evaluation, seed)
 
 
-def _lift(model: dict, baseline: dict) -> dict:
-    """Return model / baseline for each ranking metric (not coverage, not standard errors)."""
-    return {
-        name: (value / baseline[name] if baseline.get(name) else None)
-        for name, value in model.items()
-        if name == "mrr" or ("@" in name and not name.startswith(("coverage", "hit_rate_se")))
-    }
-
-
-def _side_by_side(model: dict, baselines: dict, reference: str) -> dict:
-    """Return {"model": ..., baselines..., "lift_over_<reference>": ...} (no lift if skipped)."""
-    comparison = {"model": model, **baselines}
-    if "skipped" not in model and "skipped" not in baselines[reference]:
-        comparison[f"lift_over_{reference}"] = _lift(model, baselines[reference])
-    return comparison
-
-
-def compare_with_baselines(model_metrics: dict, baseline_metrics: dict, ann_metrics: dict) -> dict:
-    """Return evaluation_metrics: test figures at the top, then validation and the cold sets.
-
-    Top level (test) and "validation": model, popularity, random, als and the
-    model's lift over popularity. "cold_items" and "cold_items_full": model,
-    popularity and random, with the lift over random. The retrieval index's
-    recall against exact search rides along under "ann".
-    """
-    comparison = _side_by_side(model_metrics["test"], baseline_metrics["test"], "popularity")
-    comparison["ann"] = ann_metrics
-    comparison["validation"] = _side_by_side(
-        model_metrics["validation"], baseline_metrics["validation"], "popularity"
-    )
-    for section in COLD_SECTIONS:
-        comparison[section] = _side_by_side(
-            model_metrics[section], baseline_metrics[section], "random"
-        )
-    return comparison
-
-
-def recommend(
+def recommend(  # nine arguments: each is one dataset of the catalog
     two_tower_model: dict,
     model_config: dict,
     interactions: pd.DataFrame,
@@ -218,30 +124,15 @@ def recommend(
     it is the history the model reads.
     """
     model = TwoTowerModel.from_state(model_config, two_tower_model)
-    n_users, n_items = model.config.n_users, model.config.n_items
-    use_index = n_items > index["recommend_above_n_items"]
-    if use_index and item_ann_index.index is None:
-        logger.warning("recommendations use exact search: %s", item_ann_index.skipped)
-    if use_index and item_ann_index.index is not None:
-        recs = ann.top_k_unseen(
-            item_ann_index,
-            ann.vectors_of(user_embeddings),
-            np.arange(n_users),
-            interactions,
-            evaluation["recommendations_k"],
-            model.logit_scale,
-            evaluation["chunk_size"],
-        )
-    else:
-        recs = top_k_unseen(
-            model.catalogue_scorer(interactions),
-            interactions,
-            np.arange(n_users),
-            n_users,
-            n_items,
-            evaluation["recommendations_k"],
-            evaluation["chunk_size"],
-        )
+    recs = recommend_known_users(
+        model,
+        interactions,
+        item_ann_index,
+        user_embeddings,
+        evaluation["recommendations_k"],
+        evaluation["chunk_size"],
+        index["recommend_above_n_items"],
+    )
     return pd.DataFrame(
         {
             "user_id": user_index["user_id"].to_numpy()[recs["user"].to_numpy()],
@@ -271,17 +162,20 @@ def diagnose_training(
             f"evaluation.headline_k={k} must be one of evaluation.ks={evaluation['ks']}"
         )
     model = evaluation_metrics["validation"]["model"]
-    return health_report(
-        training_history,
-        np.stack(item_embeddings["embedding"].to_numpy()),
+    facts = RunFacts(
         float(model_config["max_logit_scale"]),
-        evaluation_metrics,
         neg_ratio,
-        HealthThresholds.from_params(evaluation["health"]),
         k,
         model.get("val_sample_positives"),
         model.get("val_sample_negatives"),
         model_config.get("logit_scale"),
+    )
+    return health_report(
+        training_history,
+        np.stack(item_embeddings["embedding"].to_numpy()),
+        evaluation_metrics,
+        facts,
+        HealthThresholds.from_params(evaluation["health"]),
     )
 
 

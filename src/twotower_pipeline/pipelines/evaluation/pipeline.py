@@ -2,9 +2,10 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from twotower_pipeline.evaluation.comparison import compare_with_baselines
+
 from .index_nodes import build_item_index, evaluate_item_index
 from .nodes import (
-    compare_with_baselines,
     diagnose_training,
     evaluate_baselines,
     evaluate_model,
@@ -17,7 +18,8 @@ from .nodes import (
 from .report_nodes import write_html_report
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def _scoring() -> Pipeline:
+    """The model and the baselines scored under one protocol, side by side."""
     return Pipeline(
         [
             Node(
@@ -52,6 +54,20 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="evaluate_baselines",
             ),
             Node(
+                compare_with_baselines,
+                inputs=["model_metrics", "baseline_metrics", "ann_metrics"],
+                outputs="evaluation_metrics",
+                name="compare_with_baselines",
+            ),
+        ]
+    )
+
+
+def _retrieval() -> Pipeline:
+    """The item index, its recall against exact search, and the recommendations."""
+    return Pipeline(
+        [
+            Node(
                 build_item_index,
                 inputs=["item_embeddings", "params:index", "params:seed"],
                 outputs="item_ann_index",
@@ -70,12 +86,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="evaluate_item_index",
             ),
             Node(
-                compare_with_baselines,
-                inputs=["model_metrics", "baseline_metrics", "ann_metrics"],
-                outputs="evaluation_metrics",
-                name="compare_with_baselines",
-            ),
-            Node(
                 recommend,
                 inputs=[
                     "two_tower_model",
@@ -91,6 +101,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="recommendations",
                 name="recommend",
             ),
+        ]
+    )
+
+
+def _diagnosis() -> Pipeline:
+    """The health report and the plots."""
+    return Pipeline(
+        [
             Node(
                 diagnose_training,
                 inputs=[
@@ -122,6 +140,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs=["model_vs_baselines_png", "model_vs_baselines_plotly"],
                 name="plot_model_vs_baselines",
             ),
+        ]
+    )
+
+
+def _reports() -> Pipeline:
+    """report.md and report.html."""
+    return Pipeline(
+        [
             # Depends on the health report, so it runs last and its summary ends the log.
             Node(
                 write_report,
@@ -159,3 +185,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
         ]
     )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return _scoring() + _retrieval() + _diagnosis() + _reports()
