@@ -106,11 +106,21 @@ def _item_genres(rng: np.random.Generator, n_items: int) -> tuple[np.ndarray, np
     return rank < per_item[:, None], per_item
 
 
-def generate_world(spec: SyntheticLogSpec) -> SyntheticWorld:
-    """Return the log with its side features and taste model, all from spec.seed."""
-    rng = np.random.default_rng(spec.seed)
-    n_users, n_items, dim = spec.n_users, spec.n_items, spec.taste_dim
+@dataclass(frozen=True)
+class _Catalogue:
+    """The items' side of the world: genres, studio, taste, popularity and release."""
 
+    membership: np.ndarray  # bool (n_items, n_genres)
+    studio: np.ndarray
+    taste: np.ndarray
+    log_popularity: np.ndarray
+    release: np.ndarray  # seconds after _START; 0 for items there from the start
+    new_items: np.ndarray  # the indices of the new arrivals
+
+
+def _item_side(rng: np.random.Generator, spec: SyntheticLogSpec) -> tuple:
+    """Return the items' genres, studio, taste and log popularity, drawn in this order."""
+    n_items, dim = spec.n_items, spec.taste_dim
     membership, per_item = _item_genres(rng, n_items)
     genre_taste = rng.standard_normal((len(GENRES), dim))
     # The mean of k unit-variance directions has variance 1/k: scale it back to 1.
@@ -123,7 +133,12 @@ def generate_world(spec: SyntheticLogSpec) -> SyntheticWorld:
         (n_items, dim),
     )
     item_log_popularity = rng.normal(0.0, spec.popularity_sigma, n_items)
+    return membership, studio, item_taste, item_log_popularity
 
+
+def _user_side(rng: np.random.Generator, spec: SyntheticLogSpec) -> tuple:
+    """Return the users' age, region, taste and interaction counts, drawn in this order."""
+    n_users, dim = spec.n_users, spec.taste_dim
     age = np.clip(np.round(rng.normal(_AGE_MEAN, _AGE_STD, n_users)), 16, 80).astype(np.int64)
     age_part = ((age - _AGE_MEAN) / _AGE_STD)[:, None] * rng.standard_normal(dim)[None, :]
     region = rng.integers(0, spec.n_regions, n_users)
@@ -134,12 +149,18 @@ def generate_world(spec: SyntheticLogSpec) -> SyntheticWorld:
 
     activity = rng.lognormal(0.0, spec.activity_sigma, n_users)
     activity *= spec.mean_interactions_per_user / activity.mean()
-    max_per_user = n_items // 2
+    max_per_user = spec.n_items // 2
     counts = np.clip(np.round(activity), spec.min_interactions_per_user, max_per_user)
-    counts = counts.astype(np.int64)
+    return age, region, user_taste, counts.astype(np.int64)
 
-    # Each user is active over a window of the two years; new arrivals are released
-    # near the end, so only users still active then can choose them.
+
+def _windows_and_releases(rng: np.random.Generator, spec: SyntheticLogSpec) -> tuple:
+    """Return each user's active window (start, end) and the new arrivals with their release.
+
+    Each user is active over a window of the two years; new arrivals are released
+    near the end, so only users still active then can choose them.
+    """
+    n_users, n_items = spec.n_users, spec.n_items
     window_start = rng.uniform(0.0, spec.last_start, n_users) * _SPAN_SECONDS
     last_end = (1.0 - spec.new_item_lag) * _SPAN_SECONDS
     window_end = np.minimum(
@@ -150,18 +171,29 @@ def generate_world(spec: SyntheticLogSpec) -> SyntheticWorld:
     new_items = rng.choice(n_items, size=n_new, replace=False)
     release[new_items] = rng.uniform(1.0 - spec.new_item_window, 1.0 - spec.new_item_lag, n_new)
     release *= _SPAN_SECONDS
+    return window_start, window_end, release, new_items
 
-    user_vectors = spec.taste_strength * user_taste
+
+def _choose_items(
+    rng: np.random.Generator,
+    spec: SyntheticLogSpec,
+    user_vectors: np.ndarray,
+    window_end: np.ndarray,
+    counts: np.ndarray,
+    catalogue: _Catalogue,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (user, item) index pairs: each user's counts[user] distinct items, by taste."""
     users, items = [], []
+    n_users, n_items, new_items = spec.n_users, spec.n_items, catalogue.new_items
     chunk = max(1, 2_000_000 // n_items)
     for start in range(0, n_users, chunk):
         stop = min(start + chunk, n_users)
         logits = true_logits(
             user_vectors[start:stop],
             window_end[start:stop],
-            item_taste,
-            item_log_popularity,
-            release,
+            catalogue.taste,
+            catalogue.log_popularity,
+            catalogue.release,
         )
         # Sampling without replacement: the Gumbel top-k trick draws k distinct
         # items with probability proportional to exp(logit), a chunk of users at once.
@@ -174,12 +206,64 @@ def generate_world(spec: SyntheticLogSpec) -> SyntheticWorld:
         available = (keys > _UNRELEASED / 2).sum(axis=1)
         for row, user in enumerate(range(start, stop)):
             # A copy: a slice would keep the chunk's whole (users x items) order alive,
-            # and memory would grow with users x items (8 GB at 50k x 20k).
+            # and memory would grow with users x items.
             chosen = order[row, : min(counts[user], available[row])].copy()
             users.append(np.full(chosen.size, user, dtype=np.int64))
             items.append(chosen)
-    user_idx = np.concatenate(users)
-    item_idx = np.concatenate(items)
+    return np.concatenate(users), np.concatenate(items)
+
+
+def _labelled_log(
+    rng: np.random.Generator,
+    spec: SyntheticLogSpec,
+    user_idx: np.ndarray,
+    item_idx: np.ndarray,
+    timestamp: np.ndarray,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Return the shuffled log in original ids, and the users' and items' ids by index."""
+    # Original ids look like real ones: strings that are not row positions.
+    user_labels = np.array([f"u{u:05d}" for u in rng.permutation(spec.n_users)])
+    item_labels = np.array([f"i{i:05d}" for i in rng.permutation(spec.n_items)])
+    frame = pd.DataFrame(
+        {
+            "user_id": user_labels[user_idx],
+            "item_id": item_labels[item_idx],
+            "timestamp": timestamp.astype(np.int64),
+        }
+    )
+    interactions = frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
+    return interactions, user_labels, item_labels
+
+
+def _item_features(
+    spec: SyntheticLogSpec, catalogue: _Catalogue, item_labels: np.ndarray
+) -> pd.DataFrame:
+    """Return the items' side features: genres (a list each) and studio."""
+    genre_names = np.array(GENRES, dtype=object)
+    item_rows, genre_cols = np.nonzero(catalogue.membership)
+    genres = np.split(
+        genre_names[genre_cols], np.cumsum(np.bincount(item_rows, minlength=spec.n_items))[:-1]
+    )
+    return pd.DataFrame(
+        {
+            "item_id": item_labels,
+            "genres": [list(g) for g in genres],
+            "studio": np.array([f"studio_{s:02d}" for s in range(spec.n_studios)])[
+                catalogue.studio
+            ],
+        }
+    )
+
+
+def generate_world(spec: SyntheticLogSpec) -> SyntheticWorld:
+    """Return the log with its side features and taste model, all from spec.seed."""
+    rng = np.random.default_rng(spec.seed)
+    membership, studio, item_taste, item_log_popularity = _item_side(rng, spec)
+    age, region, user_taste, counts = _user_side(rng, spec)
+    window_start, window_end, release, new_items = _windows_and_releases(rng, spec)
+    catalogue = _Catalogue(membership, studio, item_taste, item_log_popularity, release, new_items)
+    user_vectors = spec.taste_strength * user_taste
+    user_idx, item_idx = _choose_items(rng, spec, user_vectors, window_end, counts, catalogue)
 
     # Events fall in the user's window in random order (the taste, not the time,
     # carries the signal); new arrivals are met in the user's last session, just
@@ -191,31 +275,8 @@ def generate_world(spec: SyntheticLogSpec) -> SyntheticWorld:
         is_new, spec.new_item_lag * _SPAN_SECONDS, window_end[user_idx] - window_start[user_idx]
     )
     timestamp = _START + first + offsets * length
+    interactions, user_labels, item_labels = _labelled_log(rng, spec, user_idx, item_idx, timestamp)
 
-    # Original ids look like real ones: strings that are not row positions.
-    user_labels = np.array([f"u{u:05d}" for u in rng.permutation(n_users)])
-    item_labels = np.array([f"i{i:05d}" for i in rng.permutation(n_items)])
-    frame = pd.DataFrame(
-        {
-            "user_id": user_labels[user_idx],
-            "item_id": item_labels[item_idx],
-            "timestamp": timestamp.astype(np.int64),
-        }
-    )
-    interactions = frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
-
-    genre_names = np.array(GENRES, dtype=object)
-    item_rows, genre_cols = np.nonzero(membership)
-    genres = np.split(
-        genre_names[genre_cols], np.cumsum(np.bincount(item_rows, minlength=n_items))[:-1]
-    )
-    item_features = pd.DataFrame(
-        {
-            "item_id": item_labels,
-            "genres": [list(g) for g in genres],
-            "studio": np.array([f"studio_{s:02d}" for s in range(spec.n_studios)])[studio],
-        }
-    )
     user_features = pd.DataFrame(
         {
             "user_id": user_labels,
@@ -223,7 +284,7 @@ def generate_world(spec: SyntheticLogSpec) -> SyntheticWorld:
             "region": np.array([f"region_{r}" for r in range(spec.n_regions)])[region],
         }
     )
-    taste_columns = [f"taste_{k}" for k in range(dim)]
+    taste_columns = [f"taste_{k}" for k in range(spec.taste_dim)]
     item_truth = pd.DataFrame(item_taste, columns=taste_columns)
     item_truth.insert(0, "item_id", item_labels)
     item_truth.insert(1, "log_popularity", item_log_popularity)
@@ -231,6 +292,7 @@ def generate_world(spec: SyntheticLogSpec) -> SyntheticWorld:
     user_truth = pd.DataFrame(user_vectors, columns=taste_columns)
     user_truth.insert(0, "user_id", user_labels)
     user_truth.insert(1, "window_end", (_START + window_end).astype(np.int64))
+    item_features = _item_features(spec, catalogue, item_labels)
     return SyntheticWorld(interactions, item_features, user_features, item_truth, user_truth)
 
 
