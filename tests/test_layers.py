@@ -55,7 +55,7 @@ FRAMEWORKS: dict[str, tuple[str, ...]] = {
     "kedro_datasets": ("io.", "hooks.", "spark.datasets"),
     "kedro_mlflow": ("hooks.mlflow",),
     "pyspark": ("spark.",),
-    "mlflow": ("io.tracking",),
+    "mlflow": ("io.tracking", "io.serving"),
     "faiss": ("evaluation.index",),
 }
 

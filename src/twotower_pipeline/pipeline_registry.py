@@ -7,6 +7,7 @@ from twotower_pipeline.pipelines import (
     features,
     ingestion,
     negative_sampling,
+    recommend,
     split,
     training,
 )
@@ -49,6 +50,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         **stages,
         "data_processing": data_processing,
         "train": train,
+        "recommend": as_stage(recommend.create_pipeline(), "recommend"),  # not in __default__
         "__default__": data_processing + train,
     }
     if spark_env_active():  # conf/<env>/spark.yml: ingestion and the split run on PySpark

@@ -253,6 +253,11 @@ class Index(Block):
     recommend_above_n_items: NonNegativeInt
 
 
+class Recommend(Block):
+    k: PositiveInt
+    chunk_size: PositiveInt
+
+
 # --- the whole -----------------------------------------------------------------------
 
 
@@ -273,6 +278,7 @@ class Parameters(Block):
     training: Training
     evaluation: Evaluation
     index: Index
+    recommend: Recommend
 
     @model_validator(mode="after")
     def _rules(self) -> Parameters:
