@@ -145,29 +145,15 @@ def _text(values: pd.Series) -> np.ndarray:
     return values.astype(str).to_numpy(dtype=object)
 
 
-def validate_features(
-    raw: pd.DataFrame | None, spec: FeatureSpec, index_ids: pd.Series
-) -> tuple[FeatureTable, dict]:
-    """Return the checked table (rows of known ids only) and a report of what was dropped.
-
-    index_ids holds the original id of each index (item_index.item_id or
-    user_index.user_id). Raises InvalidFeaturesError naming the file, column and
-    count for: a missing file or column, null or duplicate ids, no id shared
-    with the interactions, null values (unless missing_values is "unknown"), a
-    multi-valued cell that is not a list (or not text, with a delimiter), a
-    flag that is not 0/1, a numeric value that is not a number or a date.
-    Ids unknown to the interactions are dropped and counted: a catalogue file
-    usually lists items nobody interacted with.
-    """
-    role = f"features.{spec.side}"
+def _check_file(raw: pd.DataFrame | None, spec: FeatureSpec, role: str) -> None:
+    """Raise InvalidFeaturesError for a missing file, no rows, or a mapped column not there."""
     if raw is None:
         _fail(
             spec,
             f"the file does not exist, but {role} maps its columns. Put the file there, "
             f"point the catalog's {spec.side}_features at yours, or set {role}: null",
         )
-    rows_read = len(raw)
-    if rows_read == 0:
+    if len(raw) == 0:
         _fail(spec, "the file holds no rows")
     missing = [c for c in spec.columns() if c not in raw.columns]
     if missing:
@@ -177,6 +163,12 @@ def validate_features(
             f"Map your columns with {role} in parameters.",
         )
 
+
+def _known_ids(
+    raw: pd.DataFrame, spec: FeatureSpec, index_ids: pd.Series, role: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return each row's index (-1: unknown) and which rows are known; raise on bad ids."""
+    rows_read = len(raw)
     ids = raw[spec.id]
     null_ids = ids.isna().to_numpy()
     if null_ids.any():
@@ -202,15 +194,14 @@ def validate_features(
             f"interactions (e.g. {ids.iloc[0]!r} vs {index_ids.iloc[0]!r}); is it the feature "
             f"file of this log? Set {role}: null to run without {spec.side} features",
         )
-    table = raw.loc[known].reset_index(drop=True)
-    file_rows = np.flatnonzero(known)  # table row -> data row of the file, for messages
-    report = {
-        "source": spec.source,
-        "rows_read": rows_read,
-        "unknown_ids_dropped": int((~known).sum()),
-        "missing_values": {},
-    }
+    return entity, known
 
+
+def _read_fields(
+    table: pd.DataFrame, spec: FeatureSpec, file_rows: np.ndarray, missing_values: dict
+) -> dict[str, FieldValues]:
+    """Return each field's values; nulls are counted into missing_values, or raise."""
+    role = f"features.{spec.side}"
     fields: dict[str, FieldValues] = {}
     for name, kind in spec.fields():
         if kind == "multi_hot":
@@ -226,7 +217,7 @@ def validate_features(
                     f"{len(table)} rows (first at data row {file_rows[_first_row(nulls)]}); set "
                     f"{role}.missing_values: unknown to read them as unknown",
                 )
-            report["missing_values"][name] = int(nulls.sum())
+            missing_values[name] = int(nulls.sum())
         rows = np.flatnonzero(~nulls)
         present = column.iloc[rows]
         if kind == "categorical":
@@ -235,6 +226,35 @@ def validate_features(
             fields[name] = _multi_valued(present, rows, file_rows, spec, name)
         else:
             fields[name] = FieldValues(rows, _numbers(present, spec, name))
+    return fields
+
+
+def validate_features(
+    raw: pd.DataFrame | None, spec: FeatureSpec, index_ids: pd.Series
+) -> tuple[FeatureTable, dict]:
+    """Return the checked table (rows of known ids only) and a report of what was dropped.
+
+    index_ids holds the original id of each index (item_index.item_id or
+    user_index.user_id). Raises InvalidFeaturesError naming the file, column and
+    count for: a missing file or column, null or duplicate ids, no id shared
+    with the interactions, null values (unless missing_values is "unknown"), a
+    multi-valued cell that is not a list (or not text, with a delimiter), a
+    flag that is not 0/1, a numeric value that is not a number or a date.
+    Ids unknown to the interactions are dropped and counted: a catalogue file
+    usually lists items nobody interacted with.
+    """
+    role = f"features.{spec.side}"
+    _check_file(raw, spec, role)
+    entity, known = _known_ids(raw, spec, index_ids, role)
+    table = raw.loc[known].reset_index(drop=True)
+    file_rows = np.flatnonzero(known)  # table row -> data row of the file, for messages
+    report = {
+        "source": spec.source,
+        "rows_read": len(raw),
+        "unknown_ids_dropped": int((~known).sum()),
+        "missing_values": {},
+    }
+    fields = _read_fields(table, spec, file_rows, report["missing_values"])
     return FeatureTable(entity[known].astype(np.int64), fields), report
 
 
