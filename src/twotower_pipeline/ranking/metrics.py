@@ -354,7 +354,7 @@ def metrics_from_ranks(rankings: Rankings, ks: Sequence[int]) -> dict[str, float
     return result
 
 
-def ranking_metrics(
+def ranking_metrics(  # nine arguments: the protocol's loose terms read better than a config
     score_users: Scorer,
     known: pd.DataFrame,
     held_out: pd.DataFrame,

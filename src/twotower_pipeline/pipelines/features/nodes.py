@@ -51,7 +51,7 @@ def encode_features(
     return tables["item"], tables["user"], encoders, report
 
 
-def score_oracle(
+def score_oracle(  # eleven arguments: each is one dataset of the catalog
     synthetic_item_taste: pd.DataFrame | None,
     synthetic_user_taste: pd.DataFrame | None,
     user_index: pd.DataFrame,
