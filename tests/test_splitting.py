@@ -11,8 +11,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from twotower_pipeline.config.errors import SettingsError
+from twotower_pipeline.config.schema import check_parameters
 from twotower_pipeline.data.ingestion_report import InvalidInteractionsError
 from twotower_pipeline.data.splitting import SplitSpec, cold_items, split_interactions
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def log(rows: list[tuple[int, int, int]]) -> pd.DataFrame:
@@ -37,8 +41,7 @@ def spec(**overrides) -> SplitSpec:
 
 
 def test_the_spec_matches_the_base_parameters():
-    root = Path(__file__).resolve().parents[1]
-    params = yaml.safe_load((root / "conf/base/parameters_split.yml").read_text())["split"]
+    params = yaml.safe_load((ROOT / "conf/base/parameters_split.yml").read_text())["split"]
     assert SplitSpec.from_params(params) == spec()
 
 
@@ -206,19 +209,47 @@ def test_a_split_that_leaves_test_empty_is_an_error():
         split_interactions(frame, spec(), seed=0)
 
 
+def base_parameters() -> dict:
+    parameters = {}
+    for path in sorted((ROOT / "conf" / "base").glob("parameters*.yml")):
+        parameters.update(yaml.safe_load(path.read_text()))
+    return parameters
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"strategy": "random"}, "leave_last_out or global_temporal"),
-        ({"temporal_quantiles": [0.9, 0.8]}, "validation < test"),
-        ({"temporal_quantiles": [0.9]}, "two numbers"),
-        ({"cold_item_fraction": 1.0}, "cold_item_fraction"),
-        ({"min_train_interactions": 0}, "min_train_interactions"),
+        (
+            {"strategy": "random"},
+            "split.strategy='random': input should be 'leave_last_out' or 'global_temporal'",
+        ),
+        (
+            {"temporal_quantiles": [0.9, 0.8]},
+            "split: temporal_quantiles must be [validation, test] with validation < test, "
+            "not [0.9, 0.8]",
+        ),
+        (
+            {"temporal_quantiles": [0.9]},
+            "split: temporal_quantiles must be [validation, test] with validation < test, "
+            "not [0.9]",
+        ),
+        (
+            {"temporal_quantiles": [0.0, 0.5]},
+            "split.temporal_quantiles.0=0.0: input should be greater than 0",
+        ),
+        ({"cold_item_fraction": 1.0}, "split.cold_item_fraction=1.0: input should be less than 1"),
     ],
 )
-def test_bad_parameters_are_rejected_by_name(override, message):
-    with pytest.raises(ValueError, match=message):
-        spec(**override)
+def test_bad_parameters_get_the_schemas_one_line_message(override, message):
+    parameters = base_parameters()
+    with pytest.raises(SettingsError) as caught:
+        check_parameters({**parameters, "split": {**parameters["split"], **override}})
+    assert str(caught.value).startswith(f"bad settings (1): {message} (")
+
+
+def test_a_spec_that_leaves_no_training_row_is_rejected_by_name():
+    with pytest.raises(ValueError, match="split.min_train_interactions must be >= 1, not 0"):
+        spec(min_train_interactions=0)
 
 
 # --- properties ----------------------------------------------------------------------

@@ -18,12 +18,14 @@ import pandas as pd
 from twotower_pipeline.data.ingestion_report import InvalidInteractionsError, iso_utc
 from twotower_pipeline.data.ordering import is_sorted_by_user_time, sort_by_user_time
 
-STRATEGIES = ("leave_last_out", "global_temporal")
-
 
 @dataclass(frozen=True)
 class SplitSpec:
-    """Which split, and its knobs (values come from parameters_split.yml; no defaults here)."""
+    """Which split, and its knobs (values come from parameters_split.yml; no defaults here).
+
+    config/schema.py checks the strategy, the quantiles and the cold fraction; this
+    object trusts them.
+    """
 
     strategy: str  # leave_last_out | global_temporal
     min_train_interactions: int  # leave_last_out: users with fewer left for train stay in train
@@ -31,25 +33,13 @@ class SplitSpec:
     cold_item_fraction: float  # share of the catalogue whose every interaction leaves train
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(
-                f"split.strategy must be leave_last_out or global_temporal, not {self.strategy!r}"
-            )
+        # The schema lets 0 through; a user needs one training row to be scored at all.
         if self.min_train_interactions < 1:
             raise ValueError(
                 f"split.min_train_interactions must be >= 1, not {self.min_train_interactions}"
             )
         quantiles = tuple(float(q) for q in self.temporal_quantiles)
-        if len(quantiles) != 2 or not 0.0 < quantiles[0] < quantiles[1] < 1.0:
-            raise ValueError(
-                "split.temporal_quantiles must be two numbers 0 < validation < test < 1, "
-                f"not {list(self.temporal_quantiles)}"
-            )
         object.__setattr__(self, "temporal_quantiles", quantiles)
-        if not 0.0 <= self.cold_item_fraction < 1.0:
-            raise ValueError(
-                f"split.cold_item_fraction must be in [0, 1), not {self.cold_item_fraction}"
-            )
 
     @classmethod
     def from_params(cls, params: dict) -> SplitSpec:
