@@ -8,6 +8,8 @@ exactly from the complement of their positives.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -152,6 +154,17 @@ class _UserRangeBitmap:
         return (self.bits[local_keys >> 3] >> (local_keys & 7).astype(np.uint8)) & 1 == 1
 
 
+@dataclass(frozen=True)
+class _Draws:
+    """How one call of sample_negatives draws, the same for each of its chunks."""
+
+    neg_ratio: int
+    rng: np.random.Generator
+    probabilities: np.ndarray | None
+    cdf: np.ndarray | None  # cumulative probabilities, None for uniform
+    max_rounds: int
+
+
 def sample_negatives(
     users: np.ndarray,
     positives: PositiveSet,
@@ -176,6 +189,7 @@ def sample_negatives(
         return negatives
     _check_catalogue(users, positives)
     cdf = None if probabilities is None else np.cumsum(probabilities)
+    draws = _Draws(neg_ratio, rng, probabilities, cdf, max_rounds)
     n_items = positives.n_items
 
     grouped = bool((users[1:] >= users[:-1]).all())
@@ -195,15 +209,7 @@ def sample_negatives(
         else:
             bitmap = _KeySearch(positives, first_user, int(chunk[-1]))
         drawn[start:stop] = _sample_chunk(
-            chunk - first_user,
-            bitmap,
-            positives,
-            first_user,
-            neg_ratio,
-            rng,
-            probabilities,
-            cdf,
-            max_rounds,
+            chunk - first_user, bitmap, positives, first_user, draws
         ).reshape(chunk.size, neg_ratio)
         start = stop
     if not grouped:
@@ -216,17 +222,13 @@ def _sample_chunk(
     bitmap: _UserRangeBitmap | _KeySearch,
     positives: PositiveSet,
     first_user: int,
-    neg_ratio: int,
-    rng: np.random.Generator,
-    probabilities: np.ndarray | None,
-    cdf: np.ndarray | None,
-    max_rounds: int,
+    draws: _Draws,
 ) -> np.ndarray:
-    n_items = positives.n_items
-    row_base = np.repeat(local_users * n_items, neg_ratio)
+    n_items, rng, cdf = positives.n_items, draws.rng, draws.cdf
+    row_base = np.repeat(local_users * n_items, draws.neg_ratio)
     negatives = _draw(rng, n_items, row_base.size, cdf)
     pending = np.flatnonzero(bitmap.contains(row_base + negatives))
-    for _ in range(max_rounds):
+    for _ in range(draws.max_rounds):
         if pending.size == 0:
             break
         negatives[pending] = _draw(rng, n_items, pending.size, cdf)
@@ -239,8 +241,8 @@ def _sample_chunk(
         rows = pending[pending_users == user]
         allowed = np.setdiff1d(np.arange(n_items), positives.items_of(int(user)))
         weights = None
-        if probabilities is not None:
-            weights = probabilities[allowed]
+        if draws.probabilities is not None:
+            weights = draws.probabilities[allowed]
             weights = weights / weights.sum() if weights.sum() > 0 else None
         negatives[rows] = rng.choice(allowed, size=rows.size, p=weights)
     return negatives
