@@ -1,0 +1,130 @@
+"""Losses: BCE and the sampled softmax (logQ, accidental hits), each with its no-skill value."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from twotower_pipeline.training.losses import (
+    bce_loss,
+    bce_no_skill,
+    no_skill,
+    sampled_softmax_loss,
+    sampler_log_q,
+    softmax_no_skill,
+)
+
+
+def test_bce_no_skill_is_the_constant_guess():
+    assert bce_no_skill(5) == pytest.approx(0.4506, abs=5e-5)
+    guess = math.log(1 / 5)  # logit of p = 1/6
+    assert bce_loss(torch.full((4, 6), guess)).item() == pytest.approx(bce_no_skill(5), abs=1e-6)
+    assert no_skill("bce", 5, 2048) == bce_no_skill(5)
+    with pytest.raises(ValueError, match="bce, softmax"):
+        no_skill("hinge", 5, 2048)
+
+
+def test_softmax_at_uniform_logits_is_log_of_the_candidates():
+    batch, k = 4, 3
+    loss = sampled_softmax_loss(
+        torch.zeros(batch, batch),
+        torch.zeros(batch, k),
+        users=torch.arange(batch),
+        positives=torch.tensor([10, 11, 12, 13]),
+        negatives=torch.tensor([[0, 1, 2]] * batch),
+        sampled_log_q=None,
+    )
+    assert loss.item() == pytest.approx(math.log(batch + k))
+    assert softmax_no_skill(k, batch) == pytest.approx(math.log(batch + k))
+    assert no_skill("softmax", k, batch) == softmax_no_skill(k, batch)
+
+
+# Two users, one positive each (items 10, 11), one sampled negative each (12, 13), drawn uniformly
+# from a catalogue of 4: three candidates a row. logits[b, j]: user b against row j's positive.
+IN_BATCH = torch.tensor([[2.0, 0.0], [1.0, 3.0]])
+SAMPLED = torch.tensor([[1.0], [0.5]])
+USERS, POSITIVES, NEGATIVES = (
+    torch.tensor([0, 1]),
+    torch.tensor([10, 11]),
+    torch.tensor([[12], [13]]),
+)
+
+
+def _loss(
+    in_batch=IN_BATCH,
+    users=USERS,
+    positives=POSITIVES,
+    log_q=True,
+    sampled=SAMPLED,
+    negatives=NEGATIVES,
+):
+    q = sampler_log_q(negatives, n_items=4, probabilities=None) if log_q else None
+    return sampled_softmax_loss(in_batch, sampled, users, positives, negatives, q).item()
+
+
+def test_log_q_correction_by_hand():
+    e = math.exp
+    plain = (math.log(e(2) + e(0) + e(1)) - 2 + math.log(e(3) + e(1) + e(0.5)) - 3) / 2
+    assert _loss(log_q=False) == pytest.approx(plain)
+    # Each in-batch item is half the batch's positives (-log q = log 2, the positive's too);
+    # each sampled one was drawn with q = 1/4 (-log q = log 4): relative to the positive the
+    # sampled logit gains log 4 - log 2 = log 2, the in-batch negative nothing.
+    corrected = (math.log(e(2) + e(0) + 2 * e(1)) - 2 + math.log(e(3) + e(1) + 2 * e(0.5)) - 3) / 2
+    assert _loss() == pytest.approx(corrected)
+
+
+def test_log_q_of_a_popular_in_batch_item():
+    # Rows 0 and 1 share positive 10 (frequency 2/3), row 2 has 11 (1/3).
+    in_batch = torch.tensor([[1.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.0, 1.0]])
+    sampled = torch.zeros(3, 1)
+    loss = sampled_softmax_loss(
+        in_batch,
+        sampled,
+        torch.tensor([0, 1, 2]),
+        torch.tensor([10, 10, 11]),
+        torch.tensor([[12], [12], [12]]),
+        torch.full((3, 1), math.log(0.5)),
+    ).item()
+    e, l23, l13 = math.exp, math.log(2 / 3), math.log(1 / 3)
+    # Row 0: its target (10) is also row 1's positive: that copy is masked.
+    row0 = math.log(e(1 - l23) + e(0 - l13) + e(0 - math.log(0.5))) - (1 - l23)
+    row1 = math.log(e(2 - l23) + e(0.5 - l13) + e(-math.log(0.5))) - (2 - l23)
+    row2 = math.log(e(0 - l23) + e(0 - l23) + e(1 - l13) + e(-math.log(0.5))) - (1 - l13)
+    assert loss == pytest.approx((row0 + row1 + row2) / 3)
+
+
+def test_accidental_hits_are_masked():
+    # Rows 0 and 1 are one user's two positives (10, 11): neither is the other's negative, and
+    # row 0's sampled 11 and row 2's sampled 12 (its own target) are left out too.
+    in_batch = torch.tensor([[2.0, 5.0, 0.0], [5.0, 3.0, 1.0], [0.0, 0.0, 1.0]])
+    sampled = torch.tensor([[5.0], [0.0], [5.0]])
+    users, positives = torch.tensor([7, 7, 8]), torch.tensor([10, 11, 12])
+    negatives = torch.tensor([[11], [13], [12]])
+    loss = sampled_softmax_loss(in_batch, sampled, users, positives, negatives, None)
+    e = math.exp
+    row0 = math.log(e(2) + e(0)) - 2
+    row1 = math.log(e(3) + e(1) + e(0)) - 3
+    row2 = math.log(e(0) + e(0) + e(1)) - 1
+    assert loss.item() == pytest.approx((row0 + row1 + row2) / 3)
+    leaf = in_batch.clone().requires_grad_()
+    sampled_softmax_loss(leaf, sampled, users, positives, negatives, None).backward()
+    assert torch.isfinite(leaf.grad).all()
+    assert leaf.grad[0, 1] == 0 and leaf.grad[1, 0] == 0
+
+
+def test_sampler_log_q():
+    negatives = torch.tensor([[0, 2], [1, 1]])
+    torch.testing.assert_close(
+        sampler_log_q(negatives, 4, None), torch.full((2, 2), math.log(0.25))
+    )
+    p = np.array([0.5, 0.25, 0.125, 0.125])
+    expected = torch.log(torch.tensor([[0.5, 0.125], [0.25, 0.25]]))
+    torch.testing.assert_close(sampler_log_q(negatives, 4, p), expected)
+
+
+def test_shapes_are_checked():
+    with pytest.raises(ValueError, match="must be"):
+        sampled_softmax_loss(torch.zeros(2, 3), SAMPLED, USERS, POSITIVES, NEGATIVES, None)
