@@ -94,6 +94,8 @@ def make_spec(optimizer: str, device: str, compile_rows: str | bool = "auto") ->
         checkpoint_dir="unused",
         resume=False,
         progress_bar=False,
+        loss="bce",
+        log_q=True,
     )
 
 

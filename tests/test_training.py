@@ -107,6 +107,8 @@ def make_spec(tmp_path, **overrides) -> TrainingSpec:
         checkpoint_dir=str(tmp_path / "checkpoints"),
         resume=False,
         progress_bar=False,
+        loss="bce",
+        log_q=True,
     )
     return TrainingSpec(**(values | overrides))
 

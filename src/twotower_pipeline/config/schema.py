@@ -148,8 +148,20 @@ class Model(Block):
     user_id: bool
     user_id_dropout: Annotated[float, Field(ge=0, lt=1)]
     history_length: NonNegativeInt
-    history_pooling: Literal["mean", "recency"]
+    history_pooling: Literal["mean", "recency", "attention"]
+    attention_blocks: PositiveInt
+    attention_heads: PositiveInt
+    attention_dropout: Annotated[float, Field(ge=0, lt=1)]
     item_id_dropout: Annotated[float, Field(ge=0, lt=1)]
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> Model:
+        if self.history_pooling == "attention" and self.embedding_dim % self.attention_heads:
+            raise ValueError(
+                f"attention_heads {self.attention_heads} must divide embedding_dim "
+                f"{self.embedding_dim}"
+            )
+        return self
 
 
 class ModelSelection(Block):
@@ -188,6 +200,8 @@ class Training(Block):
     optimizer: Literal["rowwise", "rowwise_rmsprop", "dense"]
     compile_rows: AutoOrBool
     device: Literal["auto", "cpu", "cuda"]
+    loss: Literal["bce", "softmax"]
+    log_q: bool
     distributed: Distributed
 
 

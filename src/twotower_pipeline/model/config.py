@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+HISTORY_POOLINGS = ("mean", "recency", "attention")
+# A model saved before the attention pooling existed has no attention keys; they are
+# read only by that pooling, so such a model loads with them unset.
+UNUSED_ATTENTION = {"attention_blocks": 0, "attention_heads": 1, "attention_dropout": 0.0}
+
 
 @dataclass
 class TwoTowerConfig:
@@ -20,12 +25,16 @@ class TwoTowerConfig:
     user_id: bool  # a user-id embedding in the user tower
     user_id_dropout: float  # probability that a user's id is left out in a training step
     history_length: int  # items pooled into the user vector; 0: no history
-    history_pooling: str  # mean | recency (a learned weight per position)
+    history_pooling: str  # mean | recency (a learned weight per position) | attention
     item_id_dropout: float  # probability that an item's id is left out in a training step
     item_feature_vocab: int  # size of the item feature token space (1: no features)
     item_feature_width: int  # tokens per item (padded with 0)
     user_feature_vocab: int
     user_feature_width: int
+    # Read by the attention pooling only (model.attention_*; 0 blocks: no encoder).
+    attention_blocks: int = 0
+    attention_heads: int = 1
+    attention_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.n_users < 1 or self.n_items < 1 or self.embedding_dim < 1:
@@ -43,10 +52,14 @@ class TwoTowerConfig:
                 "the user tower has nothing to read: set model.user_id true, "
                 "model.history_length >= 1, or give user features"
             )
-        if self.history_pooling not in ("mean", "recency"):
+        if self.history_pooling not in HISTORY_POOLINGS:
             raise ValueError(
-                f"model.history_pooling must be mean or recency, not {self.history_pooling!r}"
+                f"model.history_pooling must be one of {', '.join(HISTORY_POOLINGS)}, "
+                f"not {self.history_pooling!r}"
             )
+        if self.history_pooling == "attention" and self.history_length > 0:
+            if self.attention_blocks < 1:
+                raise ValueError("model.history_pooling attention needs attention_blocks >= 1")
         for name in ("item_id_dropout", "user_id_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1), not {getattr(self, name)}")
@@ -59,6 +72,8 @@ class TwoTowerConfig:
     def from_dict(cls, values: dict) -> TwoTowerConfig:
         """Return the config of a model_config JSON (its `run_id`, the run that made it, aside)."""
         values = {key: value for key, value in values.items() if key != "run_id"}
+        if values.get("history_pooling") != "attention":
+            values = {**UNUSED_ATTENTION, **values}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         missing = sorted(known - set(values))

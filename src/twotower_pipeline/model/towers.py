@@ -47,6 +47,7 @@ from twotower_pipeline.model.layers import (
     weighted_rows,
 )
 from twotower_pipeline.model.scoring import CatalogueScoring
+from twotower_pipeline.model.sequence_encoder import CausalSelfAttention
 
 
 class TwoTowerModel(CatalogueScoring, nn.Module):
@@ -77,6 +78,17 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         self.recency = (
             nn.Parameter(torch.ones(c.history_length))
             if c.history_length > 0 and c.history_pooling == "recency"
+            else None
+        )
+        self.history_encoder = (
+            CausalSelfAttention(
+                c.embedding_dim,
+                c.history_length,
+                c.attention_blocks,
+                c.attention_heads,
+                c.attention_dropout,
+            )
+            if c.history_length > 0 and c.history_pooling == "attention"
             else None
         )
         self.user_mlp = mlp(c)
@@ -181,8 +193,14 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         history: tuple[torch.Tensor, torch.Tensor] | None,
         rows: Rows,
         anonymous: bool,
+        states: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return the user tower's vectors before normalisation."""
+        """Return the user tower's vectors before normalisation.
+
+        `states` (B, d), when given, are the history encoder's outputs at each row's
+        prefix end, computed by the caller over whole sequences (the sequence task);
+        they stand in for the history window.
+        """
         vector = torch.zeros((), device=users.device)
         if anonymous:
             if history is None or self.history_table is None:
@@ -194,12 +212,20 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
             vector = rows(self.user_id_table, users)
             if not self.training:  # a user unseen in training has an untrained id row
                 vector = vector * self.user_warm[users].unsqueeze(-1)
-            elif self.config.user_id_dropout > 0 and self._user_has_more_than_an_id(history):
+            elif self.config.user_id_dropout > 0 and self._user_has_more_than_an_id(
+                history if states is None else states
+            ):
                 # Training: ids are left out at random, so the rest of the tower carries
                 # the user on its own and the id only refines it.
                 kept = torch.rand(users.shape, device=users.device) >= self.config.user_id_dropout
                 vector = vector * kept.unsqueeze(-1)
-        if self.history_table is not None and history is not None:
+        if states is not None:
+            vector = vector + states
+        elif self.history_encoder is not None and history is not None:
+            items, mask = history
+            encoded = self.history_encoder(rows(self.history_table, items), mask)
+            vector = vector + self.history_encoder.last(encoded)
+        elif self.history_table is not None and history is not None:
             items, mask = history
             weights = mask.to(vector.dtype)
             count = weights.sum(-1, keepdim=True).clamp(min=1.0)
@@ -216,6 +242,20 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         return (self.history_table is not None and history is not None) or (
             self.user_feature_table is not None
         )
+
+    def encode_sequences(
+        self, items: torch.Tensor, mask: torch.Tensor, rows: Rows = full_rows
+    ) -> torch.Tensor:
+        """Return the history encoder's (W, L, d) outputs over right-aligned windows of items."""
+        if self.history_encoder is None:
+            raise ValueError("only model.history_pooling attention encodes whole sequences")
+        return self.history_encoder(rows(self.history_table, items), mask)
+
+    def user_vectors_from_states(
+        self, users: torch.Tensor, states: torch.Tensor, rows: Rows = full_rows
+    ) -> torch.Tensor:
+        """Return the user tower's vectors (B, d), before normalisation, from encoder states."""
+        return self._user_tower(users, None, rows, anonymous=False, states=states)
 
     def forward(
         self,
@@ -236,6 +276,27 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         if items.dim() == users.dim() + 1:
             return ScaledCosine.apply(user, item, self.log_scale)
         return ScaledCosine.apply(user, item.unsqueeze(1), self.log_scale).squeeze(1)
+
+    def score_batch(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        history: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rows: Rows = full_rows,
+        states: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (B, k) logits of (B, k) item groups and the (B, B) in-batch logits.
+
+        The in-batch block scores row b's user against row j's first item (its
+        positive) with the same scale: the batch's other positives as shared
+        negatives. `states` stand in for the history window (encode_sequences).
+        """
+        user = self._user_tower(users, history, rows, anonymous=False, states=states)
+        item = self._item_tower(items, rows, drop_ids=self.training)
+        logits = ScaledCosine.apply(user, item, self.log_scale)
+        unit_user = F.normalize(user, dim=-1)
+        unit_positive = F.normalize(item[:, 0], dim=-1)
+        return logits, (unit_user @ unit_positive.T) * self.log_scale.exp()
 
     # --- scoring ------------------------------------------------------------------------------
     @classmethod

@@ -30,10 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch.nn import functional as F
 from tqdm import tqdm
 
-from twotower_pipeline.model.layers import full_rows
 from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.training.checkpoints import (
     checkpoint_path,
@@ -50,14 +48,17 @@ from twotower_pipeline.training.examples import (
 )
 from twotower_pipeline.training.memory import keep_freed_memory
 from twotower_pipeline.training.optimizers import Optimizers, make_optimizer
+from twotower_pipeline.training.sequence_loop import train_sequence_epoch
+from twotower_pipeline.training.sequence_task import SequenceWindows, sequence_windows
 from twotower_pipeline.training.shard import Shard
-from twotower_pipeline.training.sparse_rows import SparseRows
 from twotower_pipeline.training.spec import (
     TrainingDivergedError,
     TrainingSpec,
     learning_rate_at,
     resolve_device,
 )
+from twotower_pipeline.training.step import Tally, take_step
+from twotower_pipeline.training.tasks import BatchScores, BceTask, SoftmaxTask, make_task
 from twotower_pipeline.training.validation import evaluate_epoch
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def train_epoch(
     positives: Positives,
     walk: EpochPass,
     shard: Shard | None = None,
+    task: BceTask | SoftmaxTask | None = None,
 ) -> tuple[float, int]:
     """Run one pass over the positives in a seeded random order; return (mean loss, examples).
 
@@ -108,19 +110,20 @@ def train_epoch(
     whose loss is NaN or infinite, before that step changes any weight. With a
     shard (shard.Shard), this rank steps on its share of each batch, the
     gradients are summed over ranks, and loss and examples are those of all ranks.
+    The task (train task, BCE when None) turns each batch's scores into its loss.
     """
+    task = task if task is not None else BceTask(0, walk.batch_size)
     device = positives.users.device
     n_positives = positives.users.numel()
     order = torch.randperm(n_positives, generator=walk.generator)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    n_examples = 0
-    labels = None
+    tally = Tally(device)
     steps = tqdm(
         total=-(-n_positives // walk.batch_size),
         desc=walk.description,
         leave=False,
         disable=not walk.progress,
     )
+    length = model.config.history_length
     for chunk_index, chunk_start in enumerate(range(0, n_positives, walk.chunk_positives)):
         rows_cpu = order[chunk_start : chunk_start + walk.chunk_positives]
         negatives = walk.negatives_of(chunk_index, rows_cpu).to(device)
@@ -131,60 +134,36 @@ def train_epoch(
             if shard is not None:
                 batch, batch_negatives = shard.split(batch, batch_negatives)
             items = torch.cat([positives.items[batch].unsqueeze(1), batch_negatives], 1)
-            if labels is None or labels.shape != items.shape:
-                labels = torch.zeros(items.shape, device=device)
-                labels[:, 0] = 1.0
+            users, window = positives.users[batch], positives.window(batch, length)
+
+            def score(table_rows, users=users, items=items, window=window) -> BatchScores:
+                return score_positives(model, task, users, items, window, table_rows)
+
             try:
-                loss_sum = _step(model, optimizers, positives, batch, items, labels, shard)
+                tally.add(*take_step(model, optimizers, task, score, shard), items.numel())
             except TrainingDivergedError as error:
                 raise TrainingDivergedError(
                     f"{error} at the step starting at positive {chunk_start + start}"
                 ) from None
-            total += loss_sum
-            n_examples += items.numel()
             steps.update()
     steps.close()
-    if shard is not None:
-        total, n_examples = shard.sum(total, n_examples)
-    return float(total) / max(n_examples, 1), n_examples
+    return tally.result(shard)
 
 
-def _step(
+def score_positives(
     model: TwoTowerModel,
-    optimizers: Optimizers,
-    positives: Positives,
-    batch: torch.Tensor,
+    task: BceTask | SoftmaxTask,
+    users: torch.Tensor,
     items: torch.Tensor,
-    labels: torch.Tensor,
-    shard: Shard | None,
-) -> torch.Tensor:
-    """Take one step on a batch; return its loss summed over its examples (detached)."""
-    sparse = SparseRows(optimizers.scratch) if optimizers.rowwise else None
-    logits = model(
-        positives.users[batch],
-        items,
-        positives.window(batch, model.config.history_length),
-        sparse if sparse is not None else full_rows,
-    )
-    if shard is None:
-        loss = F.binary_cross_entropy_with_logits(logits, labels)
-    else:
-        loss = shard.step_loss(logits, labels)
-    if not torch.isfinite(loss):
-        raise TrainingDivergedError(f"loss is {loss.item()}")
-    optimizers.dense.zero_grad(set_to_none=True)
-    loss.backward()
-    touched = sparse.touched if sparse is not None else None
-    if shard is not None:
-        touched = shard.reduce_gradients(optimizers.dense, touched)
-    optimizers.dense.step()
-    if touched is not None:
-        optimizers.rows.step(touched)
-    model.clamp_scale()
-    optimizers.step_taken()
-    if shard is None:
-        return loss.detach() * logits.numel()
-    return loss.detach() * shard.batch_examples  # the rank's part of the global mean: its sum
+    window: tuple[torch.Tensor, torch.Tensor] | None,
+    table_rows,
+    states: torch.Tensor | None = None,
+) -> BatchScores:
+    """Return a batch's scores: (B, 1 + k) logits, and the in-batch block if the task wants it."""
+    if not task.wants_in_batch and states is None:
+        return BatchScores(users, items, model(users, items, window, table_rows))
+    logits, in_batch = model.score_batch(users, items, window, table_rows, states)
+    return BatchScores(users, items, logits, in_batch if task.wants_in_batch else None)
 
 
 def _copy_state(model: TwoTowerModel) -> dict:
@@ -220,6 +199,8 @@ class _Run:
     sample: ValidationSample
     history: list[dict]
     best: dict | None
+    task: BceTask | SoftmaxTask
+    windows: SequenceWindows | None  # a causal encoder's sequences; None: pooled towers
 
     @property
     def writes(self) -> bool:
@@ -287,7 +268,34 @@ def _start(
     sample = validation_sample(train, val, n_items, spec.neg_ratio, spec.seed)
     negatives = EpochNegatives(train, first_examples, n_items, spec, probabilities)
     positives = training_positives(train, model.config.n_users, model.config.history_length, device)
-    return _Run(spec, train, val, shard, optimizers, positives, negatives, sample, history, best)
+    task = make_task(spec.loss, spec.neg_ratio, spec.batch_size, n_items, spec.log_q, probabilities)
+    windows = None
+    if model.history_encoder is not None:
+        if shard is not None:
+            raise ValueError(
+                "model.history_pooling attention trains on one process: set "
+                "training.distributed.nproc_per_node 1"
+            )
+        windows = sequence_windows(train, model.config.history_length)
+    elif shard is not None and task.wants_in_batch:
+        raise ValueError(
+            "training.loss softmax trains on one process: set "
+            "training.distributed.nproc_per_node 1 or training.loss bce"
+        )
+    return _Run(
+        spec,
+        train,
+        val,
+        shard,
+        optimizers,
+        positives,
+        negatives,
+        sample,
+        history,
+        best,
+        task,
+        windows,
+    )
 
 
 def _train_and_evaluate(model: TwoTowerModel, run: _Run, epoch: int) -> dict | None:
@@ -309,7 +317,14 @@ def _train_and_evaluate(model: TwoTowerModel, run: _Run, epoch: int) -> dict | N
         _show_progress(spec) and run.writes,
     )
     try:
-        train_loss, n_examples = train_epoch(model, run.optimizers, run.positives, walk, run.shard)
+        if run.windows is not None:
+            train_loss, n_examples = train_sequence_epoch(
+                model, run.optimizers, run.windows, walk, run.task
+            )
+        else:
+            train_loss, n_examples = train_epoch(
+                model, run.optimizers, run.positives, walk, run.shard, run.task
+            )
     except TrainingDivergedError as error:
         raise _diverged(error, epoch, len(run.history), spec) from error
     step_seconds = time.perf_counter() - step_started
@@ -318,16 +333,7 @@ def _train_and_evaluate(model: TwoTowerModel, run: _Run, epoch: int) -> dict | N
     return {
         "epoch": epoch + 1,
         "train_loss": train_loss,
-        **evaluate_epoch(
-            model,
-            run.train,
-            run.val,
-            run.sample,
-            spec.eval_k,
-            spec.seed,
-            spec.eval_chunk_size,
-            spec.eval_max_users,
-        ),
+        **evaluate_epoch(model, run.train, run.val, run.sample, spec, run.task),
         "logit_scale": model.logit_scale,
         "learning_rate": lr,
         "examples_per_second": n_examples / step_seconds,

@@ -38,6 +38,8 @@ class TrainingSpec:
     checkpoint_dir: str
     resume: bool
     progress_bar: bool
+    loss: str  # bce | softmax (training/tasks.py)
+    log_q: bool  # softmax: each candidate's logit corrected by the log of how it was drawn
 
 
 def learning_rate_at(spec: TrainingSpec, epoch: int) -> float:
