@@ -11,7 +11,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twotower_pipeline.ranking.metrics import rank_positives, ranking_metrics, top_k_unseen
+from twotower_pipeline.ranking.metrics import (
+    RankingTask,
+    rank_positives,
+    ranking_metrics,
+    top_k_unseen,
+)
 from twotower_pipeline.ranking.pointwise import binary_log_loss, pair_scores, roc_auc
 
 
@@ -36,7 +41,7 @@ def test_rank_counts_only_unmasked_items_scored_higher():
     # item 2 has one unmasked item above it (item 1): rank 1.
     scores = [[5.0, 4.0, 3.0, 2.0, 1.0]]
     rankings = rank_positives(
-        table_scorer(scores), pairs([(0, 0)]), pairs([(0, 2)]), 1, 5, [2], **ONE_CHUNK
+        table_scorer(scores), RankingTask(pairs([(0, 0)]), pairs([(0, 2)]), 1, 5, [2], **ONE_CHUNK)
     )
     assert rankings.ranks["rank"].tolist() == [1]
 
@@ -197,13 +202,7 @@ def test_tied_positives_of_one_user_get_distinct_ranks_and_ndcg_at_most_one():
     for seed in range(20):
         rankings = rank_positives(
             lambda users: torch.zeros(len(users), 6),
-            pairs([]),
-            val,
-            1,
-            6,
-            [2],
-            chunk_size=1,
-            seed=seed,
+            RankingTask(pairs([]), val, 1, 6, [2], chunk_size=1, seed=seed),
         )
         ranks = rankings.ranks["rank"].tolist()
         assert len(set(ranks)) == 4
@@ -316,13 +315,9 @@ def test_ranks_with_ties_lie_between_the_optimistic_and_pessimistic_rank(problem
     bounds, _ = brute_force(scores, train, val, ks)
     rankings = rank_positives(
         table_scorer(scores),
-        pairs(train),
-        pairs(val),
-        len(scores),
-        scores.shape[1],
-        ks,
-        chunk_size=chunk,
-        seed=seed,
+        RankingTask(
+            pairs(train), pairs(val), len(scores), scores.shape[1], ks, chunk_size=chunk, seed=seed
+        ),
     )
     for user, item, rank in rankings.ranks.itertuples(index=False):
         greater, equal = bounds[(user, item)]

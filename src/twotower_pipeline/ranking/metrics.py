@@ -207,39 +207,44 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+@dataclass(frozen=True)
+class _ChunkRanking:
+    """What ranking each chunk of users shares: the held-out pairs, the Ks, the tie-breaks."""
+
+    held_ptr: np.ndarray
+    held_cols: np.ndarray
+    ks: Sequence[int]
+    k_max: int
+    recommended: dict[int, np.ndarray]  # K -> bool (n_items,), filled in chunk by chunk
+    threads: int  # the caller's torch threads, for counting ranks
+    generator: torch.Generator
+
+
 def _rank_chunk(
-    scores: torch.Tensor,
-    chunk: np.ndarray,
-    held_ptr: np.ndarray,
-    held_cols: np.ndarray,
-    ks: Sequence[int],
-    k_max: int,
-    recommended: dict[int, np.ndarray],
-    threads: int,
-    generator: torch.Generator,
+    scores: torch.Tensor, chunk: np.ndarray, shared: _ChunkRanking
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Return (ranks, row within chunk, item) of the chunk's held-out positives.
 
-    Marks each K's top-K items in `recommended` on the way.
+    Marks each K's top-K items in `shared.recommended` on the way.
     """
-    top_scores, top_items = torch.topk(scores, k_max, dim=1)
+    top_scores, top_items = torch.topk(scores, shared.k_max, dim=1)
     if torch.isnan(top_scores).any():  # topk puts NaN first, so this sees any NaN
         raise ValueError(f"the scorer returned NaN scores for users {chunk[:5].tolist()}...")
     finite = torch.isfinite(top_scores)
-    for k in ks:
-        recommended[k][top_items[:, :k][finite[:, :k]].numpy()] = True
+    for k in shared.ks:
+        shared.recommended[k][top_items[:, :k][finite[:, :k]].numpy()] = True
 
-    pos_rows, pos_items, slot = _pairs_of(chunk, held_ptr, held_cols)
+    pos_rows, pos_items, slot = _pairs_of(chunk, shared.held_ptr, shared.held_cols)
     rows_t, items_t = torch.from_numpy(pos_rows), torch.from_numpy(pos_items)
     targets = scores[rows_t, items_t]
     ranks = torch.empty(pos_rows.size, dtype=torch.int64)
     ties = torch.zeros(pos_rows.size, dtype=torch.int64)  # items sharing the score, itself too
     for s in range(int(slot.max()) + 1 if slot.size else 0):
         in_slot = torch.from_numpy(np.flatnonzero(slot == s))
-        greater, at_least = _count_above(scores, rows_t[in_slot], targets[in_slot], threads)
+        greater, at_least = _count_above(scores, rows_t[in_slot], targets[in_slot], shared.threads)
         ranks[in_slot] = greater
         ties[in_slot] = at_least - greater
-    ranks += _random_tie_positions(scores, rows_t, items_t, targets, ties, generator)
+    ranks += _random_tie_positions(scores, rows_t, items_t, targets, ties, shared.generator)
     return ranks, pos_rows, pos_items
 
 
@@ -262,47 +267,54 @@ def _candidate_mask(candidates: np.ndarray | None, n_items: int) -> torch.Tensor
     return torch.from_numpy(~candidates)
 
 
-def rank_positives(
-    score_users: Scorer,
-    known: pd.DataFrame,
-    held_out: pd.DataFrame,
-    n_users: int,
-    n_items: int,
-    ks: Sequence[int],
-    chunk_size: int,
-    seed: int,
-    *,
-    candidates: np.ndarray | None = None,
-) -> Rankings:
+@dataclass(frozen=True)
+class RankingTask:
+    """Which held-out positives to rank, against what, and how (see rank_positives)."""
+
+    known: pd.DataFrame  # (user, item) pairs masked out: what each user is known to have
+    held_out: pd.DataFrame  # (user, item) positives to rank
+    n_users: int
+    n_items: int
+    ks: Sequence[int]
+    chunk_size: int  # users scored at once (evaluation.chunk_size)
+    seed: int  # drives the tie-breaks
+    candidates: np.ndarray | None = None  # bool mask of the items that compete; None: all
+
+
+def rank_positives(score_users: Scorer, task: RankingTask) -> Rankings:
     """Return the rank of each held-out positive among the user's unmasked items.
 
     score_users maps an array of user indices to a (len, n_items) float tensor;
-    it is called once per chunk of chunk_size users that have held-out
-    positives. known: the (user, item) pairs masked out (what the user is known
-    to have). candidates: a bool mask of the items allowed to compete (None:
-    all); a held-out item outside it is an error. seed drives the tie-breaks.
-    Raises ValueError when a score that matters is NaN.
+    it is called once per chunk of task.chunk_size users that have held-out
+    positives. A held-out item outside task.candidates is an error. Raises
+    ValueError when a score that matters is NaN.
     """
-    generator = torch.Generator().manual_seed(seed)
-    outside = _candidate_mask(candidates, n_items)
+    n_users, n_items, known, held_out = task.n_users, task.n_items, task.known, task.held_out
+    generator = torch.Generator().manual_seed(task.seed)
+    outside = _candidate_mask(task.candidates, n_items)
     if outside is not None and outside.numpy()[held_out["item"].to_numpy()].any():
         raise ValueError("a held-out item is not among the candidates it is ranked against")
     known_ptr, known_cols = _csr(known["user"].to_numpy(), known["item"].to_numpy(), n_users)
     held_ptr, held_cols = _csr(held_out["user"].to_numpy(), held_out["item"].to_numpy(), n_users)
     held_users = np.flatnonzero(np.diff(held_ptr))
     n_ranked = n_items if outside is None else int(n_items - outside.sum())
-    k_max = min(max(ks), n_items)
-    recommended = {k: np.zeros(n_items, dtype=bool) for k in ks}
+    recommended = {k: np.zeros(n_items, dtype=bool) for k in task.ks}
+    shared = _ChunkRanking(
+        held_ptr,
+        held_cols,
+        task.ks,
+        min(max(task.ks), n_items),
+        recommended,
+        torch.get_num_threads(),
+        generator,
+    )
 
-    threads = torch.get_num_threads()
     user_parts, item_parts, rank_parts = [], [], []
-    for start in range(0, held_users.size, chunk_size):
-        chunk = held_users[start : start + chunk_size]
+    for start in range(0, held_users.size, task.chunk_size):
+        chunk = held_users[start : start + task.chunk_size]
         scores = _score_chunk(score_users, chunk, n_items, known_ptr, known_cols, outside)
         with _one_torch_thread():
-            ranks, pos_rows, pos_items = _rank_chunk(
-                scores, chunk, held_ptr, held_cols, ks, k_max, recommended, threads, generator
-            )
+            ranks, pos_rows, pos_items = _rank_chunk(scores, chunk, shared)
         user_parts.append(chunk[pos_rows])
         item_parts.append(pos_items)
         rank_parts.append(ranks.numpy())
@@ -371,21 +383,11 @@ def ranking_metrics(  # nine arguments: the protocol's loose terms read better t
     known is masked (train when ranking validation, train + validation when
     ranking test); chunk_size users are scored at once (evaluation.chunk_size);
     seed drives the tie-breaks; candidates limits the items that compete (see
-    rank_positives). The metrics are metrics_from_ranks'.
+    RankingTask). The metrics are metrics_from_ranks'.
     """
     ks = sorted({int(k) for k in ks})
-    rankings = rank_positives(
-        score_users,
-        known,
-        held_out,
-        n_users,
-        n_items,
-        ks,
-        chunk_size=chunk_size,
-        seed=seed,
-        candidates=candidates,
-    )
-    return metrics_from_ranks(rankings, ks)
+    task = RankingTask(known, held_out, n_users, n_items, ks, chunk_size, seed, candidates)
+    return metrics_from_ranks(rank_positives(score_users, task), ks)
 
 
 def top_k_unseen(
