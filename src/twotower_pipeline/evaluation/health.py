@@ -8,31 +8,17 @@ log turns each raised flag into a WARNING line.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from twotower_pipeline.evaluation.health_facts import (
+    HealthThresholds,
+    RunFacts,
+    constant_predictor_loss,
+)
 
-@dataclass(frozen=True)
-class HealthThresholds:
-    """Where each check draws its line (values come from parameters_evaluation.yml)."""
-
-    collapse_loss: float  # a train loss below this in the first epochs is a collapse
-    early_epochs: int  # "early" means within this many epochs
-    clamp_fraction: float  # a final scale >= this x max_logit_scale is "at the clamp"
-    frozen_relative_change: float  # a scale that moves less than this (relative) is frozen
-    parallel_cosine: float  # mean pairwise cosine of item embeddings above this: collapse
-    min_lift: float  # the model must beat popularity by more than this factor
-    overfit_epochs: int  # val loss rising this many epochs in a row while train loss falls
-    overfit_min_rise: float  # ...and ending this much (relative) above its best, or
-    overfit_ranking_drop: float  # ...the ranking metric ending this much below its best
-    still_improving_gain: float  # ranking metric up more than this (relative) in the last epoch
-    scale_drop_ratio: float  # final scale below this x its initial value: started over-confident
-
-    @classmethod
-    def from_params(cls, params: dict) -> HealthThresholds:
-        return cls(**params)
+__all__ = ["HealthThresholds", "RunFacts", "constant_predictor_loss", "health_report"]
 
 
 ADVICE = {
@@ -81,12 +67,6 @@ def _flag(name: str, raised: bool, message: str, **numbers) -> dict:
         "numbers": clean,
         "advice": ADVICE[name],
     }
-
-
-def constant_predictor_loss(neg_ratio: int) -> float:
-    """Return the BCE of always predicting the base rate 1/(1+neg_ratio): no-skill loss."""
-    p = 1.0 / (1 + neg_ratio)
-    return float(-(p * math.log(p) + (1 - p) * math.log(1 - p)))
 
 
 def check_non_finite(history: pd.DataFrame, item_vectors: np.ndarray | None) -> dict:
@@ -175,15 +155,18 @@ def check_one_class_validation(
     )
 
 
-def check_not_learning(history: pd.DataFrame, neg_ratio: int) -> dict:
-    """Flag a train loss that never beat the constant base-rate predictor."""
-    floor = constant_predictor_loss(neg_ratio)
+def check_not_learning(history: pd.DataFrame, facts: RunFacts) -> dict:
+    """Flag a train loss that never beat its loss's no-skill value.
+
+    BCE's is the constant guess at the base rate 1/(1+neg_ratio); a softmax's
+    is log of its candidates (every candidate alike).
+    """
+    floor, without_skill = facts.no_skill()
     best = float(history["train_loss"].min())
     return _flag(
         "not_learning",
         best >= floor,
-        f"best train loss {best:.4f} vs {floor:.4f} for a constant guess at the base rate "
-        f"1/(1+{neg_ratio})",
+        f"best train loss {best:.4f} vs {floor:.4f} for {without_skill}",
         best_train_loss=best,
         constant_predictor_loss=floor,
     )
@@ -356,12 +339,16 @@ def check_still_improving(history: pd.DataFrame, k: int, t: HealthThresholds) ->
 
 
 def check_scale_start(
-    history: pd.DataFrame, initial_scale: float | None, t: HealthThresholds
+    history: pd.DataFrame,
+    initial_scale: float | None,
+    t: HealthThresholds,
+    zero_logits: tuple[float, str] = (math.log(2), "log 2 = 0.693 (predicting 0.5 everywhere)"),
 ) -> dict:
     """Flag an over-confident start: a first epoch worse than saying 0.5, or a shrunk scale.
 
     A model whose logits start near 0 begins at log 2 = 0.693 whatever neg_ratio
-    is, and its first epoch's mean loss falls under that; a first epoch *above* it
+    is (BCE; a softmax at log of its candidates: `zero_logits` says which), and
+    its first epoch's mean loss falls under that; a first epoch *above* it
     means the starting logits were confidently wrong (the scale saturates the
     sigmoid). A scale that training pulled well below its initial value says the
     same after the fact (a warm-up can hide that one: the rate is low while it
@@ -369,9 +356,10 @@ def check_scale_start(
     """
     final = float(history["logit_scale"].iloc[-1])
     first_loss = float(history["train_loss"].iloc[0]) if len(history) else math.nan
-    worse_than_half = bool(math.isfinite(first_loss) and first_loss > math.log(2))
+    ceiling, ceiling_note = zero_logits
+    worse_than_half = bool(math.isfinite(first_loss) and first_loss > ceiling)
     loss_note = (
-        f"first epoch's loss {first_loss:.3f} above log 2 = 0.693 (predicting 0.5 everywhere)"
+        f"first epoch's loss {first_loss:.3f} above {ceiling_note}"
         if worse_than_half
         else f"first epoch's loss {first_loss:.3f}"
     )
@@ -416,18 +404,6 @@ def check_behind_baseline(comparison: dict, k: int) -> dict:
     return _flag("behind_baseline", bool(better), message, model=model, baselines=others)
 
 
-@dataclass(frozen=True)
-class RunFacts:
-    """What the checks read of how the run was set up, besides its history and metrics."""
-
-    max_logit_scale: float  # model.max_logit_scale, the clamp
-    neg_ratio: int  # sampled negatives per positive in the losses
-    k: int  # the headline K the ranking checks read
-    sample_positives: int | None = None  # the validation sample val_loss is on: positives
-    sample_negatives: int | None = None  # ...and negatives
-    initial_scale: float | None = None  # the logit scale training started from
-
-
 def health_report(
     history: pd.DataFrame,
     item_vectors: np.ndarray,
@@ -436,7 +412,7 @@ def health_report(
     thresholds: HealthThresholds,
 ) -> dict:
     """Return every check's flag and a one-line verdict ("healthy" or the raised flags)."""
-    max_logit_scale, neg_ratio, k = facts.max_logit_scale, facts.neg_ratio, facts.k
+    max_logit_scale, k = facts.max_logit_scale, facts.k
     sample_positives, sample_negatives = facts.sample_positives, facts.sample_negatives
     initial_scale = facts.initial_scale
     if history.empty:
@@ -445,10 +421,10 @@ def health_report(
         check_non_finite(history, item_vectors),
         check_loss_collapse(history, thresholds),
         check_one_class_validation(history, sample_positives, sample_negatives, thresholds),
-        check_not_learning(history, neg_ratio),
+        check_not_learning(history, facts),
         *check_scale(history, max_logit_scale, thresholds),
         check_embedding_collapse(item_vectors, thresholds),
-        check_scale_start(history, initial_scale, thresholds),
+        check_scale_start(history, initial_scale, thresholds, facts.zero_logits()),
         check_lift(comparison, k, thresholds),
         check_behind_baseline(comparison, k),
         check_still_improving(history, k, thresholds),

@@ -26,24 +26,16 @@ logger = logging.getLogger(__name__)
 
 
 def _held_out(
-    train_interactions: pd.DataFrame,
-    val_interactions: pd.DataFrame,
-    test_interactions: pd.DataFrame,
-    test_cold_interactions: pd.DataFrame,
+    split: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame],
     n_items: int,
     evaluation: dict,
     seed: int,
 ) -> dict[str, HeldOutSet]:
-    """Return the four evaluation sets, each a seeded sample of evaluation.max_users users."""
-    return held_out_sets(
-        train_interactions,
-        val_interactions,
-        test_interactions,
-        test_cold_interactions,
-        n_items,
-        evaluation["max_users"],
-        seed,
-    )
+    """Return the four evaluation sets, each a seeded sample of evaluation.max_users users.
+
+    split: the split's train, validation, test and cold test tables, in that order.
+    """
+    return held_out_sets(*split, n_items, evaluation["max_users"], seed)
 
 
 def evaluate_model(  # nine arguments: each is one dataset of the catalog
@@ -66,15 +58,8 @@ def evaluate_model(  # nine arguments: each is one dataset of the catalog
     """
     model = TwoTowerModel.from_state(model_config, two_tower_model)
     n_users, n_items = int(model_config["n_users"]), int(model_config["n_items"])
-    sets = _held_out(
-        train_interactions,
-        val_interactions,
-        test_interactions,
-        test_cold_interactions,
-        n_items,
-        evaluation,
-        seed,
-    )
+    split = (train_interactions, val_interactions, test_interactions, test_cold_interactions)
+    sets = _held_out(split, n_items, evaluation, seed)
     return model_metrics(model, sets, n_users, n_items, evaluation, neg_ratio, seed)
 
 
@@ -93,15 +78,8 @@ def evaluate_baselines(
     Every baseline is fitted on train only (evaluation.baselines.baseline_metrics).
     """
     n_users, n_items = len(user_index), len(item_index)
-    sets = _held_out(
-        train_interactions,
-        val_interactions,
-        test_interactions,
-        test_cold_interactions,
-        n_items,
-        evaluation,
-        seed,
-    )
+    split = (train_interactions, val_interactions, test_interactions, test_cold_interactions)
+    sets = _held_out(split, n_items, evaluation, seed)
     return baseline_metrics(train_interactions, sets, n_users, n_items, evaluation, seed)
 
 
@@ -150,25 +128,23 @@ def diagnose_training(
     evaluation_metrics: dict,
     neg_ratio: int,
     evaluation: dict,
+    training: dict,
 ) -> dict:
     """Return the health report: each of the seed's failure modes, raised or not, with numbers.
 
     Lift and baseline checks read the test figures; the one-class check reads
     the validation sample's sizes (the sample training's val_loss is on).
     """
-    k = evaluation["headline_k"]
-    if k not in evaluation["ks"]:
-        raise ValueError(
-            f"evaluation.headline_k={k} must be one of evaluation.ks={evaluation['ks']}"
-        )
     model = evaluation_metrics["validation"]["model"]
     facts = RunFacts(
         float(model_config["max_logit_scale"]),
         neg_ratio,
-        k,
+        evaluation["headline_k"],
         model.get("val_sample_positives"),
         model.get("val_sample_negatives"),
         model_config.get("logit_scale"),
+        training["loss"],
+        training["batch_size"],
     )
     return health_report(
         training_history,
@@ -223,12 +199,6 @@ def write_report(  # nine arguments: each is one dataset of the catalog
         logger.warning("run summary: %s", summary)
     else:
         logger.info("run summary: %s", summary)
-    outputs = RunOutputs(
-        ingestion_report,
-        split_report,
-        training_history,
-        evaluation_metrics,
-        training_health,
-        model_selection,
-    )
+    reports = ingestion_report, split_report, training_history, evaluation_metrics, training_health
+    outputs = RunOutputs(*reports, model_selection)
     return reporting.build_report(outputs, neg_ratio, evaluation["ks"], k, plot_version=run_id)

@@ -118,6 +118,7 @@ def _diagnosis() -> Pipeline:
                     "evaluation_metrics",
                     "params:neg_ratio",
                     "params:evaluation",
+                    "params:training",
                 ],
                 outputs="training_health",
                 name="diagnose_training",
