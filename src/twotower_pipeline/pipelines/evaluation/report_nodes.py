@@ -35,14 +35,8 @@ def write_html_report(  # eleven arguments: each is one dataset of the catalog
     learning_curve, _ = plot_learning_curve(training_history, model_config, neg_ratio)
     ranking_curve, _ = plot_ranking_curve(training_history, evaluation_metrics, evaluation)
     model_vs_baselines, _ = plot_model_vs_baselines(evaluation_metrics, evaluation)
-    outputs = RunOutputs(
-        ingestion_report,
-        split_report,
-        training_history,
-        evaluation_metrics,
-        training_health,
-        model_selection,
-    )
+    reports = ingestion_report, split_report, training_history, evaluation_metrics, training_health
+    outputs = RunOutputs(*reports, model_selection)
     return build_html_report(
         reporting.headline(evaluation_metrics, training_health, k),
         outputs,
