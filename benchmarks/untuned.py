@@ -107,11 +107,13 @@ DATASETS = {
 
 def make_project(workdir: Path) -> Path:
     project = workdir / "project"
-    shutil.copytree(
-        ROOT,
-        project,
-        ignore=shutil.ignore_patterns(".venv", ".git", "data", "build", "mlruns", ".viz"),
-    )
+    top_level = {".venv", ".git", "data", "build", "mlruns", ".viz"}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        # Only the project's own top-level folders: src/twotower_pipeline/data is code.
+        return top_level & set(names) if Path(folder) == ROOT else {"__pycache__"} & set(names)
+
+    shutil.copytree(ROOT, project, ignore=ignore)
     (project / "data" / "01_raw").mkdir(parents=True)
     (project / "data" / "01_raw" / "ml-100k").symlink_to(ML100K.parent.resolve())
     return project
