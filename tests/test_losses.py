@@ -128,3 +128,46 @@ def test_sampler_log_q():
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match="must be"):
         sampled_softmax_loss(torch.zeros(2, 3), SAMPLED, USERS, POSITIVES, NEGATIVES, None)
+
+
+def _loop_softmax(in_batch, sampled, users, positives, negatives, log_q):
+    """The loss written out a row and a candidate at a time."""
+    batch = len(positives)
+    own = {(int(u), int(i)) for u, i in zip(users, positives, strict=True)}
+    count = {int(i): int((positives == i).sum()) for i in positives}
+    total = 0.0
+    for b in range(batch):
+        user = int(users[b])
+        terms = []
+        for j in range(batch):
+            item = int(positives[j])
+            if j != b and (user, item) in own:
+                continue
+            correction = math.log(count[item] / batch) if log_q is not None else 0.0
+            terms.append(float(in_batch[b, j]) - correction)
+        for c in range(negatives.shape[1]):
+            if (user, int(negatives[b, c])) in own:
+                continue
+            correction = float(log_q[b, c]) if log_q is not None else 0.0
+            terms.append(float(sampled[b, c]) - correction)
+        target = float(in_batch[b, b]) - (
+            math.log(count[int(positives[b])] / batch) if log_q is not None else 0.0
+        )
+        total += math.log(sum(math.exp(t) for t in terms)) - target
+    return total / batch
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("correct", [True, False])
+def test_softmax_matches_a_loop_over_candidates(seed, correct):
+    g = torch.Generator().manual_seed(seed)
+    batch, k = 12, 3
+    users = torch.randint(0, 4, (batch,), generator=g)
+    positives = torch.randint(0, 6, (batch,), generator=g)  # repeats across and within users
+    negatives = torch.randint(0, 8, (batch, k), generator=g)
+    in_batch = torch.randn(batch, batch, generator=g, dtype=torch.float64)
+    sampled = torch.randn(batch, k, generator=g, dtype=torch.float64)
+    log_q = sampler_log_q(negatives, 8, np.full(8, 1 / 8)).double() if correct else None
+    loss = sampled_softmax_loss(in_batch, sampled, users, positives, negatives, log_q)
+    expected = _loop_softmax(in_batch, sampled, users, positives, negatives, log_q)
+    assert loss.item() == pytest.approx(expected, rel=1e-9)

@@ -81,16 +81,20 @@ def _accidental_hits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (in-batch (B, B), sampled (B, k)) bool: the candidate is a positive of the row's user.
 
-    A (batch users x batch items) table of who has what, read per candidate:
-    B^2 bits at most, and two gathers for the in-batch block.
+    Read from a (batch users x batch items) table of who has what. An item
+    that is one row's positive only is a hit exactly for that row's user, so
+    the in-batch block is "same user" but in the columns of repeated items.
     """
     user_rows = torch.unique(users, return_inverse=True)[1]
-    items, item_cols = torch.unique(positives, return_inverse=True)
+    items, item_cols, counts = torch.unique(positives, return_inverse=True, return_counts=True)
     has = torch.zeros(
         int(user_rows.max()) + 1, items.numel(), dtype=torch.bool, device=users.device
     )
     has[user_rows, item_cols] = True
-    in_batch = has.index_select(0, user_rows).index_select(1, item_cols)
+    in_batch = user_rows.unsqueeze(1) == user_rows.unsqueeze(0)
+    repeated = torch.nonzero(counts[item_cols] > 1).squeeze(1)
+    if repeated.numel():
+        in_batch[:, repeated] = has[:, item_cols[repeated]].index_select(0, user_rows)
     where = torch.searchsorted(items, negatives.contiguous()).clamp_(max=items.numel() - 1)
     sampled = (items[where] == negatives) & has[user_rows.unsqueeze(1), where]
     return in_batch, sampled
@@ -121,19 +125,15 @@ def sampled_softmax_loss(
             f"sampled logits {tuple(sampled_logits.shape)} the shape of negatives "
             f"{tuple(negatives.shape)}"
         )
+    in_batch_hit, sampled_hit = _accidental_hits(users, positives, negatives)
+    in_batch_hit.fill_diagonal_(False)
     if sampled_log_q is not None:
         counts = torch.unique(positives, return_inverse=True, return_counts=True)
         in_batch_log_q = (counts[2][counts[1]].to(in_batch_logits.dtype) / batch).log()
         in_batch_logits = in_batch_logits - in_batch_log_q.unsqueeze(0)
         sampled_logits = sampled_logits - sampled_log_q
     target = in_batch_logits.diagonal()
-    in_batch_hit, sampled_hit = _accidental_hits(users, positives, negatives)
-    in_batch_hit.fill_diagonal_(False)
-    candidates = torch.cat(
-        [
-            in_batch_logits.masked_fill(in_batch_hit, -torch.inf),
-            sampled_logits.masked_fill(sampled_hit, -torch.inf),
-        ],
-        dim=1,
-    )
-    return (torch.logsumexp(candidates, dim=1) - target).mean()
+    # Two log-sum-exps joined, rather than one over a concatenated copy of the (B, B) block.
+    in_batch_lse = torch.logsumexp(in_batch_logits.masked_fill(in_batch_hit, -torch.inf), dim=1)
+    sampled_lse = torch.logsumexp(sampled_logits.masked_fill(sampled_hit, -torch.inf), dim=1)
+    return (torch.logaddexp(in_batch_lse, sampled_lse) - target).mean()
