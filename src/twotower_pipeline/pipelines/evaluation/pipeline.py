@@ -3,6 +3,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from twotower_pipeline.evaluation.comparison import compare_with_baselines
+from twotower_pipeline.pipelines.split.pipeline import SPLIT_TABLES
 
 from .index_nodes import build_item_index, evaluate_item_index
 from .nodes import (
@@ -27,10 +28,7 @@ def _scoring() -> Pipeline:
                 inputs=[
                     "two_tower_model",
                     "model_config",
-                    "train_interactions",
-                    "val_interactions",
-                    "test_interactions",
-                    "test_cold_interactions",
+                    *SPLIT_TABLES,
                     "params:seed",
                     "params:neg_ratio",
                     "params:evaluation",
@@ -41,10 +39,7 @@ def _scoring() -> Pipeline:
             Node(
                 evaluate_baselines,
                 inputs=[
-                    "train_interactions",
-                    "val_interactions",
-                    "test_interactions",
-                    "test_cold_interactions",
+                    *SPLIT_TABLES,
                     "user_index",
                     "item_index",
                     "params:seed",

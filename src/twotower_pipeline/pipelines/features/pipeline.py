@@ -1,5 +1,7 @@
 from kedro.pipeline import Node, Pipeline
 
+from twotower_pipeline.pipelines.split.pipeline import SPLIT_TABLES
+
 from .nodes import encode_features, score_oracle
 
 
@@ -31,10 +33,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "synthetic_user_taste",
                     "user_index",
                     "item_index",
-                    "train_interactions",
-                    "val_interactions",
-                    "test_interactions",
-                    "test_cold_interactions",
+                    *SPLIT_TABLES,
                     "params:oracle",
                     "params:evaluation",
                     "params:seed",
