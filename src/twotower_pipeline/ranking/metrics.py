@@ -366,7 +366,7 @@ def metrics_from_ranks(rankings: Rankings, ks: Sequence[int]) -> dict[str, float
     return result
 
 
-def ranking_metrics(  # nine arguments: the protocol's loose terms read better than a config
+def ranking_metrics(  # nine arguments: its many callers pass the terms loose; see RankingTask
     score_users: Scorer,
     known: pd.DataFrame,
     held_out: pd.DataFrame,
