@@ -9,7 +9,13 @@ fails half-way keeps the old file.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +25,15 @@ import yaml
 from kedro.io import DataCatalog, DatasetError
 from kedro_datasets.pandas import CSVDataset
 
+from twotower_pipeline.config.errors import DiskFullError
 from twotower_pipeline.data.synthetic import SyntheticLogSpec, generate_interactions
 from twotower_pipeline.hooks.prepared_data import MissingPreparedDataError
 from twotower_pipeline.hooks.readable_errors import ReadableError, ReadableErrorHooks
-from twotower_pipeline.io.datasets import AtomicJSONDataset, AtomicParquetDataset
+from twotower_pipeline.io.datasets import (
+    AtomicJSONDataset,
+    AtomicParquetDataset,
+    replace_atomically,
+)
 
 OUTPUTS = [
     "data/user_csv/02_intermediate/clean_interactions.parquet",
@@ -274,3 +285,133 @@ def test_text_ids_reach_the_csv_reader_so_leading_zeros_stay(tmp_path):
     ReadableErrorHooks().after_catalog_created(catalog)
     loaded = catalog.load("raw_interactions")
     assert loaded["who"].tolist() == ["007"] and loaded["what"].tolist() == ["010"]
+
+
+def test_text_ids_named_na_none_or_null_are_ids_not_missing_values(tmp_path):
+    raw = tmp_path / "events.csv"
+    raw.write_text("user_id,item_id,timestamp,rating\nNA,None,1,NA\nnull,7,2,4\n")
+    ingestion = {
+        **BASE_INGESTION,
+        "source": str(raw),
+        "columns": {**BASE_INGESTION["columns"], "rating": "rating"},
+        "id_type": "text",
+    }
+    catalog = DataCatalog({"raw_interactions": CSVDataset(filepath=str(raw))})
+    catalog["params:ingestion"] = ingestion
+    ReadableErrorHooks().after_catalog_created(catalog)
+    loaded = catalog.load("raw_interactions")
+    assert loaded["user_id"].tolist() == ["NA", "null"]
+    assert loaded["item_id"].tolist() == ["None", "7"]
+    assert loaded["rating"].isna().tolist() == [True, False]  # a rating of NA is still missing
+
+
+def test_a_missing_feature_file_is_named_before_anything_runs(make_project_copy, kedro_run):
+    """A user's CSV whose environment forgot `features: {item: null, user: null}`."""
+    project = make_project_copy("missing_features")
+    env = project / "conf" / "user_csv"
+    env.mkdir()
+    for name, text in USER_CSV_ENV.items():
+        if name != "parameters.yml":
+            (env / name).write_text(text)
+    generate_interactions(SyntheticLogSpec(n_users=20, n_items=10)).to_csv(
+        project / "data" / "01_raw" / "events.csv", index=False
+    )
+    with pytest.raises(MissingPreparedDataError) as failed:
+        kedro_run(project, pipeline="data_processing", env="user_csv")
+    message = failed.value.format_message()
+    assert message.startswith(
+        "item_features: the file data/01_raw/synthetic_interactions_item_features.parquet "
+        "does not exist, but features.item maps its columns."
+    )
+    assert "features: {item: null, user: null}" in message and "\n" not in message
+    assert failed.value.exit_code == 1
+    assert not any(p.is_file() for p in (project / "data" / "user_csv").rglob("*"))
+
+
+@pytest.mark.parametrize("dataset_class", [AtomicParquetDataset, AtomicJSONDataset])
+def test_saves_are_written_with_the_process_umask(tmp_path, dataset_class):
+    previous = os.umask(0o002)  # a group-shared project folder
+    try:
+        path = tmp_path / "out"
+        data = pd.DataFrame({"user": [1]}) if dataset_class is AtomicParquetDataset else {"a": 1}
+        dataset_class(filepath=str(path)).save(data)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664
+
+
+def test_the_temporary_file_of_a_save_is_this_process_own(tmp_path, monkeypatch):
+    seen = []
+    replace_atomically(tmp_path / "last.pt", lambda tmp: seen.append(Path(tmp).name))
+    assert seen[0].startswith(f".last.pt.{os.getpid()}.") and seen[0].endswith(".tmp")
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_save_that_fills_the_disk_is_one_line_naming_the_file_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "report.json"
+    dataset = AtomicJSONDataset(filepath=str(path))
+    dataset.save({"rows": 3})
+
+    def fill_the_disk(tmp: str) -> None:
+        Path(tmp).write_bytes(b"x" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError) as full:
+        replace_atomically(path, fill_the_disk, lambda: 4096)
+    message = str(full.value)
+    assert message.startswith(f"no space left on the disk while writing {path.as_posix()}")
+    assert "it needs 4.0 KiB" in message and "free there" in message and "\n" not in message
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    assert dataset.load() == {"rows": 3}
+
+
+def test_a_run_whose_save_fills_the_disk_ends_with_that_one_line():
+    """Kedro wraps what a save raises in DatasetError; the message is still the one line."""
+    try:
+        try:
+            raise DiskFullError("no space left on the disk while writing data/x.parquet: ...")
+        except DiskFullError as error:
+            raise DatasetError("Failed while saving data to dataset ...") from error
+    except DatasetError as wrapped:
+        with pytest.raises(ReadableError) as failed:
+            ReadableErrorHooks().on_pipeline_error(wrapped)
+    assert failed.value.format_message().startswith("no space left on the disk while writing ")
+    assert failed.value.exit_code == 1
+
+
+_FILL_A_TMPFS = """
+import os, subprocess, sys
+import pandas as pd
+from twotower_pipeline.config.errors import DiskFullError
+from twotower_pipeline.io.datasets import AtomicParquetDataset
+folder = sys.argv[1]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", folder], check=True)
+dataset = AtomicParquetDataset(filepath=os.path.join(folder, "table.parquet"))
+dataset.save(pd.DataFrame({"a": [1, 2]}))
+try:
+    dataset.save(pd.DataFrame({"a": [str(i) * 50 for i in range(20000)]}))
+except Exception as error:  # Kedro wraps what a save raises in its DatasetError
+    assert isinstance(error.__cause__, DiskFullError), error
+    print(error.__cause__)
+print(sorted(os.listdir(folder)), dataset.load()["a"].tolist())
+"""
+
+
+def test_a_save_on_a_full_tmpfs_names_the_file_and_keeps_the_old_one(tmp_path):
+    unshare = shutil.which("unshare")
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if unshare is None or subprocess.run([unshare, "-rm", "mount", "-t", "tmpfs", "tmpfs",
+                                          str(folder)]).returncode:  # fmt: skip
+        pytest.skip("this machine cannot mount a small tmpfs (unshare -rm) for the test")
+    result = subprocess.run(
+        [unshare, "-rm", sys.executable, "-c", _FILL_A_TMPFS, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    message, listing = result.stdout.strip().splitlines()
+    assert message.startswith(f"no space left on the disk while writing {folder}/table.parquet")
+    assert "it needs " in message
+    assert listing == "['table.parquet'] [1, 2]"

@@ -7,6 +7,7 @@ from twotower_pipeline.hooks.prepared_data import PreparedDataHooks
 from twotower_pipeline.hooks.provenance import RunManifestHooks
 from twotower_pipeline.hooks.readable_errors import ReadableErrorHooks
 from twotower_pipeline.hooks.rollback import OutputRollbackHooks
+from twotower_pipeline.hooks.run_lock import RunLockHooks
 from twotower_pipeline.hooks.settings import SettingsHooks
 from twotower_pipeline.spark.hooks import SparkHooks
 
@@ -17,6 +18,9 @@ HOOKS = (
     # First registered, so called last: logs the run manifest once it is written.
     MlflowTrackingHooks(),  # only when kedro-mlflow has an MLflow run open (conf/base/mlflow.yml)
     ReadableErrorHooks(),
+    # A hook wrapper, so wherever it is listed: the environment's lock is taken before every
+    # other before_pipeline_run hook and released after every end-of-run hook (the rollback's).
+    RunLockHooks(),
     OutputRollbackHooks(),
     RunManifestHooks(),  # provenance checked before anything is kept aside
     PreparedDataHooks(),

@@ -9,6 +9,7 @@ exits with the error's `exit_code` (see hooks/readable_errors.py and docs/failur
 | PipelineInputError | 1 | the input data cannot be used as it is (file, column, count) |
 | RunFailedError | 1 | the data and settings were fine, the run itself failed (e.g. diverged) |
 | RunInterruptedError | 130 (SIGINT) / 143 (SIGTERM) | the run was stopped by a signal |
+| RunLockedError | 75 (EX_TEMPFAIL: try again later) | another run of the environment is running |
 """
 
 
@@ -34,3 +35,13 @@ class RunInterruptedError(RunFailedError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class RunLockedError(RunFailedError):
+    """Another run of the same environment holds its lock (io/run_lock.py)."""
+
+    exit_code = 75  # sysexits' EX_TEMPFAIL: the same command may succeed later
+
+
+class DiskFullError(RunFailedError):
+    """A save ran out of disk space; the message names the file and the space it needed."""

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from kedro.framework.hooks import hook_impl
+
+from twotower_pipeline.io.datasets import OptionalDataset, SyntheticInteractionsDataset
+
+# Optional raw inputs and the parameter that says whether a run reads them.
+OPTIONAL_INPUTS = {"item_features": "item", "user_features": "user"}
 
 
 class MissingPreparedDataError(click.ClickException):
@@ -14,10 +21,16 @@ class MissingPreparedDataError(click.ClickException):
 
 
 class PreparedDataHooks:
-    """Checks, before any node runs, that every input the pipeline reads exists."""
+    """Checks, before any node runs, that every input the pipeline reads exists.
+
+    Optional raw inputs (the side-feature tables) count when the parameters map
+    their columns (`features.item` is not null): a missing file is then found
+    at the start, not after ingestion and the split have run.
+    """
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        _check_optional_inputs(pipeline, catalog)
         missing = []
         for name in sorted(pipeline.inputs()):
             if name == "parameters" or name.startswith("params:"):
@@ -50,3 +63,32 @@ class PreparedDataHooks:
 def _describe_path(dataset) -> str:
     filepath = getattr(dataset, "_filepath", None)
     return str(filepath) if filepath is not None else type(dataset).__name__
+
+
+def _check_optional_inputs(pipeline, catalog) -> None:
+    """Raise MissingPreparedDataError for an optional input the parameters use but is absent."""
+    features = catalog.load("params:features") if "params:features" in catalog else None
+    if not isinstance(features, dict):
+        return
+    raw = catalog.get("raw_interactions") if "raw_interactions" in catalog else None
+    generated = raw.companion_paths() if isinstance(raw, SyntheticInteractionsDataset) else []
+    for name, side in OPTIONAL_INPUTS.items():
+        dataset = catalog.get(name) if name in pipeline.inputs() and name in catalog else None
+        if not isinstance(dataset, OptionalDataset) or features.get(side) is None:
+            continue
+        path = dataset.filepath
+        if path is None or dataset.file_exists() or Path(path) in generated:
+            continue  # the synthetic log writes its feature tables as it is first read
+        raise MissingPreparedDataError(
+            f"{name}: the file {_shown(path)} does not exist, but features.{side} maps its "
+            f"columns. Put the file there, point the catalog's {name} at yours, or set "
+            f"features: {{{side}: null}} in parameters (features: {{item: null, user: null}} "
+            "when the data has no side features)"
+        )
+
+
+def _shown(path: str) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import click
@@ -13,6 +14,7 @@ from kedro.io.core import get_protocol_and_path
 from twotower_pipeline.config.errors import RunFailedError, SettingsError
 from twotower_pipeline.config.project import describe_missing_extra
 from twotower_pipeline.config.schema import parameter_block
+from twotower_pipeline.io.datasets import describe_disk_full
 from twotower_pipeline.io.load_failures import describe_load_failure
 from twotower_pipeline.io.raw_reader import configure_raw_reader, first_data_line
 
@@ -42,6 +44,7 @@ class ReadableErrorHooks:
 
     def __init__(self) -> None:
         self._loading: str | None = None
+        self._saving: str | None = None
         self._catalog = None
         self._project: Path | None = None
 
@@ -57,9 +60,13 @@ class ReadableErrorHooks:
             check_sources(catalog, self._project)
             if "raw_interactions" in catalog and "params:ingestion" in catalog:
                 ingestion = parameter_block("ingestion", catalog.load("params:ingestion"))
-                ids = (ingestion.columns.user, ingestion.columns.item)
+                columns = ingestion.columns
+                ids = (columns.user, columns.item)
                 text_ids = ids if ingestion.id_type == "text" else ()
-                configure_raw_reader(catalog.get("raw_interactions"), ingestion.encoding, text_ids)
+                others = tuple(c for c in (columns.timestamp, columns.rating, columns.weight) if c)
+                configure_raw_reader(
+                    catalog.get("raw_interactions"), ingestion.encoding, text_ids, others
+                )
         except SettingsError as error:
             raise ReadableError(str(error), error.exit_code) from None
 
@@ -74,14 +81,46 @@ class ReadableErrorHooks:
             data.attrs["first_line"] = first_data_line(self._catalog.get(dataset_name))
 
     @hook_impl
+    def before_dataset_saved(self, dataset_name: str) -> None:
+        self._saving = dataset_name
+
+    @hook_impl
+    def after_dataset_saved(self) -> None:
+        self._saving = None
+
+    @hook_impl
     def on_pipeline_error(self, error: Exception) -> None:
-        if isinstance(error, RunFailedError):
-            raise ReadableError(str(error), error.exit_code) from error
+        # Kedro wraps what a dataset's save raises (a full disk: DiskFullError) in DatasetError.
+        failure = _cause(error, RunFailedError)
+        if failure is not None:
+            raise ReadableError(str(failure), failure.exit_code) from error
+        full = _cause(error, OSError)
+        if full is not None and full.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ReadableError(self._disk_full(full)) from error
         if isinstance(error, ModuleNotFoundError) and (missing := describe_missing_extra(error)):
             raise ReadableError(missing, SettingsError.exit_code) from error
         if isinstance(error, DatasetError) and self._loading and self._catalog is not None:
             dataset = self._catalog.get(self._loading)
             raise ReadableError(describe_load_failure(dataset, error)) from error
+
+    def _disk_full(self, error: OSError) -> str:
+        """Return the one line for a save that filled the disk (a dataset not of this project)."""
+        dataset = self._catalog.get(self._saving) if self._saving and self._catalog else None
+        filepath = getattr(dataset, "_filepath", None) or error.filename
+        if filepath is None:
+            return f"no space left on the disk ({error.strerror}); free some space and run again"
+        return describe_disk_full(Path(str(filepath)), 0)
+
+
+def _cause(error: BaseException, kind: type) -> BaseException | None:
+    """Return the first exception of `kind` in `error`'s chain of causes, or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 # Each raw input, the parameter that names its file in error messages, its globals.yml key.

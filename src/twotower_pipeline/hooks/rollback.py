@@ -11,10 +11,13 @@ from pathlib import Path
 from kedro.framework.hooks import hook_impl
 
 from twotower_pipeline.config.errors import RunInterruptedError
+from twotower_pipeline.hooks.run_lock import environment_lock_path, run_environment
 from twotower_pipeline.io.datasets import AtomicJSONDataset, AtomicParquetDataset
 from twotower_pipeline.io.rollback import (
     journal_path,
+    journal_run_ids,
     keep_aside,
+    keep_name,
     local_unversioned_file,
     new_version_folder,
     recover_killed_runs,
@@ -72,9 +75,14 @@ class OutputRollbackHooks:
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        # Called under the environment's lock (hooks/run_lock.py): no other run of this
+        # environment writes, so a journal of it left here is a killed run's.
+        project = Path(run_params["project_path"])
+        data = project / "data"
+        recover_killed_runs(data)
         self._kept, self._new_versions = {}, []
         run_id = run_params.get("run_id") or str(os.getpid())
-        suffix = f".{run_id}.keep"
+        linked: dict[Path, bool] = {}
         for name in sorted(pipeline.all_outputs()):
             dataset = catalog.get(name) if name in catalog else None
             folder = new_version_folder(dataset, run_id)
@@ -84,10 +92,22 @@ class OutputRollbackHooks:
             path = local_unversioned_file(dataset)
             if path is None:
                 continue
-            link = isinstance(dataset, AtomicParquetDataset | AtomicJSONDataset)
-            self._kept[path] = keep_aside(path, suffix, link)
-        self._journal = journal_path(Path(run_params["project_path"]) / "data", run_id)
-        write_journal(self._journal, self._kept, self._new_versions)
+            self._kept[path] = keep_name(path, run_id)
+            linked[path] = isinstance(dataset, AtomicParquetDataset | AtomicJSONDataset)
+        env = run_environment(run_params)
+        self._journal = journal_path(data, run_id, env)
+        # The journal first: a kill while files are kept aside leaves none unaccounted for.
+        write_journal(
+            self._journal,
+            self._kept,
+            self._new_versions,
+            run_id,
+            environment_lock_path(project, env),
+            env,
+        )
+        claimed = journal_run_ids(data)
+        for path, kept in self._kept.items():
+            keep_aside(path, kept, linked[path], claimed)
         self._interrupted = None
         self._catch_signals()
 

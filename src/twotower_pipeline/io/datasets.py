@@ -10,9 +10,12 @@ file and leave an empty or partial one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
+import secrets
+import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from kedro_datasets._typing import TablePreview
 from kedro_datasets.json import JSONDataset
 from kedro_datasets.pandas import ParquetDataset
 
+from twotower_pipeline.config.errors import DiskFullError
 from twotower_pipeline.data.synthetic import SyntheticLogSpec, generate_world
 
 _SPEC_KEY = b"twotower_pipeline.synthetic_spec"
@@ -67,6 +71,10 @@ class SyntheticInteractionsDataset(AbstractDataset[None, pd.DataFrame]):
 
     def _spec_json(self) -> bytes:
         return json.dumps(asdict(self._spec), sort_keys=True).encode()
+
+    def companion_paths(self) -> list[Path]:
+        """Return the files this log writes beside itself on its first load."""
+        return [synthetic_companion_path(self._filepath, n) for n in SYNTHETIC_COMPANIONS]
 
     def _paths(self) -> dict[str, Path]:
         companions = {n: synthetic_companion_path(self._filepath, n) for n in SYNTHETIC_COMPANIONS}
@@ -116,17 +124,72 @@ def table_preview(frame: pd.DataFrame) -> TablePreview:
     return TablePreview(rows.to_dict(orient="split"))
 
 
-def replace_atomically(target: Path, write: Any) -> None:
-    """Call write(temporary path) beside `target`, then rename it over `target`."""
+def replace_atomically(
+    target: Path, write: Any, needed_bytes: Callable[[], int] | None = None
+) -> None:
+    """Call write(temporary path) beside `target`, then rename it over `target`.
+
+    The temporary name is this process's own (pid and a random part), so two
+    runs never write one file; it is created with the process's umask, like any
+    file the run writes. A disk that fills up during the write raises
+    DiskFullError naming `target` and the space the file needs
+    (`needed_bytes()` when given, else at least what was written), and the
+    temporary file is removed: the old file stays as it was.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
+    tmp_name = str(target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
+    os.close(os.open(tmp_name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         write(tmp_name)
         os.replace(tmp_name, target)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        written = os.path.getsize(tmp_name) if os.path.exists(tmp_name) else 0
+        os.unlink(tmp_name)
+        raise DiskFullError(describe_disk_full(target, written, needed_bytes)) from None
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+
+
+def describe_disk_full(
+    target: Path, written: int, needed_bytes: Callable[[], int] | None = None
+) -> str:
+    """Return the one line for a save of `target` that ran out of disk space."""
+    needed = None
+    if needed_bytes is not None:
+        try:
+            needed = needed_bytes()
+        except Exception:  # noqa: BLE001 - the size is a courtesy; the disk is the error
+            needed = None
+    free = shutil.disk_usage(target.parent).free
+    if needed is not None:
+        size = f"it needs {_size(needed)}"
+    elif written:
+        size = f"it needs more than the {_size(written)} written before the disk filled"
+    else:
+        size = "it needs more than is free"
+    return (
+        f"no space left on the disk while writing {_shown(target)}: {size}, and "
+        f"{_size(free)} is free there; free some space (the previous file is unchanged) "
+        "and run again"
+    )
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
+
+
+def _shown(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 class AtomicParquetDataset(ParquetDataset):
@@ -141,7 +204,11 @@ class AtomicParquetDataset(ParquetDataset):
             super().save(data)
             return
         target = Path(get_filepath_str(self._get_save_path(), self._protocol))
-        replace_atomically(target, lambda tmp: data.to_parquet(tmp, **self._save_args))
+        replace_atomically(
+            target,
+            lambda tmp: data.to_parquet(tmp, **self._save_args),
+            lambda: len(data.to_parquet(None, **self._save_args)),
+        )
         self._invalidate_cache()
 
 
@@ -154,7 +221,9 @@ class AtomicJSONDataset(JSONDataset):
             return
         text = json.dumps(data, **self._save_args)  # fails before any file is touched
         target = Path(get_filepath_str(self._get_save_path(), self._protocol))
-        replace_atomically(target, lambda tmp: Path(tmp).write_text(text))
+        replace_atomically(
+            target, lambda tmp: Path(tmp).write_text(text), lambda: len(text.encode())
+        )
         self._invalidate_cache()
 
 
@@ -176,6 +245,16 @@ class OptionalDataset(AbstractDataset[None, Any]):
 
     def load(self) -> Any:
         return self._dataset.load() if self._dataset.exists() else None
+
+    def file_exists(self) -> bool:
+        """Return whether the wrapped dataset's file exists (this dataset always "exists")."""
+        return self._dataset.exists()
+
+    @property
+    def filepath(self) -> str | None:
+        """Return the wrapped dataset's file, or None when it has none."""
+        filepath = getattr(self._dataset, "_filepath", None)
+        return None if filepath is None else str(filepath)
 
     def save(self, data: None) -> None:
         raise DatasetError(f"{self._dataset} is optional raw data and is read-only")

@@ -6,11 +6,25 @@ import codecs
 
 from kedro_datasets.pandas import CSVDataset
 
+try:
+    from pandas._libs.parsers import STR_NA_VALUES as _PANDAS_NA_STRINGS
+except ImportError:  # pandas' default list, as of pandas 2
+    _PANDAS_NA_STRINGS = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                          "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
+                          "nan", "null"}  # fmt: skip
+
 from twotower_pipeline.config.errors import SettingsError
 
 
-def configure_raw_reader(dataset, encoding: str, text_columns: tuple[str, ...] = ()) -> None:
-    """Give a CSV raw reader the file's encoding, and read `text_columns` as text."""
+def configure_raw_reader(
+    dataset, encoding: str, text_columns: tuple[str, ...] = (), other_columns: tuple[str, ...] = ()
+) -> None:
+    """Give a CSV raw reader the file's encoding, and read `text_columns` as text.
+
+    A text column is read with no NA strings but the empty cell: `NA`, `None` or
+    `null` is an id like any other. `other_columns` (the timestamp, the rating)
+    keep pandas' NA strings, so a `NA` rating is still a missing one.
+    """
     if not isinstance(dataset, CSVDataset):
         return
     load_args = dataset._load_args
@@ -23,6 +37,13 @@ def configure_raw_reader(dataset, encoding: str, text_columns: tuple[str, ...] =
     load_args["encoding"] = encoding
     if text_columns:
         load_args["dtype"] = {**(load_args.get("dtype") or {}), **dict.fromkeys(text_columns, str)}
+        if "na_values" in load_args or "keep_default_na" in load_args:
+            return  # the catalog says which strings are missing values: its word stands
+        load_args["keep_default_na"] = False
+        load_args["na_values"] = {
+            **dict.fromkeys(other_columns, sorted(_PANDAS_NA_STRINGS)),
+            **{column: [""] for column in text_columns},
+        }
 
 
 def first_data_line(dataset) -> int | None:
