@@ -45,7 +45,10 @@ def new_histories(item_index: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame
     """Return histories in the raw log's layout: a training user's, a new user's, unknown ids."""
     ids = item_index.set_index("item")["item_id"]
     first = train[train["user"] == train["user"].iloc[0]].sort_values("timestamp")
-    rows = [("known-user", ids[i], int(t)) for i, t in zip(first["item"], first["timestamp"])]
+    rows = [
+        ("known-user", ids[i], int(t))
+        for i, t in zip(first["item"], first["timestamp"], strict=True)
+    ]
     rows += [("new-user", ids[i], 1_700_000_000 + n) for n, i in enumerate([3, 1, 4, 1, 5])]
     rows += [
         ("with-unknown", ids[2], 1_700_000_000),
@@ -86,8 +89,8 @@ def test_the_pipeline_answers_what_recommend_from_histories_answers(answered):
 
 def test_no_answer_holds_an_item_of_the_users_own_history(answered):
     answer, histories, *_ = answered
-    seen = set(zip(histories["user_id"], histories["item_id"]))
-    assert not any(pair in seen for pair in zip(answer["user_id"], answer["item_id"]))
+    seen = set(zip(histories["user_id"], histories["item_id"], strict=True))
+    assert not any(pair in seen for pair in zip(answer["user_id"], answer["item_id"], strict=True))
 
 
 def test_unknown_items_are_counted_and_a_history_of_none_known_gets_popularity(answered):
