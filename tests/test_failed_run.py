@@ -208,3 +208,17 @@ def test_a_run_killed_outright_is_rolled_back_before_the_next_one_reads(good_run
     with KedroSession.create(project_path=project, env="smoke") as session:
         session.load_context()
     assert_nothing_published(project, before, skip=CHECKPOINTS)
+
+
+def test_a_checkpoint_folder_that_is_a_file_stops_before_anything_runs(good_run, kedro_run):
+    project, before = good_run, snapshot(good_run)
+    model_file = next((project / "data/smoke/06_models/two_tower_model.pt").rglob("*.pt"))
+    folder = model_file.relative_to(project).as_posix()
+    with pytest.raises(ReadableError) as failed:
+        kedro_run(project, pipeline="train", params={"training": {"checkpoint_dir": folder}})
+    assert failed.value.format_message() == (
+        f"bad settings (1): training.checkpoint_dir={folder!r} must name a folder, but {folder} "
+        "is a file; point it at a folder (or move the file)"
+    )
+    assert failed.value.exit_code == 2
+    assert_nothing_published(project, before)

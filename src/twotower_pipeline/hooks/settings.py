@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kedro.framework.hooks import hook_impl
 
 from twotower_pipeline.config.errors import SettingsError
@@ -22,6 +24,7 @@ class SettingsHooks:
     def after_context_created(self, context) -> None:
         try:
             check_parameters(context.params)
+            check_folder_settings(context.params, Path(context.project_path))
         except SettingsError as error:
             raise ReadableError(str(error), error.exit_code) from None
 
@@ -29,3 +32,32 @@ class SettingsHooks:
     def before_node_run(self, inputs: dict) -> None:
         if "params:neg_ratio" in inputs and "item_index" in inputs:
             check_neg_ratio(inputs["params:neg_ratio"], len(inputs["item_index"]))
+
+
+# Parameters that name a folder the run writes into.
+FOLDER_SETTINGS = (("training", "checkpoint_dir"),)
+
+
+def check_folder_settings(params: dict, project: Path) -> None:
+    """Raise SettingsError when a folder setting names a file (or a folder inside a file)."""
+    for block, key in FOLDER_SETTINGS:
+        value = (params.get(block) or {}).get(key)
+        if not isinstance(value, str) or "://" in value:
+            continue
+        folder = Path(value) if Path(value).is_absolute() else project / value
+        for part in (folder, *folder.parents):
+            if part.exists():
+                if not part.is_dir():
+                    raise SettingsError(
+                        f"bad settings (1): {block}.{key}={value!r} must name a folder, but "
+                        f"{_shown(part, project)} is a file; point it at a folder (or move "
+                        "the file)"
+                    )
+                break
+
+
+def _shown(path: Path, project: Path) -> str:
+    try:
+        return path.relative_to(project).as_posix()
+    except ValueError:
+        return path.as_posix()
