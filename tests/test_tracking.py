@@ -118,3 +118,6 @@ def test_a_kedro_run_is_tracked_and_its_model_loads(smoke_project):
     assert "plots/learning_curve.png" in plots
     model = tracking.load_logged_model(run.info.run_id, uri)
     assert model.config.n_items > 0
+    # The run also logs the served model: MLflow's own folder with its input example.
+    served = {a.path for a in client.list_artifacts(run.info.run_id, "recommender")}
+    assert {"recommender/MLmodel", "recommender/serving_input_example.json"} <= served

@@ -16,7 +16,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from twotower_pipeline.io import tracking
+from twotower_pipeline.io import serving, tracking
 
 logger = logging.getLogger(__name__)
 
@@ -115,4 +115,9 @@ class MlflowTrackingHooks:
             tracking.log_json(self._run_id, manifest, "reports/run_manifest.json")
         except Exception as error:  # the manifest is written by another hook; it may be absent
             logger.warning("MLflow: could not log the run manifest (%s)", error)
+        if len(self._model) == 2:  # this run trained a model: log it as a served model too
+            try:
+                serving.log_recommender_from_catalog(self._run_id, catalog)
+            except Exception as error:  # tracking must never fail the run it tracks
+                logger.warning("MLflow: could not log the served model (%s)", error)
         self._run_id = None

@@ -251,11 +251,10 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
             raise ValueError("only model.history_pooling attention encodes whole sequences")
         return self.history_encoder(rows(self.history_table, items), mask)
 
-    def user_vectors_from_states(
-        self, users: torch.Tensor, states: torch.Tensor, rows: Rows = full_rows
-    ) -> torch.Tensor:
-        """Return the user tower's vectors (B, d), before normalisation, from encoder states."""
-        return self._user_tower(users, None, rows, anonymous=False, states=states)
+    def _towers(self, users, items, history, rows: Rows, states=None):
+        """Return (user vectors, item vectors) before normalisation, ids dropped in training."""
+        user = self._user_tower(users, history, rows, anonymous=False, states=states)
+        return user, self._item_tower(items, rows, drop_ids=self.training)
 
     def forward(
         self,
@@ -271,8 +270,7 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         each user vector is computed once and the result has shape (B, k).
         history is (items, mask), each (B, history_length), or None.
         """
-        user = self._user_tower(users, history, rows, anonymous=False)
-        item = self._item_tower(items, rows, drop_ids=self.training)
+        user, item = self._towers(users, items, history, rows)
         if items.dim() == users.dim() + 1:
             return ScaledCosine.apply(user, item, self.log_scale)
         return ScaledCosine.apply(user, item.unsqueeze(1), self.log_scale).squeeze(1)
@@ -291,8 +289,7 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         positive) with the same scale: the batch's other positives as shared
         negatives. `states` stand in for the history window (encode_sequences).
         """
-        user = self._user_tower(users, history, rows, anonymous=False, states=states)
-        item = self._item_tower(items, rows, drop_ids=self.training)
+        user, item = self._towers(users, items, history, rows, states)
         logits = ScaledCosine.apply(user, item, self.log_scale)
         unit_user = F.normalize(user, dim=-1)
         unit_positive = F.normalize(item[:, 0], dim=-1)
