@@ -35,7 +35,7 @@ def test_softmax_at_uniform_logits_is_log_of_the_candidates():
         users=torch.arange(batch),
         positives=torch.tensor([10, 11, 12, 13]),
         negatives=torch.tensor([[0, 1, 2]] * batch),
-        sampled_log_q=None,
+        log_q=None,
     )
     assert loss.item() == pytest.approx(math.log(batch + k))
     assert softmax_no_skill(k, batch) == pytest.approx(math.log(batch + k))
@@ -61,7 +61,14 @@ def _loss(
     sampled=SAMPLED,
     negatives=NEGATIVES,
 ):
-    q = sampler_log_q(negatives, n_items=4, probabilities=None) if log_q else None
+    q = (
+        (
+            sampler_log_q(positives, n_items=4, probabilities=None),
+            sampler_log_q(negatives, n_items=4, probabilities=None),
+        )
+        if log_q
+        else None
+    )
     return sampled_softmax_loss(in_batch, sampled, users, positives, negatives, q).item()
 
 
@@ -69,10 +76,11 @@ def test_log_q_correction_by_hand():
     e = math.exp
     plain = (math.log(e(2) + e(0) + e(1)) - 2 + math.log(e(3) + e(1) + e(0.5)) - 3) / 2
     assert _loss(log_q=False) == pytest.approx(plain)
-    # Each in-batch item is half the batch's positives (-log q = log 2, the positive's too);
-    # each sampled one was drawn with q = 1/4 (-log q = log 4): relative to the positive the
-    # sampled logit gains log 4 - log 2 = log 2, the in-batch negative nothing.
-    corrected = (math.log(e(2) + e(0) + 2 * e(1)) - 2 + math.log(e(3) + e(1) + 2 * e(0.5)) - 3) / 2
+    # One sampled draw a row from 4 items (q = 1/4): an in-batch item is expected once (it is
+    # one of the 2 positives) plus 1/4 (the sampler may draw it), 1.25 times; a sampled one
+    # (not a positive) 0.25 times. Relative to the target the sampled logit gains log 5, the
+    # in-batch negative nothing.
+    corrected = (math.log(e(2) + e(0) + 5 * e(1)) - 2 + math.log(e(3) + e(1) + 5 * e(0.5)) - 3) / 2
     assert _loss() == pytest.approx(corrected)
 
 
@@ -86,13 +94,15 @@ def test_log_q_of_a_popular_in_batch_item():
         torch.tensor([0, 1, 2]),
         torch.tensor([10, 10, 11]),
         torch.tensor([[12], [12], [12]]),
-        torch.full((3, 1), math.log(0.5)),
+        (torch.full((3,), math.log(0.1)), torch.full((3, 1), math.log(0.5))),
     ).item()
-    e, l23, l13 = math.exp, math.log(2 / 3), math.log(1 / 3)
+    # Expected counts: item 10 is 2 of the positives (+ 0.1 from the sampler), 11 is 1 (+ 0.1),
+    # the sampled 12 is no positive (0.5 from the sampler).
+    e, l10, l11, l12 = math.exp, math.log(2.1), math.log(1.1), math.log(0.5)
     # Row 0: its target (10) is also row 1's positive: that copy is masked.
-    row0 = math.log(e(1 - l23) + e(0 - l13) + e(0 - math.log(0.5))) - (1 - l23)
-    row1 = math.log(e(2 - l23) + e(0.5 - l13) + e(-math.log(0.5))) - (2 - l23)
-    row2 = math.log(e(0 - l23) + e(0 - l23) + e(1 - l13) + e(-math.log(0.5))) - (1 - l13)
+    row0 = math.log(e(1 - l10) + e(0 - l11) + e(0 - l12)) - (1 - l10)
+    row1 = math.log(e(2 - l10) + e(0.5 - l11) + e(-l12)) - (2 - l10)
+    row2 = math.log(e(0 - l10) + e(0 - l10) + e(1 - l11) + e(-l12)) - (1 - l11)
     assert loss == pytest.approx((row0 + row1 + row2) / 3)
 
 
@@ -130,11 +140,16 @@ def test_shapes_are_checked():
         sampled_softmax_loss(torch.zeros(2, 3), SAMPLED, USERS, POSITIVES, NEGATIVES, None)
 
 
-def _loop_softmax(in_batch, sampled, users, positives, negatives, log_q):
-    """The loss written out a row and a candidate at a time."""
-    batch = len(positives)
+def _loop_softmax(in_batch, sampled, users, positives, negatives, q):
+    """The loss written out a row and a candidate at a time; q: the sampler's probabilities."""
+    batch, k = len(positives), negatives.shape[1]
     own = {(int(u), int(i)) for u, i in zip(users, positives, strict=True)}
     count = {int(i): int((positives == i).sum()) for i in positives}
+
+    def expected(item: int) -> float:
+        return math.log(count.get(item, 0) + k * q[item])
+
+    log_q = q
     total = 0.0
     for b in range(batch):
         user = int(users[b])
@@ -143,16 +158,14 @@ def _loop_softmax(in_batch, sampled, users, positives, negatives, log_q):
             item = int(positives[j])
             if j != b and (user, item) in own:
                 continue
-            correction = math.log(count[item] / batch) if log_q is not None else 0.0
+            correction = expected(item) if log_q is not None else 0.0
             terms.append(float(in_batch[b, j]) - correction)
         for c in range(negatives.shape[1]):
             if (user, int(negatives[b, c])) in own:
                 continue
-            correction = float(log_q[b, c]) if log_q is not None else 0.0
+            correction = expected(int(negatives[b, c])) if log_q is not None else 0.0
             terms.append(float(sampled[b, c]) - correction)
-        target = float(in_batch[b, b]) - (
-            math.log(count[int(positives[b])] / batch) if log_q is not None else 0.0
-        )
+        target = float(in_batch[b, b]) - (expected(int(positives[b])) if log_q is not None else 0.0)
         total += math.log(sum(math.exp(t) for t in terms)) - target
     return total / batch
 
@@ -167,7 +180,13 @@ def test_softmax_matches_a_loop_over_candidates(seed, correct):
     negatives = torch.randint(0, 8, (batch, k), generator=g)
     in_batch = torch.randn(batch, batch, generator=g, dtype=torch.float64)
     sampled = torch.randn(batch, k, generator=g, dtype=torch.float64)
-    log_q = sampler_log_q(negatives, 8, np.full(8, 1 / 8)).double() if correct else None
+    q = torch.rand(8, generator=g, dtype=torch.float64) + 0.1
+    q = (q / q.sum()).numpy()
+    log_q = (
+        (sampler_log_q(positives, 8, q).double(), sampler_log_q(negatives, 8, q).double())
+        if correct
+        else None
+    )
     loss = sampled_softmax_loss(in_batch, sampled, users, positives, negatives, log_q)
-    expected = _loop_softmax(in_batch, sampled, users, positives, negatives, log_q)
-    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    expected = _loop_softmax(in_batch, sampled, users, positives, negatives, q if correct else None)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)  # the sampler's q is float32

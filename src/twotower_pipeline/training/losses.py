@@ -6,10 +6,10 @@
 - `softmax`: a sampled softmax. Each positive competes with its own neg_ratio
   sampled negatives and with the batch's other positives' items (shared
   negatives, no extra item vectors to compute). A candidate's logit has the
-  log of how it was drawn subtracted (logQ; Yi et al., RecSys 2019): the
-  sampler's probability for a sampled negative (uniform or popularity) and
-  the item's frequency among the batch's positives for an in-batch one, the
-  positive included (it is one of the batch's items). Without it the loss
+  log of how often it is expected among the row's candidates subtracted
+  (logQ; Yi et al., RecSys 2019, for in-batch frequencies): an item that is
+  count_j of the batch's positives and drawn by the sampler with q_j is
+  expected count_j + neg_ratio q_j times, the positive included. Without it the loss
   pushes popular items down for being drawn often, not for being wrong. A
   candidate that is one of the row's user's own positives in the batch (an
   accidental hit, the target itself included when it shows up again) is left
@@ -100,13 +100,36 @@ def _accidental_hits(
     return in_batch, sampled
 
 
+def expected_log_counts(
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    positive_log_q: torch.Tensor,
+    sampled_log_q: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return log of how often each candidate is expected among a row's candidates: (B,), (B, k).
+
+    A row's candidates are the batch's B positives (drawn as the data draws them:
+    item j appears count_j times) and its k sampled negatives (k draws from the
+    sampler, q_j each), so item j is expected count_j + k q_j times, whichever
+    group it came from. positive_log_q (B,) and sampled_log_q (B, k) are the
+    sampler's log q of the positives and of the negatives.
+    """
+    k = negatives.shape[1]
+    items, inverse, counts = torch.unique(positives, return_inverse=True, return_counts=True)
+    counts = counts.to(positive_log_q.dtype)
+    in_batch = counts[inverse] + k * positive_log_q.exp()
+    where = torch.searchsorted(items, negatives.contiguous()).clamp_(max=items.numel() - 1)
+    drawn = torch.where(items[where] == negatives, counts[where], torch.zeros_like(sampled_log_q))
+    return in_batch.log(), (drawn + k * sampled_log_q.exp()).log()
+
+
 def sampled_softmax_loss(
     in_batch_logits: torch.Tensor,
     sampled_logits: torch.Tensor,
     users: torch.Tensor,
     positives: torch.Tensor,
     negatives: torch.Tensor,
-    sampled_log_q: torch.Tensor | None,
+    log_q: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> torch.Tensor:
     """Return the mean sampled-softmax loss of a batch of B positives.
 
@@ -114,9 +137,10 @@ def sampled_softmax_loss(
     the diagonal each row's own positive. sampled_logits (B, k): row b's user
     against its k sampled negatives, the items `negatives` (B, k). users and
     positives (B,) say whose positives the rows are, for the accidental hits.
-    sampled_log_q (B, k): the log probability the sampler drew each negative
-    (sampler_log_q); None turns the logQ correction off for both kinds of
-    candidate.
+    log_q is (positive_log_q (B,), sampled_log_q (B, k)), the sampler's log
+    probability of each positive and each negative: every candidate's logit,
+    the target's too, then loses the log of its expected count among the row's
+    candidates (expected_log_counts). None turns the correction off.
     """
     batch = positives.numel()
     if in_batch_logits.shape != (batch, batch) or sampled_logits.shape != negatives.shape:
@@ -125,15 +149,21 @@ def sampled_softmax_loss(
             f"sampled logits {tuple(sampled_logits.shape)} the shape of negatives "
             f"{tuple(negatives.shape)}"
         )
+    if log_q is not None:
+        positive_log_q, sampled_log_q = (q.to(in_batch_logits.dtype) for q in log_q)
+        in_batch_count, sampled_count = expected_log_counts(
+            positives, negatives, positive_log_q, sampled_log_q
+        )
+        in_batch_logits = in_batch_logits - in_batch_count.unsqueeze(0)
+        sampled_logits = sampled_logits - sampled_count
+    target = in_batch_logits.diagonal()
     in_batch_hit, sampled_hit = _accidental_hits(users, positives, negatives)
     in_batch_hit.fill_diagonal_(False)
-    if sampled_log_q is not None:
-        counts = torch.unique(positives, return_inverse=True, return_counts=True)
-        in_batch_log_q = (counts[2][counts[1]].to(in_batch_logits.dtype) / batch).log()
-        in_batch_logits = in_batch_logits - in_batch_log_q.unsqueeze(0)
-        sampled_logits = sampled_logits - sampled_log_q
-    target = in_batch_logits.diagonal()
-    # Two log-sum-exps joined, rather than one over a concatenated copy of the (B, B) block.
-    in_batch_lse = torch.logsumexp(in_batch_logits.masked_fill(in_batch_hit, -torch.inf), dim=1)
-    sampled_lse = torch.logsumexp(sampled_logits.masked_fill(sampled_hit, -torch.inf), dim=1)
-    return (torch.logaddexp(in_batch_lse, sampled_lse) - target).mean()
+    candidates = torch.cat(
+        [
+            in_batch_logits.masked_fill(in_batch_hit, -torch.inf),
+            sampled_logits.masked_fill(sampled_hit, -torch.inf),
+        ],
+        dim=1,
+    )
+    return (torch.logsumexp(candidates, dim=1) - target).mean()

@@ -87,7 +87,10 @@ class SoftmaxTask:
             probabilities = self.probabilities
             if probabilities is not None and probabilities.device != negatives.device:
                 self.probabilities = probabilities = probabilities.to(negatives.device)
-            log_q = sampler_log_q(negatives, self.n_items, probabilities)
+            log_q = (
+                sampler_log_q(scores.items[:, 0], self.n_items, probabilities),
+                sampler_log_q(negatives, self.n_items, probabilities),
+            )
         loss = sampled_softmax_loss(
             scores.in_batch,
             scores.logits[:, 1:],
