@@ -18,13 +18,24 @@ class RunManifestHooks:
     See io/manifest.py. The run id (Kedro's save version, the name of this run's
     version folders) is also put in the catalog as the dataset `run_id`, so a
     node can write it into what it produces (model_config, metrics, report).
+    The run's environment (`local` when none was named) is put there too, as
+    `run_environment`: training records it in each checkpoint's fingerprint.
     """
 
     def __init__(self) -> None:
         self._manifest: dict | None = None
+        self._environment = "local"
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._environment = context.env or "local"
 
     @hook_impl
     def after_catalog_created(self, catalog, save_version) -> None:
+        if "run_environment" in catalog:
+            catalog.save("run_environment", self._environment)
+        else:
+            catalog["run_environment"] = self._environment
         if save_version is None:  # a catalog made to read (a notebook, a script), not a run
             return
         if "run_id" in catalog:  # a catalog entry (for kedro-viz's layer): fill it, not replace it

@@ -6,24 +6,41 @@ epoch; the candidate whose kept epoch has the best validation Recall@K (K =
 evaluation.headline_k; ties go to the earlier) is the model. With
 model_selection.ensemble, the candidates scored together are measured the same
 way and kept only when strictly better. Test is never looked at.
+
+With training.resume, each candidate's checkpoint is judged before any trains
+(training/checkpoints.py): one recording this run's fingerprint (the train
+split's rows, the split and sampling settings, the environment, the
+candidate's model block and name) resumes; a candidate with none, or with one
+of another configuration, trains from epoch 1 with a warning naming what
+differs, as long as one candidate of this run resumes. When none can, the run
+stops in one line saying why; a defective file stops it in one line naming the
+file.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
+from twotower_pipeline.config.errors import PipelineInputError
+from twotower_pipeline.config.fingerprint import resume_refusal, training_fingerprint
 from twotower_pipeline.data.sampling import item_distribution
 from twotower_pipeline.model.build import build_model, token_matrix
 from twotower_pipeline.model.ensemble import TowerEnsemble
 from twotower_pipeline.model.towers import TwoTowerModel
+from twotower_pipeline.training.checkpoints import (
+    CheckpointedSpec,
+    checkpoint_path,
+    checkpoint_standing,
+    no_checkpoint_message,
+)
 from twotower_pipeline.training.distributed import DistributedSettings, fit_distributed
 from twotower_pipeline.training.loop import fit
-from twotower_pipeline.training.spec import TrainingDivergedError, TrainingSpec
+from twotower_pipeline.training.spec import TrainingDivergedError
 from twotower_pipeline.training.validation import validation_ranking
 
 logger = logging.getLogger(__name__)
@@ -59,6 +76,8 @@ class TrainingBlocks:
     negative_sampling: dict
     evaluation: dict
     model_selection: dict
+    split: dict = field(default_factory=dict)  # the split block, recorded by checkpoints
+    environment: str | None = None  # the run's environment (None: local)
 
 
 @dataclass
@@ -92,6 +111,8 @@ def select_model(data: TrainingData, blocks: TrainingBlocks) -> Selection:
     """Return the candidate (or the ensemble of them) with the best validation Recall@K."""
     candidates = model_candidates(blocks.model, blocks.model_selection)
     k = blocks.evaluation["headline_k"]
+    fingerprint = run_fingerprint(data, blocks)
+    resumes = resume_plan(candidates, fingerprint, blocks)
     chosen, report, trained = None, [], []
     for name, block in candidates:
         if len(candidates) > 1:
@@ -102,7 +123,9 @@ def select_model(data: TrainingData, blocks: TrainingBlocks) -> Selection:
                 name,
                 _describe_block(block, blocks.model),
             )
-        two_tower, history = _train_named(name, block, data, blocks)
+        two_tower, history = _train_named(
+            name, block, data, blocks, candidate_fingerprint(fingerprint, name, block), resumes
+        )
         kept = history.loc[history["chosen"]].iloc[0]
         recall = float(kept[f"recall@{k}"])
         report.append(_candidate_row(name, _changes(block, blocks.model), kept["epoch"], recall, k))
@@ -133,17 +156,94 @@ def _candidate_row(name: str, model: dict, epoch, recall: float, k: int) -> dict
     }
 
 
-def _train_named(
-    name: str, block: dict, data: TrainingData, blocks: TrainingBlocks
-) -> tuple[TwoTowerModel, pd.DataFrame]:
-    """Train one candidate in its checkpoint folder; a divergence names the candidate."""
-    # The configured block checkpoints in the documented folder, each alternative in a
-    # folder of its own inside it.
-    folder = blocks.training["checkpoint_dir"]
+def candidate_training(name: str, training: dict, resume: bool | None = None) -> dict:
+    """Return the training block of one candidate: its checkpoint folder, whether it resumes.
+
+    The configured block checkpoints in the documented folder, each alternative
+    in a folder of its own inside it.
+    """
+    folder = training["checkpoint_dir"]
     if name != "configured":
         folder = f"{folder}/{name}"
+    resumed = {} if resume is None else {"resume": resume}
+    return {**training, "checkpoint_dir": folder, **resumed}
+
+
+def run_fingerprint(data: TrainingData, blocks: TrainingBlocks) -> dict:
+    """Return what every candidate of this run trains on (config/fingerprint.py), no model yet.
+
+    The train split's rows are hashed once; candidate_fingerprint adds each
+    candidate's model block and name.
+    """
+    return training_fingerprint(
+        data.train_interactions,
+        split=blocks.split,
+        sampling={"neg_ratio": blocks.neg_ratio, **blocks.negative_sampling},
+        environment=blocks.environment,
+        model={},
+        candidate="",
+    )
+
+
+def candidate_fingerprint(run: dict, name: str, block: dict) -> dict:
+    """Return one candidate's fingerprint, as its checkpoints record it."""
+    return {**run, "model": dict(block), "candidate": name}
+
+
+def resume_plan(
+    candidates: list[tuple[str, dict]], fingerprint: dict, blocks: TrainingBlocks
+) -> dict[str, bool]:
+    """Return {candidate: resumes} under training.resume ({} without it); see the module.
+
+    Raises PipelineInputError, in one line, when no candidate's checkpoint is this
+    run's, or when a checkpoint file is defective.
+    """
+    if not blocks.training.get("resume"):
+        return {}
+    standings = {}
+    for name, block in candidates:
+        spec, _ = candidate_spec(
+            candidate_training(name, blocks.training),
+            blocks,
+            candidate_fingerprint(fingerprint, name, block),
+        )
+        standings[name] = (checkpoint_path(spec), checkpoint_standing(spec))
+    if not any(differences == [] for _, differences in standings.values()):
+        stale = [(path, found) for path, found in standings.values() if found]
+        if stale:
+            path, differences = stale[0]
+            raise PipelineInputError(resume_refusal(str(path), differences))
+        raise PipelineInputError(no_checkpoint_message(standings["configured"][0]))
+    for name, (path, differences) in standings.items():
+        if differences is None:
+            logger.warning(
+                "training.resume: candidate %r has no checkpoint at %s: it trains from epoch 1",
+                name,
+                path,
+            )
+        elif differences:
+            logger.warning(
+                "training.resume: candidate %r trains from epoch 1: its checkpoint %s was "
+                "trained on other data or settings (%s); this run's epochs replace it",
+                name,
+                path,
+                "; ".join(differences),
+            )
+    return {name: differences == [] for name, (_, differences) in standings.items()}
+
+
+def _train_named(
+    name: str,
+    block: dict,
+    data: TrainingData,
+    blocks: TrainingBlocks,
+    fingerprint: dict,
+    resumes: dict[str, bool],
+) -> tuple[TwoTowerModel, pd.DataFrame]:
+    """Train one candidate in its checkpoint folder; a divergence names the candidate."""
+    training = candidate_training(name, blocks.training, resumes.get(name))
     try:
-        return train_candidate({**blocks.training, "checkpoint_dir": folder}, block, data, blocks)
+        return train_candidate(training, block, data, blocks, fingerprint)
     except TrainingDivergedError as error:
         if name == "configured":  # the run as configured: its message as it always read
             raise
@@ -194,10 +294,38 @@ def _describe_block(block: dict, model: dict) -> str:
     return ", ".join(f"model.{key}={value}" for key, value in changes.items()) or "model as given"
 
 
+def candidate_spec(
+    training: dict, blocks: TrainingBlocks, fingerprint: dict | None = None
+) -> tuple[CheckpointedSpec, dict | None]:
+    """Return one candidate's training spec (its checkpoints record `fingerprint`), distributed."""
+    training = dict(training)
+    distributed = training.pop("distributed", None)
+    evaluation = blocks.evaluation
+    spec = CheckpointedSpec(
+        seed=blocks.seed,
+        num_epochs=blocks.num_epochs,
+        neg_ratio=blocks.neg_ratio,
+        eval_k=evaluation["headline_k"],
+        eval_chunk_size=evaluation["chunk_size"],
+        eval_max_users=evaluation["max_users"],
+        **training,
+        fingerprint=fingerprint,
+    )
+    return spec, distributed
+
+
 def train_candidate(
-    training: dict, model: dict, data: TrainingData, blocks: TrainingBlocks
+    training: dict,
+    model: dict,
+    data: TrainingData,
+    blocks: TrainingBlocks,
+    fingerprint: dict | None = None,
 ) -> tuple[TwoTowerModel, pd.DataFrame]:
-    """Return one model block's trained model (its best validation epoch) and its history."""
+    """Return one model block's trained model (its best validation epoch) and its history.
+
+    Its checkpoints record `fingerprint`, and a resume continues only a checkpoint
+    that recorded the same.
+    """
     torch.manual_seed(blocks.seed)
     two_tower = build_model(
         model,
@@ -212,18 +340,7 @@ def train_candidate(
     two_tower.set_side_information(
         train_users=train["user"].to_numpy(np.int64), train_items=train["item"].to_numpy(np.int64)
     )
-    training = dict(training)
-    distributed = training.pop("distributed", None)
-    evaluation = blocks.evaluation
-    spec = TrainingSpec(
-        seed=blocks.seed,
-        num_epochs=blocks.num_epochs,
-        neg_ratio=blocks.neg_ratio,
-        eval_k=evaluation["headline_k"],
-        eval_chunk_size=evaluation["chunk_size"],
-        eval_max_users=evaluation["max_users"],
-        **training,
-    )
+    spec, distributed = candidate_spec(training, blocks, fingerprint)
     sampling = blocks.negative_sampling
     probabilities = item_distribution(
         train["item"].to_numpy(),

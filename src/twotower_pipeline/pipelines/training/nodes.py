@@ -30,12 +30,17 @@ def train_two_tower(
     feature_encoders: dict | None = None,
     run_id: str | None = None,
     model_selection: dict | None = None,
+    split: dict | None = None,
+    run_environment: str | None = None,
 ) -> tuple[TwoTowerModel, dict, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Return the chosen model, its config, its per-epoch history, both embeddings, the choice.
 
     The model is training.selection's choice on validation. The config names the
     run that made it (run_id: its run_manifest's version); the choice lists every
-    candidate's figure.
+    candidate's figure. The split block and the run's environment (run_environment:
+    hooks/provenance.py puts it in the catalog) go into each checkpoint's
+    fingerprint, so a resume continues only a checkpoint of this data and these
+    settings (training/selection.py).
     """
     data = TrainingData(
         train_examples,
@@ -50,7 +55,7 @@ def train_two_tower(
     selection = model_selection or {"enabled": False, "alternatives": {}}
     blocks = TrainingBlocks(
         *(seed, neg_ratio, logit_scale, num_epochs, model, training, negative_sampling),
-        *(evaluation, selection),
+        *(evaluation, selection, split or {}, run_environment),
     )
     chosen = select_model(data, blocks)
     known = pd.concat([train_interactions, val_interactions], ignore_index=True)

@@ -27,6 +27,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "feature_encoders",
                     "run_id",
                     "params:model_selection",
+                    "params:split",
+                    "run_environment",
                 ],
                 outputs=[
                     "two_tower_model",
