@@ -452,6 +452,77 @@ def test_ids_stored_as_text_stay_text_even_when_they_look_like_numbers():
     assert sorted(clean["user_id"].tolist()) == ["007", "10", "9"]
 
 
+def auto_csv_log(tmp_path, text: str, env: str | None = None) -> tuple[pd.DataFrame, IngestionSpec]:
+    """Read `text` as a run reads the raw CSV under id_type auto (ids as text, then typed).
+
+    With `env`, through that environment's raw_interactions entry.
+    """
+    from kedro.io import DataCatalog
+
+    from twotower_pipeline.hooks.readable_errors import ReadableErrorHooks
+
+    path = tmp_path / "events.csv"
+    path.write_text(text)
+    reader = CSVDataset(filepath=str(path)) if env is None else env_raw_dataset(env, path)
+    catalog = DataCatalog({"raw_interactions": reader})
+    window = {"earliest": "1990-01-01", "latest": None}  # the hook reads a whole block
+    catalog["params:ingestion"] = {
+        **BASE_INGESTION,
+        "source": str(path),
+        "timestamp_window": window,
+    }
+    ReadableErrorHooks().after_catalog_created(catalog)
+    return catalog.load("raw_interactions"), replace(spec(str(path)), first_line=2)
+
+
+def test_ids_with_leading_zeros_stay_distinct_under_auto(tmp_path):
+    raw, ingestion = auto_csv_log(
+        tmp_path, "user_id,item_id,timestamp\n1,007,1\n1,7,2\n2,00007,3\n2,7,4\n"
+    )
+    _, report, interactions, users, items = ingest(raw, ingestion)
+    assert sorted(items["item_id"].tolist()) == ["00007", "007", "7"]  # three items, as written
+    assert report["items"] == 3 and len(interactions) == 4
+    assert users["user_id"].dtype == np.int64  # ids written as plain integers stay integers
+
+
+def test_ids_that_are_all_plain_integers_are_integers_under_auto(tmp_path):
+    text = "user_id,item_id,timestamp\n10,3,1\n9,-2,2\n10,0,3\n"
+    raw, ingestion = auto_csv_log(tmp_path, text)
+    assert raw["user_id"].tolist() == ["10", "9", "10"]  # read as written
+    clean, _, _, users, items = ingest(raw, ingestion)
+    plain, _ = csv_log(tmp_path, text)
+    expected, _ = validate_interactions(plain, ingestion)
+    pd.testing.assert_frame_equal(clean, expected)  # what the default reading made
+    assert clean["item_id"].dtype == np.int64 and sorted(users["user_id"]) == [9, 10]
+
+
+def test_ids_read_as_text_under_auto_keep_their_errors(tmp_path):
+    raw, ingestion = auto_csv_log(tmp_path, "user_id,item_id,timestamp\n1,7,1\n2,1.5,2\n")
+    message = error_of(raw, ingestion)
+    assert "column 'item_id' (item) has 1 fractional id(s) (first '1.5' at line 3)" in message
+    raw, ingestion = auto_csv_log(tmp_path, "user_id,item_id,timestamp\n007,7,1\nbob,7,2\n")
+    message = error_of(raw, ingestion)
+    assert "column 'user_id' (user) has 1 numeric and 1 text id(s)" in message
+    assert "first text 'bob' at line 3)" in message
+
+
+def test_the_pyarrow_engine_reads_ids_as_text_under_auto_too(tmp_path):
+    text = "user_id,item_id,timestamp,rating\n1,007,1,4.0\n1,7,2,NA\n"
+    raw, ingestion = auto_csv_log(tmp_path, text, env="movielens_csv")  # engine: pyarrow
+    assert raw["item_id"].tolist() == ["007", "7"] and raw["rating"].isna().tolist() == [
+        False,
+        True,
+    ]
+    clean, _ = validate_interactions(raw, ingestion)
+    assert clean["item_id"].tolist() == ["007", "7"] and clean["user_id"].tolist() == [1, 1]
+
+
+def test_integers_too_large_for_int64_stay_text_as_written():
+    big = "99999999999999999999"
+    clean, _ = validate_interactions(log([1, 2, 3], users=(big, "1", "2")), spec())
+    assert clean["user_id"].tolist()[0] == big
+
+
 # --- load failures: one line naming the file and the line --------------------------
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from twotower_pipeline.data import ingestion_report as said
 from twotower_pipeline.data.ingestion_report import (
@@ -155,9 +157,14 @@ def typed_ids(values: pd.Series, role: str, spec: IngestionSpec) -> np.ndarray:
     """Return one id column as integers or as text, never a silent mix of the two.
 
     `auto`: integer columns stay integers (floats that are all whole numbers
-    become integers); text columns stay text; a column that mixes numbers and
-    text, or holds fractional numbers, is an error, because sorting or
-    printing it would change what an id means (2 -> 2.0, "10" < "9").
+    become integers). Text (a CSV's ids are read as text under auto, so that
+    nothing is lost on reading) becomes integers when every id is written as a
+    canonical integer (`7`, `-3`, `10`); a column with any id written with a
+    leading zero (`007`, `00`), or too large for int64, stays text as written,
+    so `007`, `7` and `00007` are three ids. Other numbers written otherwise
+    (`7.0`, `1e3`) are read as numbers. A column that mixes numbers and names,
+    or holds fractional numbers, is an error, because sorting or printing it
+    would change what an id means (2 -> 2.0, "10" < "9").
     `int`: every id must be a whole number. `text`: every id becomes a string.
     """
     label = f"column {values.name!r} ({role})"
@@ -165,14 +172,19 @@ def typed_ids(values: pd.Series, role: str, spec: IngestionSpec) -> np.ndarray:
         return values.astype(str).to_numpy(dtype=object)
     if pd.api.types.is_integer_dtype(values.dtype):
         return values.to_numpy()
+    stored_as_text = pd.api.types.infer_dtype(values, skipna=True) == "string"
+    if spec.id_type == "auto" and stored_as_text:
+        written = _written_integers(values)
+        if written is not None:
+            return written  # every id a canonical integer: the integers they name
     numeric = pd.to_numeric(values, errors="coerce").to_numpy(np.float64, na_value=np.nan)
     is_number = np.isfinite(numeric)
     is_text = ~is_number
     if pd.api.types.is_bool_dtype(values.dtype):
         is_text[:] = True
-    stored_as_text = pd.api.types.infer_dtype(values, skipna=True) == "string"
     if spec.id_type == "auto" and (is_text.all() or (stored_as_text and is_number.all())):
-        return values.astype(str).to_numpy(dtype=object)  # text in the file: kept as text
+        if is_text.all() or _codes_as_written(values):
+            return values.astype(str).to_numpy(dtype=object)  # text in the file: kept as text
     if is_text.any():
         first = _first(is_text)
         text = (int(is_text.sum()), spec.where(first), values.iloc[first])
@@ -189,6 +201,32 @@ def typed_ids(values: pd.Series, role: str, spec: IngestionSpec) -> np.ndarray:
         )
         fail(spec.source, message)
     return numeric.astype(np.int64)
+
+
+# An integer as a program writes it: no sign but a minus, no leading zero, no spaces.
+_CANONICAL_INTEGER = r"^-?(?:0|[1-9][0-9]*)$"
+# An id a number could not write back: a leading zero (`007`, `-01`, `00`).
+_LEADING_ZERO = r"[+-]?0[0-9]"
+
+
+def _written_integers(values: pd.Series) -> np.ndarray | None:
+    """Return text ids as int64 when every one is a canonical integer within int64, else None."""
+    text = pa.array(values, type=pa.string(), from_pandas=True)
+    if text.null_count or not pc.all(pc.match_substring_regex(text, _CANONICAL_INTEGER)).as_py():
+        return None
+    try:
+        return pc.cast(text, pa.int64()).to_numpy()
+    except pa.ArrowInvalid:  # beyond int64
+        return None
+
+
+def _codes_as_written(values: pd.Series) -> bool:
+    """Return whether text ids are codes to keep as written (a leading zero, or too large)."""
+    text = values.astype(str)
+    if text.str.match(_LEADING_ZERO).any():
+        return True
+    whole = text.str.match(_CANONICAL_INTEGER)
+    return bool(whole.all())  # canonical but beyond int64 (_written_integers said no)
 
 
 def _numeric_column(raw: pd.DataFrame, column: str) -> np.ndarray:

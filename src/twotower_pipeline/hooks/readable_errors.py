@@ -37,9 +37,9 @@ class ReadableErrorHooks:
     file and, where it can be known, the line.
 
     It also hands the raw CSV reader what parameters say about the file
-    (ingestion.encoding, ingestion.id_type: text), so the encoding is set in
-    one place, and tells the ingestion node where the file's data rows start,
-    so its messages name the file's own line numbers.
+    (ingestion.encoding; ids read as text under id_type text or auto), so the
+    encoding is set in one place, and tells the ingestion node where the
+    file's data rows start, so its messages name the file's own line numbers.
     """
 
     def __init__(self) -> None:
@@ -59,14 +59,7 @@ class ReadableErrorHooks:
         try:
             check_sources(catalog, self._project)
             if "raw_interactions" in catalog and "params:ingestion" in catalog:
-                ingestion = parameter_block("ingestion", catalog.load("params:ingestion"))
-                columns = ingestion.columns
-                ids = (columns.user, columns.item)
-                text_ids = ids if ingestion.id_type == "text" else ()
-                others = tuple(c for c in (columns.timestamp, columns.rating, columns.weight) if c)
-                configure_raw_reader(
-                    catalog.get("raw_interactions"), ingestion.encoding, text_ids, others
-                )
+                _configure_raw_interactions(catalog)
         except SettingsError as error:
             raise ReadableError(str(error), error.exit_code) from None
 
@@ -110,6 +103,23 @@ class ReadableErrorHooks:
         if filepath is None:
             return f"no space left on the disk ({error.strerror}); free some space and run again"
         return describe_disk_full(Path(str(filepath)), 0)
+
+
+def _configure_raw_interactions(catalog) -> None:
+    """Give the raw CSV reader the encoding, and its id columns as text under text or auto."""
+    ingestion = parameter_block("ingestion", catalog.load("params:ingestion"))
+    columns = ingestion.columns
+    # Under auto too: leading zeros survive the reading, and typed_ids
+    # (data/interactions.py) makes ids that are all integers integers.
+    text_ids = (columns.user, columns.item) if ingestion.id_type in ("text", "auto") else ()
+    others = tuple(c for c in (columns.timestamp, columns.rating, columns.weight) if c)
+    raw = catalog.get("raw_interactions")
+    load_args = getattr(raw, "_load_args", None)
+    if text_ids and isinstance(load_args, dict) and load_args.get("engine") == "pyarrow":
+        # pandas' pyarrow engine takes no NA strings per column: its ids are read as
+        # text with pandas' own NA strings (an id `NA` is a missing id there).
+        load_args.setdefault("keep_default_na", True)
+    configure_raw_reader(raw, ingestion.encoding, text_ids, others)
 
 
 def _cause(error: BaseException, kind: type) -> BaseException | None:
