@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pandas as pd
 import pytest
@@ -15,7 +16,7 @@ from twotower_pipeline.reporting.markdown import (
     model_vs_baselines,
     ranking_curve,
 )
-from twotower_pipeline.reporting.report_sections import RunOutputs
+from twotower_pipeline.reporting.report_sections import RunOutputs, code_span
 
 HISTORY = pd.DataFrame(
     {
@@ -287,3 +288,55 @@ def test_the_report_says_which_towers_validation_chose():
     assert "Validation chose the towers" not in build_report(
         RunOutputs(INGESTION, SPLIT, HISTORY, COMPARISON, HEALTH, one), 5, [10], 10
     )
+
+
+# --- user strings in report.md: a code span they cannot break out of ---------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "span"),
+    [
+        ("data/01_raw/x.csv", "`data/01_raw/x.csv`"),
+        ("data/01_raw/a`b.csv", "``data/01_raw/a`b.csv``"),
+        ("a``b", "```a``b```"),
+        ("`x`", "`` `x` ``"),
+        (" both ", "`  both  `"),
+        ("two\nlines", "`two lines`"),
+        ("", "` `"),
+    ],
+)
+def test_a_code_span_is_fenced_longer_than_any_backtick_run_and_padded(text, span):
+    assert code_span(text) == span
+
+
+def test_a_code_span_in_a_table_escapes_its_pipes():
+    assert code_span("a|b", in_table=True) == "`a\\|b`"
+    assert code_span("a|b") == "`a|b`"
+    assert code_span("a\\|b", in_table=True) == "`a\\\\\\|b`"  # no backslash unescapes it
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "data/01_raw/we`ird.csv",
+        "data/01_raw/`<img src=x onerror=alert(1)>`.csv",
+        "data/01_raw/a | b.csv",
+        "data/01_raw/new\nline **bold**.csv",
+        "data/01_raw/ends with`",
+    ],
+)
+def test_a_source_path_with_markdown_in_it_renders_as_that_path_in_one_cell(source):
+    markdown_it = pytest.importorskip("markdown_it")
+    report = build_report(
+        RunOutputs({**INGESTION, "source": source}, SPLIT, HISTORY, COMPARISON, HEALTH),
+        5,
+        [10],
+        10,
+    )
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(report)
+    data_table = html.split("<h2>Data</h2>", 1)[1].split("</table>", 1)[0]
+    cells = re.findall(r"<td>(.*?)</td>", data_table, flags=re.S)
+    shown = source.replace("\n", " ").replace("&", "&amp;").replace("<", "&lt;")
+    shown = shown.replace(">", "&gt;").replace('"', "&quot;")
+    assert cells[:4] == ["source", f"<code>{shown}</code>", "rows read", "1,000"]
+    assert "<img" not in html and "<strong>" not in data_table

@@ -7,6 +7,7 @@ what was persisted. Pure functions; nothing here reads or writes files.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -54,6 +55,29 @@ def number(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def code_span(text, in_table: bool = False) -> str:
+    """Return `text` as a Markdown code span it cannot break out of (a user's path, a name).
+
+    The fence is one backtick longer than the longest run of backticks in the
+    text; a text that starts or ends with a backtick (or starts and ends with a
+    space) is padded with a space each side, which CommonMark strips again.
+    Newlines become spaces (a code span is one line of a report). In a table
+    cell, `|` is written `\\|`, which GitHub's tables read as a `|` of the span
+    (backslashes just before it are doubled, so none of them unescapes it: such
+    a backslash then shows twice).
+    """
+    text = re.sub(r"\r\n|\r|\n", " ", str(text))
+    if in_table:
+        text = re.sub(r"(\\*)\|", lambda m: m.group(1) * 2 + "\\|", text)
+    runs = re.findall(r"`+", text)
+    fence = "`" * (max((len(run) for run in runs), default=0) + 1)
+    if not text.strip(" "):
+        return f"{fence}{text or ' '}{fence}"
+    if text.startswith("`") or text.endswith("`") or (text[0] == " " and text[-1] == " "):
+        text = f" {text} "
+    return f"{fence}{text}{fence}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
@@ -157,7 +181,7 @@ def data_section(ingestion_report: Mapping) -> list[str]:
         *markdown_table(
             ["", ""],
             [
-                ["source", f"`{ingestion_report.get('source', '?')}`"],
+                ["source", code_span(ingestion_report.get("source", "?"), in_table=True)],
                 ["rows read", ingestion_report.get("rows_read")],
                 ["interactions", ingestion_report.get("interactions")],
                 ["users", ingestion_report.get("users")],
