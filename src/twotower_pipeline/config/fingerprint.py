@@ -60,7 +60,7 @@ def fingerprint_differences(written: dict[str, Any] | None, now: dict[str, Any])
         if written.get(key) != now[key]:
             differences.append(f"{key} {written.get(key)!r} -> now {now[key]!r}")
     for block in ("split", "sampling", "model"):
-        old, new = _flatten(written.get(block), block), _flatten(now[block], block)
+        old, new = flatten(written.get(block), block), flatten(now[block], block)
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
                 differences.append(f"{key} {old.get(key)!r} -> now {new.get(key)!r}")
@@ -76,10 +76,11 @@ def resume_refusal(checkpoint: str, differences: list[str]) -> str:
     )
 
 
-def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+def flatten(value: Any, prefix: str) -> dict[str, Any]:
+    """Return {"a.b.c": leaf} for every leaf of a nested parameter block."""
     if isinstance(value, dict) and value:
         flat: dict[str, Any] = {}
         for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}.{key}"))
+            flat.update(flatten(item, f"{prefix}.{key}"))
         return flat
     return {prefix: value}

@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from twotower_pipeline.config.fingerprint import flatten
+
 # Parameters (and blocks) that change how a run behaves, not what it produces, or
 # that a node reads as part of a block without their shaping its output: training
 # reads `evaluation` for headline_k (the epoch it keeps), not for the K list, the
@@ -94,16 +96,6 @@ def lookup(parameters: dict, dotted: str) -> Any:
             return None
         value = value[part]
     return value
-
-
-def flatten(value: Any, prefix: str) -> dict[str, Any]:
-    """Return {"a.b.c": leaf} for every leaf of a nested parameter block."""
-    if isinstance(value, dict) and value:
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat.update(flatten(item, f"{prefix}.{key}"))
-        return flat
-    return {prefix: value}
 
 
 def provenance_differences(
