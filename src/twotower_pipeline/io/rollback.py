@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from twotower_pipeline.config.errors import RunLockedError
+from twotower_pipeline.io import run_lock
 from twotower_pipeline.io.run_lock import RunLock, held_lock, is_live, read_holder, this_process
 
 logger = logging.getLogger(__name__)
@@ -132,15 +133,8 @@ def write_journal(
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # a journal of this process is left by a run that ended without hooks
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    # A journal of this process is left by a run that ended without hooks.
+    return pid != os.getpid() and run_lock.pid_running(pid)
 
 
 def recover_killed_runs(data: Path) -> int:

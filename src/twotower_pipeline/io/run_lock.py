@@ -120,7 +120,7 @@ def is_live(holder: LockHolder, age_s: float) -> bool:
         # This process holds no lock it does not know of: a session that ended
         # without its hooks (an exception in another hook) left it.
         return any(lock.holder == holder for lock in _HELD)
-    return _pid_running(holder.pid)
+    return pid_running(holder.pid)
 
 
 class RunLock:
@@ -256,7 +256,8 @@ def held_lock(path: Path) -> RunLock | None:
     return next((lock for lock in _HELD if lock.path == path), None)
 
 
-def _pid_running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
+    """Return whether a process with this id runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
