@@ -64,12 +64,8 @@ class RunLockHooks:
         finally:
             self._release()
 
-    @hook_impl(wrapper=True)
-    def on_pipeline_error(self):
-        try:
-            return (yield)
-        finally:
-            self._release()
+    # A failed run releases the lock the same way, after the other error hooks.
+    on_pipeline_error = after_pipeline_run
 
     def _release(self) -> None:
         if self._lock is not None:
