@@ -8,18 +8,12 @@ transcoding, conf/spark/catalog.yml).
 
 from kedro.pipeline import Node, Pipeline, pipeline
 
+from twotower_pipeline.pipelines.split.pipeline import SPLIT_TABLES
+
 from .nodes import encode_on_spark, split_on_spark, validate_on_spark
 
 # Written by Spark, read back by pandas nodes: a transcoded pair each in conf/spark/catalog.yml.
-PREPARED_ON_SPARK = (
-    "interactions",
-    "user_index",
-    "item_index",
-    "train_interactions",
-    "val_interactions",
-    "test_interactions",
-    "test_cold_interactions",
-)
+PREPARED_ON_SPARK = ("interactions", "user_index", "item_index", *SPLIT_TABLES)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
