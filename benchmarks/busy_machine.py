@@ -108,7 +108,8 @@ def default_run(project: Path, policy: str, busy: int) -> dict:
         os.environ.clear()
         os.environ.update(saved)
     metrics = latest(project / "data" / "08_reporting" / "evaluation_metrics.json")
-    return {"seconds": seconds, "peak_rss_mb": peak_mb, "test_hr@10": metrics["model"]["hit_rate@10"]}
+    hit_rate = metrics["model"]["hit_rate@10"]
+    return {"seconds": seconds, "peak_rss_mb": peak_mb, "test_hr@10": hit_rate}
 
 
 def main() -> None:
