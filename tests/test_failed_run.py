@@ -222,3 +222,48 @@ def test_a_checkpoint_folder_that_is_a_file_stops_before_anything_runs(good_run,
     )
     assert failed.value.exit_code == 2
     assert_nothing_published(project, before)
+
+
+@pytest.mark.parametrize("defect", ["truncated", "zero_bytes", "foreign_dict"])
+def test_a_defective_checkpoint_is_one_line_and_publishes_nothing(good_run, kedro_run, defect):
+    project = good_run
+    folder = project / "data/smoke/06_models/defective"
+    folder.mkdir(exist_ok=True)
+    whole = (project / "data" / CHECKPOINTS / "last.pt").read_bytes()
+    path = folder / "last.pt"
+    if defect == "truncated":
+        path.write_bytes(whole[: len(whole) // 3])
+    elif defect == "zero_bytes":
+        path.write_bytes(b"")
+    else:
+        torch.save({"weights": torch.zeros(3)}, path)
+    before = snapshot(project)
+    with pytest.raises(ReadableError) as failed:
+        kedro_run(
+            project,
+            pipeline="train",
+            params={
+                "training": {"resume": True, "checkpoint_dir": str(folder.relative_to(project))}
+            },
+        )
+    message = failed.value.format_message()
+    assert "\n" not in message and failed.value.exit_code == 1
+    assert "data/smoke/06_models/defective/last.pt" in message
+    assert message.endswith("delete it, or set training.resume=false to start from epoch 1")
+    assert_nothing_published(project, before)
+
+
+def test_resume_after_a_split_change_is_refused_naming_it_and_publishes_nothing(
+    good_run, kedro_run
+):
+    project, before = good_run, snapshot(good_run)
+    with pytest.raises(ReadableError) as failed:
+        kedro_run(
+            project,
+            params={"training": {"resume": True}, "split": {"strategy": "global_temporal"}},
+        )
+    message = failed.value.format_message()
+    assert message.startswith(f"training.resume is true but data/{CHECKPOINTS}/")
+    assert "split.strategy 'leave_last_out' -> now 'global_temporal'" in message
+    assert "the train split's rows (" in message and failed.value.exit_code == 1
+    assert_nothing_published(project, before)
