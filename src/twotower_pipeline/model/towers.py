@@ -251,8 +251,12 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
             raise ValueError("only model.history_pooling attention encodes whole sequences")
         return self.history_encoder(rows(self.history_table, items), mask)
 
-    def _towers(self, users, items, history, rows: Rows, states=None):
-        """Return (user vectors, item vectors) before normalisation, ids dropped in training."""
+    def towers(self, users, items, history, rows: Rows = full_rows, states=None):
+        """Return (user vectors, item vectors) before normalisation, ids dropped in training.
+
+        `states` (B, d), when given, stand in for the history window: the history
+        encoder's outputs at each row's prefix end (encode_sequences).
+        """
         user = self._user_tower(users, history, rows, anonymous=False, states=states)
         return user, self._item_tower(items, rows, drop_ids=self.training)
 
@@ -270,26 +274,20 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         each user vector is computed once and the result has shape (B, k).
         history is (items, mask), each (B, history_length), or None.
         """
-        user, item = self._towers(users, items, history, rows)
+        user, item = self.towers(users, items, history, rows)
         if items.dim() == users.dim() + 1:
             return ScaledCosine.apply(user, item, self.log_scale)
         return ScaledCosine.apply(user, item.unsqueeze(1), self.log_scale).squeeze(1)
 
-    def score_batch(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        history: tuple[torch.Tensor, torch.Tensor] | None = None,
-        rows: Rows = full_rows,
-        states: torch.Tensor | None = None,
+    def group_scores(
+        self, user: torch.Tensor, item: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (B, k) logits of (B, k) item groups and the (B, B) in-batch logits.
+        """Return the (B, k) logits of towers' outputs and the (B, B) in-batch logits.
 
-        The in-batch block scores row b's user against row j's first item (its
-        positive) with the same scale: the batch's other positives as shared
-        negatives. `states` stand in for the history window (encode_sequences).
+        user (B, d) and item (B, k, d) are `towers` outputs. The in-batch block
+        scores row b's user against row j's first item (its positive) with the
+        same scale: the batch's other positives as shared negatives.
         """
-        user, item = self._towers(users, items, history, rows, states)
         logits = ScaledCosine.apply(user, item, self.log_scale)
         unit_user = F.normalize(user, dim=-1)
         unit_positive = F.normalize(item[:, 0], dim=-1)

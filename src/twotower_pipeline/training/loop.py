@@ -162,7 +162,7 @@ def score_positives(
     """Return a batch's scores: (B, 1 + k) logits, and the in-batch block if the task wants it."""
     if not task.wants_in_batch and states is None:
         return BatchScores(users, items, model(users, items, window, table_rows))
-    logits, in_batch = model.score_batch(users, items, window, table_rows, states)
+    logits, in_batch = model.group_scores(*model.towers(users, items, window, table_rows, states))
     return BatchScores(users, items, logits, in_batch if task.wants_in_batch else None)
 
 
@@ -242,16 +242,8 @@ def fit(
     return _finish(model, run)
 
 
-def _start(
-    model: TwoTowerModel,
-    train: pd.DataFrame,
-    val: pd.DataFrame,
-    first_examples: pd.DataFrame,
-    spec: TrainingSpec,
-    probabilities: np.ndarray | None,
-    shard: Shard | None,
-) -> _Run:
-    """Return the run set up: model on its device, optimizers, resumed state, examples."""
+def _start(model, train, val, first_examples, spec, probabilities, shard) -> _Run:
+    """Return the run set up from fit's arguments: model on its device, optimizers, state."""
     device = resolve_device(spec.device)
     if device.type == "cpu":
         keep_freed_memory()

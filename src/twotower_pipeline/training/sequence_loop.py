@@ -69,9 +69,8 @@ def score_targets(
     """Return the scores of a batch's targets, each user vector its prefix end's state."""
     encoded = model.encode_sequences(batch.items, batch.mask, table_rows)
     users = batch.target_users
-    logits, in_batch = model.score_batch(
-        users, items, None, table_rows, states=batch.user_states(encoded)
-    )
+    towers = model.towers(users, items, None, table_rows, batch.user_states(encoded))
+    logits, in_batch = model.group_scores(*towers)
     return BatchScores(users, items, logits, in_batch if task.wants_in_batch else None)
 
 

@@ -63,7 +63,7 @@ def sample_task_loss(
     for start in range(0, users.numel(), task.batch_size):
         part = slice(start, start + task.batch_size)
         part_window = None if window is None else (window[0][part], window[1][part])
-        logits, in_batch = model.score_batch(users[part], items[part], part_window)
+        logits, in_batch = model.group_scores(*model.towers(users[part], items[part], part_window))
         loss, count = task.loss(BatchScores(users[part], items[part], logits, in_batch))
         total, terms = total + float(loss) * count, terms + count
     return total / max(terms, 1)
