@@ -159,11 +159,7 @@ def sampled_softmax_loss(
     target = in_batch_logits.diagonal()
     in_batch_hit, sampled_hit = _accidental_hits(users, positives, negatives)
     in_batch_hit.fill_diagonal_(False)
-    candidates = torch.cat(
-        [
-            in_batch_logits.masked_fill(in_batch_hit, -torch.inf),
-            sampled_logits.masked_fill(sampled_hit, -torch.inf),
-        ],
-        dim=1,
-    )
-    return (torch.logsumexp(candidates, dim=1) - target).mean()
+    # Two log-sum-exps joined, rather than one over a concatenated copy of the (B, B) block.
+    in_batch_lse = torch.logsumexp(in_batch_logits.masked_fill(in_batch_hit, -torch.inf), dim=1)
+    sampled_lse = torch.logsumexp(sampled_logits.masked_fill(sampled_hit, -torch.inf), dim=1)
+    return (torch.logaddexp(in_batch_lse, sampled_lse) - target).mean()
