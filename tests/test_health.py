@@ -269,3 +269,18 @@ def test_overfitting_names_the_epoch_whose_model_was_persisted():
     assert numbers(result, "overfitting")["chosen_epoch"] == 3
     flag = next(f for f in result["flags"] if f["name"] == "overfitting")
     assert "the persisted model keeps epoch 3 (the best on validation)" in flag["message"]
+
+
+def test_a_softmax_is_judged_against_its_own_measured_no_skill_loss():
+    from twotower_pipeline.evaluation.health import RunFacts, check_not_learning
+
+    facts = RunFacts(100.0, 5, 10, loss="softmax", batch_size=2048)
+    # With logQ a model without skill scores 9.0 on these candidates, not log(2053) = 7.63.
+    learning = pd.DataFrame({"train_loss": [8.9, 8.5], "no_skill_loss": [9.0, 9.0]})
+    stuck = pd.DataFrame({"train_loss": [9.4, 9.1], "no_skill_loss": [9.0, 9.0]})
+    assert not check_not_learning(learning, facts)["raised"]
+    assert check_not_learning(stuck, facts)["raised"]
+    # BCE keeps the constant guess at the base rate, 0.4506 at neg_ratio 5.
+    bce = RunFacts(100.0, 5, 10)
+    flag = check_not_learning(pd.DataFrame({"train_loss": [0.46]}), bce)
+    assert flag["raised"] and flag["constant_predictor_loss"] == pytest.approx(0.4506, abs=1e-4)

@@ -667,6 +667,7 @@ def test_history_has_one_row_per_epoch_and_marks_one_chosen(data, tmp_path):
         "train_loss",
         "val_loss",
         "val_auc",
+        "no_skill_loss",
         "recall@3",
         "ndcg@3",
         "logit_scale",

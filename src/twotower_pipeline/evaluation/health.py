@@ -161,7 +161,7 @@ def check_not_learning(history: pd.DataFrame, facts: RunFacts) -> dict:
     BCE's is the constant guess at the base rate 1/(1+neg_ratio); a softmax's
     is log of its candidates (every candidate alike).
     """
-    floor, without_skill = facts.no_skill()
+    floor, without_skill = facts.no_skill(history)
     best = float(history["train_loss"].min())
     return _flag(
         "not_learning",
@@ -424,7 +424,7 @@ def health_report(
         check_not_learning(history, facts),
         *check_scale(history, max_logit_scale, thresholds),
         check_embedding_collapse(item_vectors, thresholds),
-        check_scale_start(history, initial_scale, thresholds, facts.zero_logits()),
+        check_scale_start(history, initial_scale, thresholds, facts.zero_logits(history)),
         check_lift(comparison, k, thresholds),
         check_behind_baseline(comparison, k),
         check_still_improving(history, k, thresholds),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import pandas as pd
+
 
 @dataclass(frozen=True)
 class HealthThresholds:
@@ -51,17 +53,33 @@ class RunFacts:
     loss: str = "bce"  # training.loss
     batch_size: int = 1  # training.batch_size: a softmax's in-batch candidates
 
-    def no_skill(self) -> tuple[float, str]:
-        """Return the train loss of a model without skill, and what that model is."""
+    def no_skill(self, history: pd.DataFrame | None = None) -> tuple[float, str]:
+        """Return the train loss of a model without skill, and what that model is.
+
+        A softmax's is the loss of all-zero logits on the validation sample that
+        training measured (history's no_skill_loss: with the logQ correction it is
+        not log of the candidates), else log of the candidates.
+        """
         if self.loss == "softmax":
-            value = math.log(self.batch_size + self.neg_ratio)
-            return value, f"equal scores over the {self.batch_size + self.neg_ratio} candidates"
+            candidates = self.batch_size + self.neg_ratio
+            measured = _last(history, "no_skill_loss")
+            if measured is not None:
+                return measured, "all scores equal (measured on the validation sample)"
+            return math.log(candidates), f"equal scores over the {candidates} candidates"
         floor = constant_predictor_loss(self.neg_ratio)
         return floor, f"a constant guess at the base rate 1/(1+{self.neg_ratio})"
 
-    def zero_logits(self) -> tuple[float, str]:
+    def zero_logits(self, history: pd.DataFrame | None = None) -> tuple[float, str]:
         """Return the loss of logits all at 0, and how to say it."""
         if self.loss == "softmax":
-            value, _ = self.no_skill()
-            return value, f"log {self.batch_size + self.neg_ratio} = {value:.3f} (equal scores)"
+            value, _ = self.no_skill(history)
+            return value, f"{value:.3f}, the loss of equal scores"
         return math.log(2), "log 2 = 0.693 (predicting 0.5 everywhere)"
+
+
+def _last(history: pd.DataFrame | None, column: str) -> float | None:
+    """Return a history column's last finite value, or None."""
+    if history is None or column not in history or history.empty:
+        return None
+    value = float(history[column].iloc[-1])
+    return value if math.isfinite(value) else None

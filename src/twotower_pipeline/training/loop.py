@@ -68,6 +68,7 @@ HISTORY_COLUMNS = [
     "train_loss",
     "val_loss",
     "val_auc",
+    "no_skill_loss",
     "recall@{k}",
     "ndcg@{k}",
     "logit_scale",
