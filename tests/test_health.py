@@ -283,4 +283,5 @@ def test_a_softmax_is_judged_against_its_own_measured_no_skill_loss():
     # BCE keeps the constant guess at the base rate, 0.4506 at neg_ratio 5.
     bce = RunFacts(100.0, 5, 10)
     flag = check_not_learning(pd.DataFrame({"train_loss": [0.46]}), bce)
-    assert flag["raised"] and flag["constant_predictor_loss"] == pytest.approx(0.4506, abs=1e-4)
+    assert flag["raised"]
+    assert flag["numbers"]["constant_predictor_loss"] == pytest.approx(0.4506, abs=1e-4)
