@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -51,6 +52,8 @@ CONFIGS: dict[str, dict[str, object]] = {
         "training.log_q": False,
     },
     "recency_softmax_noq": {"training.loss": "softmax", "training.log_q": False},
+    "recency_softmax_lr2": {"training.loss": "softmax", "training.learning_rate": 0.002},
+    "recency_softmax_wd1": {"training.loss": "softmax", "training.weight_decay": 1.0},
     "attention_softmax_d32": {
         "model.history_pooling": "attention",
         "training.loss": "softmax",
@@ -66,6 +69,12 @@ CONFIGS: dict[str, dict[str, object]] = {
         "training.loss": "softmax",
         "training.learning_rate": 0.003,
     },
+    "attention_softmax_lr2": {
+        "model.history_pooling": "attention",
+        "training.loss": "softmax",
+        "training.learning_rate": 0.002,
+    },
+    "attention_bce_lr2": {"model.history_pooling": "attention", "training.learning_rate": 0.002},
     "attention_softmax_wd0": {
         "model.history_pooling": "attention",
         "training.loss": "softmax",
@@ -197,6 +206,7 @@ def main() -> None:
     parser.add_argument("--configs", default="recency_bce,attention_softmax")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the project copy here")
+    parser.add_argument("--tag", default="", help="a suffix for the results' keys")
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     workdir = args.workdir or Path(os.environ.get("TMPDIR", "/tmp")) / "sparse_logs_bench"
@@ -204,11 +214,15 @@ def main() -> None:
     project = workdir / "project"
     if not project.exists():
         project = make_project(workdir)
+    else:  # a kept copy: its prepared data stays, its code and configuration are this checkout's
+        for part in ("src", "conf/base"):
+            shutil.rmtree(project / part)
+            shutil.copytree(ROOT / part, project / part)
     for dataset in args.datasets.split(","):
         env = prepare(project, dataset)
         for config in args.configs.split(","):
             row = run_one(project, env, config, args.epochs)
-            results.setdefault(dataset, {})[config] = row
+            results.setdefault(dataset, {})[config + args.tag] = row
             model, als = row["model"], row["als"]
             print(
                 f"{dataset:<17} {config:<26} val {model['validation_hr@10']:.4f} "
