@@ -374,7 +374,8 @@ def test_own_log_without_features_needs_no_feature_file_and_gets_empty_tokens(ma
     oracle = json.loads((data / "08_reporting" / "oracle_metrics.json").read_text())
     assert oracle["available"] is False
 
-    # A mapping whose file is not there: the run stops with one line naming the file.
+    # A mapping whose file is not there: the run stops, before any node, in one line naming
+    # the dataset, the file and what to do.
     (env / "globals.yml").write_text(
         "raw_interactions_path: data/01_raw/events.csv\nitem_features_path: data/01_raw/items.csv\n"
     )
@@ -384,7 +385,8 @@ def test_own_log_without_features_needs_no_feature_file_and_gets_empty_tokens(ma
     result = kedro_cli(project, "run", "--env=own_log", "--pipeline=data_processing")
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
-    assert "data/01_raw/items.csv: the file does not exist" in last_line
+    assert "item_features: the file data/01_raw/items.csv does not exist" in last_line
+    assert "features: {item: null" in last_line
 
 
 def test_movielens_1m_reads_movies_and_users_dat(tmp_path):
