@@ -45,3 +45,12 @@ class RunLockedError(RunFailedError):
 
 class DiskFullError(RunFailedError):
     """A save ran out of disk space; the message names the file and the space it needed."""
+
+
+def human_size(n: float) -> str:
+    """Return a byte count as people read it: 512 bytes, 3.2 MiB."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{int(n)} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{int(n)} bytes"

@@ -30,7 +30,7 @@ from kedro_datasets._typing import TablePreview
 from kedro_datasets.json import JSONDataset
 from kedro_datasets.pandas import ParquetDataset
 
-from twotower_pipeline.config.errors import DiskFullError
+from twotower_pipeline.config.errors import DiskFullError, human_size
 from twotower_pipeline.data.synthetic import SyntheticLogSpec, generate_world
 
 _SPEC_KEY = b"twotower_pipeline.synthetic_spec"
@@ -165,24 +165,16 @@ def describe_disk_full(
             needed = None
     free = shutil.disk_usage(target.parent).free
     if needed is not None:
-        size = f"it needs {_size(needed)}"
+        size = f"it needs {human_size(needed)}"
     elif written:
-        size = f"it needs more than the {_size(written)} written before the disk filled"
+        size = f"it needs more than the {human_size(written)} written before the disk filled"
     else:
         size = "it needs more than is free"
     return (
         f"no space left on the disk while writing {_shown(target)}: {size}, and "
-        f"{_size(free)} is free there; free some space (the previous file is unchanged) "
+        f"{human_size(free)} is free there; free some space (the previous file is unchanged) "
         "and run again"
     )
-
-
-def _size(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} bytes"
 
 
 def _shown(path: Path) -> str:

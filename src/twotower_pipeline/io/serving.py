@@ -179,32 +179,18 @@ def save_recommender(
     return Path(path)
 
 
-def log_recommender(
-    run_id: str,
-    state_dict: dict,
-    model_config: dict,
-    item_index: pd.DataFrame,
-    train_interactions: pd.DataFrame,
-    ingestion: Any,
-    recommend: dict,
-) -> str:
+def log_recommender(run_id: str, *artefacts: Any) -> str:
     """Log the served model to a run under recommender/; return its URI (runs:/<id>/recommender).
 
+    `artefacts` are save_recommender's after its path: the state dict, model_config,
+    item_index, train_interactions, the ingestion block and the recommend block.
     Saved, then logged as the run's artefacts, so it works on a run that is
     already ended (kedro-mlflow ends its run before the project's hooks).
     """
     from mlflow import MlflowClient
 
     with tempfile.TemporaryDirectory() as scratch:
-        saved = save_recommender(
-            Path(scratch) / MODEL_NAME,
-            state_dict,
-            model_config,
-            item_index,
-            train_interactions,
-            ingestion,
-            recommend,
-        )
+        saved = save_recommender(Path(scratch) / MODEL_NAME, *artefacts)
         MlflowClient().log_artifacts(run_id, str(saved), MODEL_NAME)
         shutil.rmtree(saved, ignore_errors=True)
     return f"runs:/{run_id}/{MODEL_NAME}"

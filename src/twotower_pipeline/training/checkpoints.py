@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from twotower_pipeline.config.errors import DiskFullError, PipelineInputError
+from twotower_pipeline.config.errors import DiskFullError, PipelineInputError, human_size
 from twotower_pipeline.config.fingerprint import fingerprint_differences, resume_refusal
 from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.training.spec import TrainingSpec
@@ -221,13 +221,13 @@ def _disk_full(path: Path, state: dict[str, Any]) -> str:
     counter = _ByteCounter()
     try:
         torch.save(state, counter)
-        size = f"it needs {_size(counter.written)}"
+        size = f"it needs {human_size(counter.written)}"
     except Exception:  # noqa: BLE001 - the size is a courtesy; the disk is the error
         size = "it needs more than is free"
     free = shutil.disk_usage(path.parent).free
     return (
         f"no space left on the disk while writing the checkpoint {path}: {size}, and "
-        f"{_size(free)} is free there; free some space (the previous checkpoint is unchanged) "
+        f"{human_size(free)} is free there; free some space (the previous checkpoint is unchanged) "
         "and run again (training.resume=true continues from it)"
     )
 
@@ -244,11 +244,3 @@ class _ByteCounter:
 
     def flush(self) -> None:
         return None
-
-
-def _size(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{int(n)} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} bytes"

@@ -35,12 +35,9 @@ def train_two_tower(
 ) -> tuple[TwoTowerModel, dict, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Return the chosen model, its config, its per-epoch history, both embeddings, the choice.
 
-    The model is training.selection's choice on validation. The config names the
-    run that made it (run_id: its run_manifest's version); the choice lists every
-    candidate's figure. The split block and the run's environment (run_environment:
-    hooks/provenance.py puts it in the catalog) go into each checkpoint's
-    fingerprint, so a resume continues only a checkpoint of this data and these
-    settings (training/selection.py).
+    The model is training.selection's choice on validation; the config names the run
+    that made it (run_id). The split block and the run's environment (from
+    hooks/provenance.py) go into each checkpoint's fingerprint (training/selection.py).
     """
     data = TrainingData(
         train_examples,
