@@ -32,7 +32,11 @@ Settings are chosen on validation; test is reported beside them.
 
 Data from ../shared/data (or ML100K_PATH / YELP2019_PATH). Each finished run is
 merged into benchmarks/results/sequence_sweep.json (keyed by dataset and run
-name), so sweeps can run in the background, one process a dataset.
+name), so sweeps can run in the background, one process a dataset; each epoch
+is checkpointed in the temporary directory, so a killed sweep rerun with
+--skip-done continues where it stopped:
+
+    until python benchmarks/sequence_sweep.py --dataset yelp --skip-done; do sleep 5; done
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from __future__ import annotations
 import argparse
 import copy
 import fcntl
+import hashlib
 import itertools
 import json
 import math
@@ -71,11 +76,11 @@ PATHS = {
     "yelp": Path(os.environ.get("YELP2019_PATH", DATA / "yelp2019" / "interactions.csv")),
 }
 RESULTS = ROOT / "benchmarks" / "results" / "sequence_sweep.json"
+CHECKPOINTS = Path(tempfile.gettempdir()) / "sequence_sweep_checkpoints"
 K = 10
 NEG_RATIO = 5
 NUM_EPOCHS = 20
 LOGIT_SCALE = 1.0
-MAX_LOGIT_SCALE = 100.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class RunConfig:
     dim: int = 64
     learning_rate: float = 0.001
     scale_lr_ratio: float = 1.0  # the logit scale learns at learning_rate x this
+    max_logit_scale: float = 100.0  # the scale's clamp (model.max_logit_scale)
     weight_decay: float = 0.0
     dropout: float = 0.2
     n_blocks: int = 2
@@ -97,9 +103,14 @@ class RunConfig:
     pool: int = 16  # batches' worth of windows sorted by length together (sequence_task)
     warmup_epochs: float = 2.0
     lr_schedule: str = "cosine"
-    shared_tables: bool = False  # the history reads the item tower's table
+    shared_tables: bool = False  # the history reads the item tower's vectors (before norm)
+    item_features: bool = False  # the item tower adds the mean of its category tokens
+    item_id_dropout: float = 0.0  # share of item ids left out in training (with features)
     sampler: str = "uniform"  # uniform | popularity (count^0.75)
-    log_q: bool = True
+    # expected_count: the package's correction (each candidate's logit less the log of its
+    # expected count among the row's candidates); per_source: the in-batch frequency for
+    # in-batch candidates and the sampler's q for sampled ones; none.
+    log_q: str = "expected_count"
     seed: int = 42
 
 
@@ -121,30 +132,55 @@ class Split:
     val: pd.DataFrame  # warm items only
     test: pd.DataFrame  # every eligible user
     rows_in_log: int
+    item_tokens: torch.Tensor  # (n_items, width) feature tokens from 1, 0 padding
 
 
-def load_log(dataset: str) -> tuple[pd.DataFrame, int]:
+def item_tokens(dataset: str, item_ids: np.ndarray) -> torch.Tensor:
+    """Return the items' category tokens: ML-100K's genre flags, yelp2019's business categories."""
+    if dataset == "ml100k":
+        table = pd.read_csv(
+            PATHS[dataset].with_name("u.item"), sep="|", header=None, encoding="latin-1"
+        )
+        flags = table.set_index(0).iloc[:, -19:].reindex(item_ids).fillna(0).to_numpy() > 0
+        lists = [np.flatnonzero(row) + 1 for row in flags]
+    else:
+        table = pd.read_csv(PATHS[dataset].with_name("items.csv")).set_index("item_id")
+        genres = table["genres"].reindex(item_ids).fillna("")
+        codes: dict[str, int] = {}
+        lists = [
+            [codes.setdefault(g, len(codes) + 1) for g in cell.split("|") if g] for cell in genres
+        ]
+    width = max(1, max(len(tokens) for tokens in lists))
+    tokens = np.zeros((len(lists), width), dtype=np.int64)
+    for row, values in enumerate(lists):
+        tokens[row, : len(values)] = values
+    return torch.from_numpy(tokens)
+
+
+def load_log(dataset: str) -> tuple[pd.DataFrame, int, np.ndarray]:
     """Return (user, item, timestamp) codes, one row per distinct pair at its latest time,
-    and the number of rows in the raw log."""
+    the number of rows in the raw log and the item id of each item code."""
     path = PATHS[dataset]
     if dataset == "ml100k":
         raw = pd.read_csv(path, sep="\t", names=["user_id", "item_id", "rating", "timestamp"])
     else:
         raw = pd.read_csv(path)
+    # Integer ids are coded by rank, as ingestion codes them (ties on time go to the larger).
+    item_codes, item_ids = pd.factorize(raw["item_id"], sort=True)
     log = pd.DataFrame(
         {
             "user": pd.factorize(raw["user_id"], sort=True)[0],
-            "item": pd.factorize(raw["item_id"], sort=True)[0],
+            "item": item_codes,
             "timestamp": raw["timestamp"].to_numpy(np.int64),
         }
     )
     log = log.sort_values("timestamp", kind="stable").drop_duplicates(["user", "item"], keep="last")
-    return log, len(raw)
+    return log, len(raw), np.asarray(item_ids)
 
 
 def split(dataset: str) -> Split:
     """Return leave-last-out train / validation / test of a dataset."""
-    log, raw_rows = load_log(dataset)
+    log, raw_rows, item_ids = load_log(dataset)
     log = log.sort_values(["user", "timestamp", "item"]).reset_index(drop=True)
     users = log["user"].to_numpy()
     size = np.bincount(users)
@@ -159,22 +195,42 @@ def split(dataset: str) -> Split:
     val = val[warm[val["item"].to_numpy()]].reset_index(drop=True)
     test = log[is_test].reset_index(drop=True)
     return Split(
-        dataset, int(users.max()) + 1, int(log["item"].max()) + 1, train, val, test, raw_rows
+        dataset,
+        int(users.max()) + 1,
+        int(log["item"].max()) + 1,
+        train,
+        val,
+        test,
+        raw_rows,
+        item_tokens(dataset, item_ids),
     )
 
 
 # --- the model --------------------------------------------------------------------------------
 class SequenceTwoTower(torch.nn.Module):
-    """Item table x (history table -> causal encoder), scored by exp(log_scale) x cosine."""
+    """Item tower x (history items -> causal encoder), scored by exp(log_scale) x cosine.
 
-    def __init__(self, n_items: int, config: RunConfig) -> None:
+    The item tower is an id embedding plus, with features, the mean of the item's
+    category tokens; the history reads its own id table, or with shared_tables the
+    item tower's own (unnormalised) vectors, as SASRec shares one table.
+    """
+
+    def __init__(self, n_items: int, config: RunConfig, tokens: torch.Tensor) -> None:
         super().__init__()
+        self.config = config
         self.item_table = torch.nn.Parameter(torch.randn(n_items, config.dim) * 0.1)
         self.history_table = (
             None
             if config.shared_tables
             else torch.nn.Parameter(torch.randn(n_items, config.dim) * 0.1)
         )
+        self.token_table = None
+        if config.item_features:
+            table = torch.randn(int(tokens.max()) + 1, config.dim) * 0.1
+            table[0] = 0.0
+            self.token_table = torch.nn.Parameter(table)
+        self.register_buffer("tokens", tokens)
+        self.register_buffer("warm", torch.ones(n_items, dtype=torch.bool))
         self.encoder = sequence_encoder(
             config.encoder,
             config.dim,
@@ -185,12 +241,30 @@ class SequenceTwoTower(torch.nn.Module):
         )
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(LOGIT_SCALE)))
 
+    def item_representation(self, items: torch.Tensor) -> torch.Tensor:
+        """Return the item tower's vectors before normalisation."""
+        vector = F.embedding(items, self.item_table)
+        if self.training and self.config.item_id_dropout > 0:
+            kept = torch.rand(items.shape) >= self.config.item_id_dropout
+            vector = vector * kept.unsqueeze(-1)
+        elif not self.training:
+            vector = vector * self.warm[items].unsqueeze(-1)  # cold: features only
+        if self.token_table is not None:
+            tokens = self.tokens[items]
+            weights = (tokens > 0).to(vector.dtype)
+            weights = weights / weights.sum(-1, keepdim=True).clamp(min=1.0)
+            vector = vector + (F.embedding(tokens, self.token_table) * weights.unsqueeze(-1)).sum(
+                -2
+            )
+        return vector
+
     def encode(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        table = self.item_table if self.history_table is None else self.history_table
-        return self.encoder(F.embedding(items, table), mask)
+        if self.history_table is None:
+            return self.encoder(self.item_representation(items), mask)
+        return self.encoder(F.embedding(items, self.history_table), mask)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        return F.normalize(F.embedding(items, self.item_table), dim=-1)
+        return F.normalize(self.item_representation(items), dim=-1)
 
 
 class NegativeSampler:
@@ -296,8 +370,8 @@ def model_scorer(model: SequenceTwoTower, known: pd.DataFrame, held: pd.DataFram
         known, held["user"].to_numpy(np.int64), held["timestamp"].to_numpy(np.int64), length
     )
     with torch.no_grad():
+        model.warm.copy_(torch.from_numpy(~cold))  # a cold item stands on its features alone
         item_vectors = model.item_vectors(torch.arange(len(cold)))
-        item_vectors[torch.from_numpy(cold)] = 0.0  # no training row: nothing learned
 
         # Encoded once, in chunks of like-length histories cut to their longest (the encoder
         # counts positions from the right), then scored a chunk of users at a time.
@@ -374,6 +448,32 @@ def als_metrics(data: Split, seed: int) -> dict:
 
 
 # --- training ---------------------------------------------------------------------------------
+def softmax_loss(
+    log_q: str,
+    in_batch: torch.Tensor,
+    sampled: torch.Tensor,
+    users: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    n_items: int,
+    probabilities: np.ndarray | None,
+) -> torch.Tensor:
+    """Return the sampled softmax with one of three logQ corrections (RunConfig.log_q)."""
+    if log_q == "expected_count":
+        q = (
+            sampler_log_q(positives, n_items, probabilities),
+            sampler_log_q(negatives, n_items, probabilities),
+        )
+        return sampled_softmax_loss(in_batch, sampled, users, positives, negatives, q)
+    if log_q == "per_source":
+        _, inverse, counts = torch.unique(positives, return_inverse=True, return_counts=True)
+        in_batch = in_batch - (counts[inverse].float() / positives.numel()).log().unsqueeze(0)
+        sampled = sampled - sampler_log_q(negatives, n_items, probabilities)
+    elif log_q != "none":
+        raise ValueError(f"log_q must be expected_count, per_source or none, not {log_q!r}")
+    return sampled_softmax_loss(in_batch, sampled, users, positives, negatives, None)
+
+
 def learning_rate_at(config: RunConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
     rate = config.learning_rate
     if config.lr_schedule == "cosine":
@@ -383,13 +483,21 @@ def learning_rate_at(config: RunConfig, epoch: int, step: int, steps_per_epoch: 
     return rate * min(1.0, done / warmup_steps) if warmup_steps > 0 else rate
 
 
+def _checkpoint_path(data: Split, config: RunConfig) -> Path:
+    key = hashlib.sha1(json.dumps([data.name, asdict(config)], sort_keys=True).encode())
+    return CHECKPOINTS / f"{data.name}-{key.hexdigest()[:16]}.pt"
+
+
 def train_and_score(data: Split, config: RunConfig, log=print, eval_users: int = 5000) -> dict:
-    """Return the run: per-epoch history, the best validation epoch's val and test metrics."""
+    """Return the run: per-epoch history, the best validation epoch's val and test metrics.
+
+    Each finished epoch is checkpointed (model, optimizer, every random state), so a
+    run whose process was killed continues where it stopped, with the same result.
+    """
     torch.manual_seed(config.seed)
-    model = SequenceTwoTower(data.n_items, config)
+    model = SequenceTwoTower(data.n_items, config, data.item_tokens)
     windows = sequence_windows(data.train, config.history_length, config.stride)
     sampler = NegativeSampler(data.train, data.n_items, config.sampler, config.seed)
-    log_q_of = sampler.probabilities
     scale_params = [model.log_scale]
     others = [p for name, p in model.named_parameters() if name != "log_scale"]
     optimizer = torch.optim.AdamW(
@@ -408,7 +516,19 @@ def train_and_score(data: Split, config: RunConfig, log=print, eval_users: int =
     history, best, best_state = [], -1.0, None
     train_seconds = 0.0
     n_targets = windows.n_targets
-    for epoch in range(NUM_EPOCHS):
+    checkpoint = _checkpoint_path(data, config)
+    first_epoch = 0
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        sampler.generator.set_state(state["sampler"])
+        torch.set_rng_state(state["torch"])
+        history, best, best_state = state["history"], state["best"], state["best_state"]
+        train_seconds, first_epoch = state["train_seconds"], len(state["history"])
+        log(f"  resumed after epoch {first_epoch} from {checkpoint.name}")
+    for epoch in range(first_epoch, NUM_EPOCHS):
         started = time.perf_counter()
         total, seen = 0.0, 0
         for step, batch in enumerate(
@@ -430,9 +550,15 @@ def train_and_score(data: Split, config: RunConfig, log=print, eval_users: int =
                 loss = bce_loss(torch.cat([positive, sampled], 1))
             else:
                 in_batch = scale * user_vectors @ positive_vectors.T
-                log_q = sampler_log_q(negatives, data.n_items, log_q_of) if config.log_q else None
-                loss = sampled_softmax_loss(
-                    in_batch, sampled, users, batch.target_items, negatives, log_q
+                loss = softmax_loss(
+                    config.log_q,
+                    in_batch,
+                    sampled,
+                    users,
+                    batch.target_items,
+                    negatives,
+                    data.n_items,
+                    sampler.probabilities,
                 )
             if not torch.isfinite(loss):
                 raise RuntimeError(f"loss {loss.item()} in epoch {epoch + 1}")
@@ -440,7 +566,7 @@ def train_and_score(data: Split, config: RunConfig, log=print, eval_users: int =
             loss.backward()
             optimizer.step()
             with torch.no_grad():
-                model.log_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
+                model.log_scale.clamp_(max=math.log(config.max_logit_scale))
             total += loss.item() * users.numel()
             seen += users.numel()
         seconds = time.perf_counter() - started
@@ -460,6 +586,20 @@ def train_and_score(data: Split, config: RunConfig, log=print, eval_users: int =
         )
         if val["hr@10"] > best:
             best, best_state = val["hr@10"], copy.deepcopy(model.state_dict())
+        CHECKPOINTS.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "sampler": sampler.generator.get_state(),
+            "torch": torch.get_rng_state(),
+            "history": history,
+            "best": best,
+            "best_state": best_state,
+            "train_seconds": train_seconds,
+        }
+        torch.save(state, checkpoint.with_suffix(".tmp"))
+        checkpoint.with_suffix(".tmp").replace(checkpoint)
     model.load_state_dict(best_state)
     chosen = max(history, key=lambda r: r["val_hr@10_sample"])["epoch"]
     return {
@@ -484,6 +624,22 @@ def merge_result(dataset: str, name: str, result: dict) -> None:
         results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
         results.setdefault(dataset, {})[name] = result
         RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+
+
+def chosen_runs(results: dict) -> dict:
+    """Return, per dataset, ALS and each tower's run with the best full validation HR@10."""
+    chosen: dict = {}
+    for dataset, runs in results.items():
+        best: dict = {}
+        for name, run in runs.items():
+            tower = name.split(" ")[0]
+            if (
+                tower not in best
+                or run["validation"]["hr@10"] > best[tower][1]["validation"]["hr@10"]
+            ):
+                best[tower] = (name, run)
+        chosen[dataset] = dict(best.values())
+    return chosen
 
 
 def print_table(results: dict) -> None:
@@ -526,11 +682,16 @@ def main() -> None:
         "--sweep", action="append", default=[], help="field=v1,v2: every combination is run"
     )
     parser.add_argument("--als", action="store_true", help="fit and score ALS too")
-    parser.add_argument("--table", action="store_true")
+    parser.add_argument("--table", action="store_true", help="print every run in the results")
+    parser.add_argument("--chosen", action="store_true", help="print each tower's best run")
+    parser.add_argument(
+        "--skip-done", action="store_true", help="skip runs already in the results file"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.table:
-        print_table(json.loads(RESULTS.read_text()))
+    if args.table or args.chosen:
+        results = json.loads(RESULTS.read_text())
+        print_table(chosen_runs(results) if args.chosen else results)
         return
     data = split(args.dataset)
     print(
@@ -556,9 +717,13 @@ def main() -> None:
         ]
         for config in configs:
             name = run_name(base, config)
+            done = json.loads(RESULTS.read_text()).get(args.dataset, {}) if RESULTS.exists() else {}
+            if args.skip_done and name in done:
+                continue
             print(f"{args.dataset} {name}", flush=True)
             result = train_and_score(data, config, log=lambda s: print(s, flush=True))
             merge_result(args.dataset, name, result)
+            _checkpoint_path(data, config).unlink(missing_ok=True)
             v, t = result["validation"], result["test"]
             print(
                 f"  -> val HR@10 {v['hr@10']:.4f} NDCG@10 {v['ndcg@10']:.4f} | test HR@10 "
