@@ -196,6 +196,8 @@ def test_bad_input_ends_kedro_run_with_the_message_alone(make_project_copy):
     env_dir.mkdir()
     (env_dir / "globals.yml").write_text("raw_interactions_path: data/01_raw/events.csv\n")
     (env_dir / "catalog.yml").write_text("raw_interactions:\n  type: pandas.CSVDataset\n")
+    # A log with no side features says so (or the start-up check names the missing table).
+    (env_dir / "parameters.yml").write_text("features: {item: null, user: null}\n")
     (project / "data" / "01_raw" / "events.csv").write_text(
         "user_id,item_id,when\nu1,i1,2024-01-01\nu1,i2,2024-01-02\n"
     )

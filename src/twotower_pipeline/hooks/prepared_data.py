@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from kedro.framework.hooks import hook_impl
 
-from twotower_pipeline.io.datasets import OptionalDataset, SyntheticInteractionsDataset
+from twotower_pipeline.io.datasets import OptionalDataset
 
 # Optional raw inputs and the parameter that says whether a run reads them.
 OPTIONAL_INPUTS = {"item_features": "item", "user_features": "user"}
@@ -71,7 +71,8 @@ def _check_optional_inputs(pipeline, catalog) -> None:
     if not isinstance(features, dict):
         return
     raw = catalog.get("raw_interactions") if "raw_interactions" in catalog else None
-    generated = raw.companion_paths() if isinstance(raw, SyntheticInteractionsDataset) else []
+    # The synthetic log (pandas or Spark) writes its feature tables as it is first read.
+    generated = raw.companion_paths() if hasattr(raw, "companion_paths") else []
     for name, side in OPTIONAL_INPUTS.items():
         dataset = catalog.get(name) if name in pipeline.inputs() and name in catalog else None
         if not isinstance(dataset, OptionalDataset) or features.get(side) is None:

@@ -32,5 +32,9 @@ class SyntheticInteractionsSparkDataset(SparkDatasetV2):
         self._synthetic.load()  # writes the file when it is missing or of another spec
         return super()._load()
 
+    def companion_paths(self):
+        """Return the files the synthetic log writes beside itself on its first load."""
+        return self._synthetic.companion_paths()
+
     def _exists(self) -> bool:
         return True  # generated on demand
