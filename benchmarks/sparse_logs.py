@@ -75,6 +75,15 @@ CONFIGS: dict[str, dict[str, object]] = {
         "training.learning_rate": 0.002,
     },
     "attention_bce_lr2": {"model.history_pooling": "attention", "training.learning_rate": 0.002},
+    # The standalone harness's best on ML-100K validation (benchmarks/sequence_sweep.py).
+    "attention_softmax_d64_fast_scale": {
+        "model.history_pooling": "attention",
+        "training.loss": "softmax",
+        "model.embedding_dim": 64,
+        "training.learning_rate": 0.003,
+        "training.scale_lr_ratio": 10.0,
+        "training.weight_decay": 0.0,
+    },
     "attention_softmax_wd0": {
         "model.history_pooling": "attention",
         "training.loss": "softmax",
