@@ -31,6 +31,7 @@ from twotower_pipeline.training.examples import (
     training_positives,
 )
 from twotower_pipeline.training.loop import EpochPass, fit, train_epoch
+from twotower_pipeline.training.losses import bce_no_skill
 from twotower_pipeline.training.optimizers import make_optimizer
 from twotower_pipeline.training.row_optimizers import RowwiseAdamW, RowwiseRMSProp
 from twotower_pipeline.training.selection import model_candidates
@@ -1127,3 +1128,14 @@ def test_a_candidate_that_diverges_is_named_in_the_error(data, tmp_path, monkeyp
             {"headline_k": 3},
             model_selection={"enabled": True, "alternatives": {"wide": {"embedding_dim": 32}}},
         )
+
+
+def test_a_softmax_run_records_the_loss_of_no_skill_on_its_own_batches(data, tmp_path):
+    train, val = data
+    spec = make_spec(tmp_path, loss="softmax", num_epochs=2)
+    history = fit(new_model(), train, val, first_examples(train), spec)
+    # With logQ, equal scores do not cost log(batch + neg_ratio): the run measures it.
+    assert np.isfinite(history["no_skill_loss"]).all()
+    assert (history["no_skill_loss"] != pytest.approx(np.log(spec.batch_size + NEG))).all()
+    bce = fit(new_model(), train, val, first_examples(train), make_spec(tmp_path / "bce"))
+    assert bce["no_skill_loss"].tolist() == pytest.approx([bce_no_skill(NEG)] * 3)

@@ -56,9 +56,9 @@ class RunFacts:
     def no_skill(self, history: pd.DataFrame | None = None) -> tuple[float, str]:
         """Return the train loss of a model without skill, and what that model is.
 
-        A softmax's is the loss of all-zero logits on the validation sample that
-        training measured (history's no_skill_loss: with the logQ correction it is
-        not log of the candidates), else log of the candidates.
+        A softmax's is the loss all-zero logits had on the epoch's own training
+        batches (history's no_skill_loss: with the logQ correction it is not log of
+        the candidates), else log of the candidates.
         """
         if self.loss == "softmax":
             candidates = self.batch_size + self.neg_ratio

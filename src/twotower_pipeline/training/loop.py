@@ -309,6 +309,7 @@ def _train_and_evaluate(model: TwoTowerModel, run: _Run, epoch: int) -> dict | N
         f"epoch {epoch + 1}/{spec.num_epochs}",
         _show_progress(spec) and run.writes,
     )
+    run.task.start_epoch()
     try:
         if run.windows is not None:
             train_loss, n_examples = train_sequence_epoch(
@@ -327,6 +328,7 @@ def _train_and_evaluate(model: TwoTowerModel, run: _Run, epoch: int) -> dict | N
         "epoch": epoch + 1,
         "train_loss": train_loss,
         **evaluate_epoch(model, run.train, run.val, run.sample, spec, run.task),
+        "no_skill_loss": run.task.epoch_no_skill(),
         "logit_scale": model.logit_scale,
         "learning_rate": lr,
         "examples_per_second": n_examples / step_seconds,

@@ -58,6 +58,12 @@ class BceTask:
     def no_skill(self) -> float:
         return bce_no_skill(self.neg_ratio)
 
+    def start_epoch(self) -> None:
+        return None
+
+    def epoch_no_skill(self) -> float:
+        return self.no_skill
+
 
 class SoftmaxTask:
     """A sampled softmax over each positive, its negatives and the batch's other positives."""
@@ -78,6 +84,16 @@ class SoftmaxTask:
         self.probabilities = (
             None if probabilities is None else torch.as_tensor(probabilities, dtype=torch.float32)
         )
+        # The loss all-zero logits would have on this epoch's own batches (with logQ it
+        # is not log of the candidates): the no-skill value the train loss is judged by.
+        self._zero_sum, self._zero_terms = 0.0, 0
+
+    def start_epoch(self) -> None:
+        self._zero_sum, self._zero_terms = 0.0, 0
+
+    def epoch_no_skill(self) -> float:
+        """Return the mean loss of all-zero logits over the batches since start_epoch."""
+        return self._zero_sum / self._zero_terms if self._zero_terms else self.no_skill
 
     def loss(self, scores: BatchScores) -> tuple[torch.Tensor, int]:
         """Return (the mean loss over the batch's positives, the number of positives)."""

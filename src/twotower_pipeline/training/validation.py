@@ -13,7 +13,6 @@ from twotower_pipeline.ranking.metrics import ranking_metrics
 from twotower_pipeline.ranking.pointwise import binary_log_loss, roc_auc
 from twotower_pipeline.ranking.protocol import sample_users
 from twotower_pipeline.training.examples import ValidationSample
-from twotower_pipeline.training.losses import bce_no_skill
 from twotower_pipeline.training.spec import TrainingSpec
 from twotower_pipeline.training.tasks import BatchScores, BceTask, SoftmaxTask
 
@@ -51,14 +50,11 @@ def sample_task_loss(
     known: pd.DataFrame,
     held_out: pd.DataFrame,
     task: SoftmaxTask,
-    skill: bool = True,
 ) -> float:
     """Return the train task's loss on the validation sample, in batches as training forms them.
 
     Rows go in their fixed order, task.batch_size at a time, each batch's other
     positives its shared negatives: the same loss as the train loss, on held-out rows.
-    With skill False every logit is 0: the loss of a model without skill on these
-    candidates (with the logQ correction it is not log of their number).
     """
     device = model.item_id.device
     window = _sample_window(model, sample, known, held_out)
@@ -68,8 +64,6 @@ def sample_task_loss(
         part = slice(start, start + task.batch_size)
         part_window = None if window is None else (window[0][part], window[1][part])
         logits, in_batch = model.group_scores(*model.towers(users[part], items[part], part_window))
-        if not skill:
-            logits, in_batch = torch.zeros_like(logits), torch.zeros_like(in_batch)
         loss, count = task.loss(BatchScores(users[part], items[part], logits, in_batch))
         total, terms = total + float(loss) * count, terms + count
     return total / max(terms, 1)
@@ -94,17 +88,14 @@ def evaluate_epoch(
     labels = sample.labels.numpy()
     if task is None or task.name == "bce":
         loss = binary_log_loss(logits.ravel(), labels.ravel())
-        no_skill = bce_no_skill(spec.neg_ratio)
     else:
         loss = sample_task_loss(model, sample, train, val, task)
-        no_skill = sample_task_loss(model, sample, train, val, task, skill=False)
     ranking = validation_ranking(
         model, train, val, k, spec.seed, spec.eval_chunk_size, spec.eval_max_users
     )
     model.train()
     return {
         "val_loss": loss,
-        "no_skill_loss": no_skill,
         "val_auc": roc_auc(logits.ravel(), labels.ravel()),
         f"recall@{k}": ranking[f"recall@{k}"],
         f"ndcg@{k}": ranking[f"ndcg@{k}"],
