@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,3 +117,25 @@ def smoke_project(make_project_copy) -> Path:
 def kedro_run() -> Callable[..., dict]:
     """Return `run_pipeline(project, pipeline=None, env="smoke", params=None)`."""
     return run_pipeline
+
+
+def run_on_a_full_tmpfs(tmp_path: Path, script: str) -> tuple[Path, list[str]]:
+    """Run `script` (given the folder as argv[1]) on a small tmpfs; return (folder, its lines).
+
+    The tmpfs is mounted in a user and mount namespace of its own (unshare -rm), so
+    nothing outside the test sees it; the test skips where that cannot be done.
+    """
+    unshare = shutil.which("unshare")
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mount = [unshare, "-rm", "mount", "-t", "tmpfs", "tmpfs", str(folder)] if unshare else []
+    if unshare is None or subprocess.run(mount).returncode:
+        pytest.skip("this machine cannot mount a small tmpfs (unshare -rm) for the test")
+    result = subprocess.run(
+        [unshare, "-rm", sys.executable, "-c", script, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return folder, result.stdout.strip().splitlines()

@@ -12,10 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +22,7 @@ import yaml
 from kedro.io import DataCatalog, DatasetError
 from kedro_datasets.pandas import CSVDataset
 
+from conftest import run_on_a_full_tmpfs
 from twotower_pipeline.config.errors import DiskFullError
 from twotower_pipeline.data.synthetic import SyntheticLogSpec, generate_interactions
 from twotower_pipeline.hooks.prepared_data import MissingPreparedDataError
@@ -398,20 +396,7 @@ print(sorted(os.listdir(folder)), dataset.load()["a"].tolist())
 
 
 def test_a_save_on_a_full_tmpfs_names_the_file_and_keeps_the_old_one(tmp_path):
-    unshare = shutil.which("unshare")
-    folder = tmp_path / "small"
-    folder.mkdir()
-    if unshare is None or subprocess.run([unshare, "-rm", "mount", "-t", "tmpfs", "tmpfs",
-                                          str(folder)]).returncode:  # fmt: skip
-        pytest.skip("this machine cannot mount a small tmpfs (unshare -rm) for the test")
-    result = subprocess.run(
-        [unshare, "-rm", sys.executable, "-c", _FILL_A_TMPFS, str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    message, listing = result.stdout.strip().splitlines()
+    folder, (message, listing) = run_on_a_full_tmpfs(tmp_path, _FILL_A_TMPFS)
     assert message.startswith(f"no space left on the disk while writing {folder}/table.parquet")
     assert "it needs " in message
     assert listing == "['table.parquet'] [1, 2]"

@@ -15,15 +15,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from conftest import run_on_a_full_tmpfs
 from twotower_pipeline.config.errors import DiskFullError, PipelineInputError
 from twotower_pipeline.config.fingerprint import (
     fingerprint_differences,
@@ -380,20 +378,7 @@ print(sorted(os.listdir(folder)), torch.load(folder + "/last.pt")["model"].shape
 
 
 def test_a_checkpoint_on_a_full_tmpfs_names_the_file_and_keeps_the_old_one(tmp_path):
-    unshare = shutil.which("unshare")
-    folder = tmp_path / "small"
-    folder.mkdir()
-    if unshare is None or subprocess.run([unshare, "-rm", "mount", "-t", "tmpfs", "tmpfs",
-                                          str(folder)]).returncode:  # fmt: skip
-        pytest.skip("this machine cannot mount a small tmpfs (unshare -rm) for the test")
-    result = subprocess.run(
-        [unshare, "-rm", sys.executable, "-c", _FILL_A_TMPFS, str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    message, listing = result.stdout.strip().splitlines()
+    folder, (message, listing) = run_on_a_full_tmpfs(tmp_path, _FILL_A_TMPFS)
     assert message.startswith(f"no space left on the disk while writing the checkpoint {folder}/")
     assert "it needs 39" in message  # 100,000 float32 and the archive's own bytes
     assert listing == "['last.pt'] 10"
