@@ -106,6 +106,9 @@ class RunConfig:
     shared_tables: bool = False  # the history reads the item tower's vectors (before norm)
     item_features: bool = False  # the item tower adds the mean of its category tokens
     item_id_dropout: float = 0.0  # share of item ids left out in training (with features)
+    # A learned logit bias per item, beside the scaled cosine: a cosine cannot carry an
+    # item's popularity in its norm, as a dot product (ALS) does.
+    item_bias: bool = False
     sampler: str = "uniform"  # uniform | popularity (count^0.75)
     # expected_count: the package's correction (each candidate's logit less the log of its
     # expected count among the row's candidates); per_source: the in-batch frequency for
@@ -240,6 +243,16 @@ class SequenceTwoTower(torch.nn.Module):
             config.dropout,
         )
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(LOGIT_SCALE)))
+        self.item_bias = torch.nn.Parameter(torch.zeros(n_items)) if config.item_bias else None
+
+    def bias(self, items: torch.Tensor) -> torch.Tensor | float:
+        """Return the items' logit biases (0 without them; a cold item gets the lowest)."""
+        if self.item_bias is None:
+            return 0.0
+        if self.training:
+            return self.item_bias[items]
+        lowest = self.item_bias[self.warm].min() if self.warm.any() else 0.0
+        return torch.where(self.warm[items], self.item_bias[items], lowest)
 
     def item_representation(self, items: torch.Tensor) -> torch.Tensor:
         """Return the item tower's vectors before normalisation."""
@@ -382,7 +395,10 @@ def model_scorer(model: SequenceTwoTower, known: pd.DataFrame, held: pd.DataFram
             encoded = model.encode(items[part, -longest:], mask[part, -longest:])
             users[part] = F.normalize(model.encoder.last(encoded), dim=-1)
 
-    return lambda rows: users[torch.from_numpy(rows)] @ item_vectors.T
+        bias = model.bias(torch.arange(len(cold)))
+        scale = model.log_scale.exp()
+
+    return lambda rows: scale * users[torch.from_numpy(rows)] @ item_vectors.T + bias
 
 
 def evaluate(model, data: Split, which: str, length: int, max_users: int | None = None) -> dict:
@@ -499,11 +515,13 @@ def train_and_score(data: Split, config: RunConfig, log=print, eval_users: int =
     windows = sequence_windows(data.train, config.history_length, config.stride)
     sampler = NegativeSampler(data.train, data.n_items, config.sampler, config.seed)
     scale_params = [model.log_scale]
-    others = [p for name, p in model.named_parameters() if name != "log_scale"]
+    undecayed = [p for name, p in model.named_parameters() if name == "item_bias"]
+    others = [p for name, p in model.named_parameters() if name not in ("log_scale", "item_bias")]
     optimizer = torch.optim.AdamW(
         [
             {"params": others, "weight_decay": config.weight_decay},
             {"params": scale_params, "weight_decay": 0.0},
+            {"params": undecayed, "weight_decay": 0.0},
         ],
         lr=config.learning_rate,
     )
@@ -537,6 +555,7 @@ def train_and_score(data: Split, config: RunConfig, log=print, eval_users: int =
             rate = learning_rate_at(config, epoch, step, steps_per_epoch)
             optimizer.param_groups[0]["lr"] = rate
             optimizer.param_groups[1]["lr"] = rate * config.scale_lr_ratio
+            optimizer.param_groups[2]["lr"] = rate
             users = batch.target_users
             states = batch.user_states(model.encode(batch.items, batch.mask))
             user_vectors = F.normalize(states, dim=-1)
@@ -545,11 +564,14 @@ def train_and_score(data: Split, config: RunConfig, log=print, eval_users: int =
             negative_vectors = model.item_vectors(negatives)
             scale = model.log_scale.exp()
             sampled = scale * torch.einsum("td,tkd->tk", user_vectors, negative_vectors)
+            sampled = sampled + model.bias(negatives)
             if config.loss == "bce":
                 positive = scale * (user_vectors * positive_vectors).sum(-1, keepdim=True)
+                positive = positive + model.bias(batch.target_items).unsqueeze(-1)
                 loss = bce_loss(torch.cat([positive, sampled], 1))
             else:
                 in_batch = scale * user_vectors @ positive_vectors.T
+                in_batch = in_batch + model.bias(batch.target_items)
                 loss = softmax_loss(
                     config.log_q,
                     in_batch,
