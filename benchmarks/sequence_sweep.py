@@ -567,7 +567,7 @@ def train_and_score(data: Split, config: RunConfig, log=print, eval_users: int =
             sampled = sampled + model.bias(negatives)
             if config.loss == "bce":
                 positive = scale * (user_vectors * positive_vectors).sum(-1, keepdim=True)
-                positive = positive + model.bias(batch.target_items).unsqueeze(-1)
+                positive = positive + model.bias(batch.target_items.unsqueeze(-1))
                 loss = bce_loss(torch.cat([positive, sampled], 1))
             else:
                 in_batch = scale * user_vectors @ positive_vectors.T
