@@ -33,6 +33,8 @@ from pathlib import Path
 
 from untuned import kedro_run, latest, make_project, write_json
 
+from twotower_pipeline.config.threads import apply_thread_policy
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 POLICIES = {
@@ -44,10 +46,17 @@ BUSY_LOOP = "while True: pass"
 
 
 def policy_environment(policy: str) -> dict[str, str]:
-    """Return this process's environment with only the policy's thread variables set."""
+    """Return this process's environment with only the policy's thread variables set.
+
+    `project` gets exactly what the package sets on its import, so the child is
+    measured under the policy whatever it imports first.
+    """
     cleared = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS")
     environ = {k: v for k, v in os.environ.items() if k not in cleared}
-    return {**environ, **POLICIES[policy], "KEDRO_DISABLE_TELEMETRY": "true"}
+    environ = {**environ, **POLICIES[policy], "KEDRO_DISABLE_TELEMETRY": "true"}
+    if policy == "project":
+        apply_thread_policy(environ)
+    return environ
 
 
 class Busy:
@@ -97,8 +106,9 @@ def step_rate(policy: str, busy: int, positives: int) -> float:
 def default_run(project: Path, policy: str, busy: int) -> dict:
     """Return the default `kedro run`'s seconds and test HR@10 under a policy, beside `busy`."""
     saved = dict(os.environ)
+    environ = policy_environment(policy)
     os.environ.clear()
-    os.environ.update(policy_environment(policy))
+    os.environ.update(environ)
     try:
         with Busy(busy):
             started = time.perf_counter()

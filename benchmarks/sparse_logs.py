@@ -94,6 +94,16 @@ CONFIGS: dict[str, dict[str, object]] = {
         "training.loss": "softmax",
         "model.user_id": True,
     },
+    # A learned logit per item beside the cosine (model.item_bias).
+    "recency_bce_bias": {"model.item_bias": True},
+    "recency_bce_bias_d64": {"model.item_bias": True, "model.embedding_dim": 64},
+    "recency_softmax_bias_d64": {
+        "model.item_bias": True,
+        "training.loss": "softmax",
+        "model.embedding_dim": 64,
+        "training.learning_rate": 0.001,
+        "training.weight_decay": 0.0,
+    },
 }
 
 

@@ -48,11 +48,12 @@ def test_recall_counts_the_share_of_exact_neighbours_found():
     assert ann.recall_at_k(approximate, exact) == pytest.approx(5 / 6)
 
 
-def test_exact_search_ranks_by_cosine():
-    items = np.array([[1.0, 0.0], [0.0, 3.0], [2.0, 2.0]])  # lengths differ: cosine ignores them
+def test_exact_search_ranks_by_the_inner_product_of_the_vectors_as_given():
+    # A biased model's vectors are not unit length: their lengths are part of the score.
+    items = np.array([[1.0, 0.0], [0.0, 3.0], [2.0, 2.0]])
     scores, ids = ann.exact_search(items, np.array([[1.0, 0.1]]), k=3)
-    assert ids.tolist() == [[0, 2, 1]]
-    assert scores[0, 0] == pytest.approx(1 / np.sqrt(1.01), rel=1e-5)
+    assert ids.tolist() == [[2, 0, 1]]  # 2.2, 1.0, 0.3
+    assert scores[0].tolist() == pytest.approx([2.2, 1.0, 0.3], rel=1e-5)
 
 
 @needs_faiss
@@ -84,8 +85,8 @@ def test_index_recommendations_skip_seen_items_and_match_exact_search():
     index = ann.build_index(items, config())
     got = ann.top_k_unseen(index, users, np.arange(40), seen, 5, 2.0, chunk_size=16)
 
-    item_t = torch.from_numpy(ann.normalise(items))
-    user_t = torch.from_numpy(ann.normalise(users))
+    item_t = torch.from_numpy(ann.faiss_ready(items))
+    user_t = torch.from_numpy(ann.faiss_ready(users))
     expected = top_k_unseen(
         lambda u: 2.0 * user_t[torch.from_numpy(u)] @ item_t.T, seen, np.arange(40), 40, 300, 5, 16
     )

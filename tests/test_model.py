@@ -373,3 +373,67 @@ def test_an_ensemble_rebuilds_from_its_config_and_state_and_serves_new_users():
         rebuilt, pd.DataFrame({"user_id": ["new", "new"], "item_id": ["i5", "i2"]}), index, 3
     )
     assert len(top) == 3 and not top["item_id"].isin(["i5", "i2"]).any()
+
+
+# --- item biases ------------------------------------------------------------------------------
+def biased_model() -> TwoTowerModel:
+    model = make_model(**(WITH_EVERYTHING | {"item_bias": True, "logit_scale": 5.0}))
+    with torch.no_grad():
+        model.item_bias.copy_(torch.arange(N_ITEMS, dtype=torch.float32).unsqueeze(1) / 10)
+    return model
+
+
+def test_an_item_bias_is_added_to_the_scaled_cosine_and_starts_at_zero():
+    fresh = make_model(item_bias=True)
+    assert torch.equal(fresh.item_bias, torch.zeros(N_ITEMS, 1))
+    model = biased_model().eval()
+    users, items = torch.tensor([0, 0]), torch.tensor([2, 6])
+    window = (torch.tensor([[0, 5, 3]] * 2), torch.tensor([[False, True, True]] * 2))
+    user, item, bias = model.towers(users, items, window)
+    cosine = F.cosine_similarity(user, item, dim=-1)
+    expected = 5.0 * cosine + torch.tensor([0.2, 0.6])
+    assert torch.allclose(model(users, items, window), expected, atol=1e-5)
+    assert torch.allclose(bias, torch.tensor([0.2, 0.6]))
+
+
+def test_biased_vectors_score_as_the_model_through_one_extra_coordinate():
+    model = biased_model().eval()
+    window = (torch.tensor([[0, 5, 3], [0, 0, 2]]), torch.tensor([[False, True, True]] * 2))
+    users = torch.tensor([0, 4])
+    items = model.all_item_vectors()
+    vectors = model.user_vectors(users, window)
+    assert items.shape == (N_ITEMS, DIM + 1) and vectors.shape == (2, DIM + 1)
+    assert torch.equal(vectors[:, -1], torch.ones(2))
+    from_vectors = model.logit_scale * vectors @ items.T
+    direct = model(
+        users.repeat_interleave(N_ITEMS),
+        torch.arange(N_ITEMS).repeat(2),
+        (window[0].repeat_interleave(N_ITEMS, 0), window[1].repeat_interleave(N_ITEMS, 0)),
+    )
+    assert torch.allclose(from_vectors, direct.view(2, N_ITEMS), atol=1e-5)
+
+
+def test_a_cold_item_is_scored_with_the_lowest_bias_of_the_trained_items():
+    model = biased_model()
+    trained = np.array([1, 2, 3, 4, 6])  # items 0 and 5 have no training interaction
+    model.set_side_information(train_users=np.arange(N_USERS), train_items=trained)
+    model.eval()
+    assert model.logit_bias(torch.tensor([0, 5, 6])).tolist() == pytest.approx([0.1, 0.1, 0.6])
+    model.train()  # in training every row is its own
+    assert model.logit_bias(torch.tensor([0, 5])).tolist() == pytest.approx([0.0, 0.5])
+
+
+def test_the_in_batch_block_adds_each_column_positives_bias():
+    model = biased_model().train()
+    user = torch.randn(3, DIM)
+    item = torch.randn(3, 2, DIM)
+    bias = torch.tensor([[0.5, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    _, plain = model.group_scores(user, item)
+    _, biased = model.group_scores(user, item, bias)
+    assert torch.allclose(biased - plain, torch.tensor([[0.5, 1.0, -1.0]] * 3))
+
+
+def test_a_model_saved_before_item_biases_existed_loads_without_one():
+    values = make_config().to_dict()
+    del values["item_bias"]
+    assert TwoTowerConfig.from_dict(values).item_bias is False

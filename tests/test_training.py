@@ -1139,3 +1139,17 @@ def test_a_softmax_run_records_the_loss_of_no_skill_on_its_own_batches(data, tmp
     assert (history["no_skill_loss"] != pytest.approx(np.log(spec.batch_size + NEG))).all()
     bce = fit(new_model(), train, val, first_examples(train), make_spec(tmp_path / "bce"))
     assert bce["no_skill_loss"].tolist() == pytest.approx([bce_no_skill(NEG)] * 3)
+
+
+@pytest.mark.parametrize("loss", ["bce", "softmax"])
+def test_item_biases_learn_that_one_item_is_every_users_positive(data, tmp_path, loss):
+    train, val = data
+    # Item 7 becomes a positive of every user (at t = 5, before the rest of its history).
+    popular = pd.DataFrame({"user": np.arange(N_USERS), "item": 7, "timestamp": 5})
+    train = pd.concat([train, popular]).drop_duplicates(["user", "item"]).astype(np.int64)
+    model = new_model(HISTORY_TOWER | {"item_bias": True})
+    spec = make_spec(tmp_path, loss=loss, num_epochs=6, lr_schedule="constant")
+    fit(model, train, val, first_examples(train), spec)
+    bias = model.item_bias.detach().squeeze(1)
+    assert int(bias.argmax()) == 7
+    assert bias[7] > bias[[i for i in range(N_ITEMS) if i != 7]].max() + 0.05

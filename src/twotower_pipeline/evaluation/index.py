@@ -1,7 +1,10 @@
 """Approximate nearest-neighbour retrieval over the item vectors (faiss), beside exact search.
 
-The towers' outputs are L2-normalised, so the model's score is scale x inner
-product and the inner-product neighbours of a user vector are its best items.
+The model's score is scale x the inner product of its user and item vectors
+(unit length, or with item biases one coordinate more: model.towers), so the
+inner-product neighbours of a user vector are its best items. The vectors are
+searched as they are: scaling them to unit length would change a biased
+model's ranking.
 An index trades a little recall for query time that grows far slower than the
 catalogue: exact search costs n_items x dim per user. faiss-cpu is an optional
 extra (`pip install -e ".[ann]"`); without it `ItemIndex.index` is None and
@@ -93,16 +96,13 @@ class ItemIndex:
         if self.index is None:
             raise ValueError(f"the item index was not built: {self.skipped}")
         k = min(k, self.n_items)
-        scores, items = self.index.search(normalise(queries), k)
+        scores, items = self.index.search(faiss_ready(queries), k)
         return scores, items.astype(np.int64)
 
 
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    """Return the rows scaled to unit length, float32 and C-contiguous (what faiss reads)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    # A zero row stays zero rather than becoming NaN.
-    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+def faiss_ready(vectors: np.ndarray) -> np.ndarray:
+    """Return the rows as float32 and C-contiguous (what faiss reads), values unchanged."""
+    return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
 def vectors_of(embeddings: pd.DataFrame) -> np.ndarray:
@@ -113,7 +113,7 @@ def vectors_of(embeddings: pd.DataFrame) -> np.ndarray:
 
 
 def build_index(item_vectors: np.ndarray, config: IndexConfig) -> ItemIndex:
-    """Return an inner-product index over the L2-normalised item vectors.
+    """Return an inner-product index over the item vectors.
 
     HNSW (a graph, no training) is the default; IVF clusters the vectors with
     k-means (seeded) and searches the nprobe nearest lists. nlist is capped at
@@ -123,7 +123,7 @@ def build_index(item_vectors: np.ndarray, config: IndexConfig) -> ItemIndex:
     faiss = faiss_module()
     if faiss is None:
         return ItemIndex(None, config, n_items, dim, skipped=MISSING_FAISS)
-    vectors = normalise(item_vectors)
+    vectors = faiss_ready(item_vectors)
     if config.kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = config.hnsw_ef_construction
@@ -140,16 +140,16 @@ def build_index(item_vectors: np.ndarray, config: IndexConfig) -> ItemIndex:
 
 
 class ExactSearch:
-    """Brute-force inner-product search over L2-normalised item vectors (normalised once)."""
+    """Brute-force inner-product search over the item vectors."""
 
     def __init__(self, item_vectors: np.ndarray, chunk_size: int = 1024) -> None:
-        self.items = torch.from_numpy(normalise(item_vectors))
+        self.items = torch.from_numpy(faiss_ready(item_vectors))
         # Memory per chunk: chunk_size x n_items float32 scores.
         self.chunk_size = chunk_size
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (inner products, item indices) of each query's k nearest items."""
-        queries = normalise(queries)
+        queries = faiss_ready(queries)
         k = min(k, self.items.shape[0])
         scores = np.empty((len(queries), k), dtype=np.float32)
         ids = np.empty((len(queries), k), dtype=np.int64)
@@ -164,10 +164,7 @@ class ExactSearch:
 def exact_search(
     item_vectors: np.ndarray, queries: np.ndarray, k: int, chunk_size: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (inner products, item indices) of each query's k nearest items, by brute force.
-
-    Both sides are L2-normalised first, as the index sees them.
-    """
+    """Return (inner products, item indices) of each query's k nearest items, by brute force."""
     return ExactSearch(item_vectors, chunk_size).search(queries, k)
 
 

@@ -8,6 +8,7 @@ HISTORY_POOLINGS = ("mean", "recency", "attention")
 # A model saved before the attention pooling existed has no attention keys; they are
 # read only by that pooling, so such a model loads with them unset.
 UNUSED_ATTENTION = {"attention_blocks": 0, "attention_heads": 1, "attention_dropout": 0.0}
+OPTIONAL = {"item_bias": False}
 
 
 @dataclass
@@ -35,6 +36,9 @@ class TwoTowerConfig:
     attention_blocks: int = 0
     attention_heads: int = 1
     attention_dropout: float = 0.0
+    # A learned logit per item beside the scaled cosine: a unit vector cannot carry an
+    # item's popularity in its length, as a dot product (ALS) does.
+    item_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.n_users < 1 or self.n_items < 1 or self.embedding_dim < 1:
@@ -74,6 +78,7 @@ class TwoTowerConfig:
         values = {key: value for key, value in values.items() if key != "run_id"}
         if values.get("history_pooling") != "attention":
             values = {**UNUSED_ATTENTION, **values}
+        values = {**OPTIONAL, **values}  # models saved before these options existed
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         missing = sorted(known - set(values))

@@ -65,6 +65,8 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         self.item_id = embedding_table(c.n_items, c)
         self.user_id_table = embedding_table(c.n_users, c) if c.user_id else None
         self.history_table = embedding_table(c.n_items, c) if c.history_length > 0 else None
+        # (n_items, 1): a table like the others, so a training step touches only its rows.
+        self.item_bias = nn.Parameter(torch.zeros(c.n_items, 1)) if c.item_bias else None
         self.item_feature_table = (
             embedding_table(c.item_feature_vocab, c, padded=True)
             if c.item_feature_vocab > 1
@@ -113,6 +115,7 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
             self.history_table,
             self.item_feature_table,
             self.user_feature_table,
+            self.item_bias,
         ]
         return [t for t in tables if t is not None]
 
@@ -152,11 +155,37 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
             self.user_warm.copy_(torch.from_numpy(warm))
 
     # --- towers -------------------------------------------------------------------------------
-    def item_vectors(
-        self, items: torch.Tensor, rows: Rows = full_rows, drop_ids: bool = False
-    ) -> torch.Tensor:
-        """Return normalised item vectors, shape items.shape + (d,)."""
-        return F.normalize(self._item_tower(items, rows, drop_ids), dim=-1)
+    @property
+    def has_history(self) -> bool:
+        return self.config.history_length > 0
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """Return item vectors, shape items.shape + (d,): unit length, scored by scale x dot.
+
+        With item biases each vector gains one last coordinate, bias / scale, and each
+        user vector a 1 there: scale x (user . item) is then scale x cosine + bias, so
+        every scorer and index of vectors ranks as the model does.
+        """
+        unit = F.normalize(self._item_tower(items, full_rows, drop_ids=False), dim=-1)
+        if self.item_bias is None:
+            return unit
+        scale = self.log_scale.detach().exp()
+        return torch.cat([unit, (self.logit_bias(items) / scale).unsqueeze(-1)], dim=-1)
+
+    def logit_bias(self, items: torch.Tensor, rows: Rows = full_rows) -> torch.Tensor | None:
+        """Return the items' learned logit biases (None without them), shape items.shape.
+
+        In scoring an item with no training interaction gets the lowest bias of the
+        items that had one: its own row was never trained.
+        """
+        if self.item_bias is None:
+            return None
+        bias = rows(self.item_bias, items).squeeze(-1)
+        if self.training:
+            return bias
+        warm = self.item_bias.squeeze(-1)[self.item_warm]
+        lowest = warm.min() if warm.numel() else torch.zeros((), device=bias.device)
+        return torch.where(self.item_warm[items], bias, lowest)
 
     def _item_tower(self, items: torch.Tensor, rows: Rows, drop_ids: bool) -> torch.Tensor:
         """Return the item tower's vectors before normalisation."""
@@ -184,8 +213,12 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         """Return normalised user vectors (B, d) from ids, (history items, mask) and features.
 
         An anonymous user (one the model was not trained with) is its history alone.
+        With item biases each vector ends in a 1 (see item_vectors).
         """
-        return F.normalize(self._user_tower(users, history, rows, anonymous), dim=-1)
+        unit = F.normalize(self._user_tower(users, history, rows, anonymous), dim=-1)
+        if self.item_bias is None:
+            return unit
+        return torch.cat([unit, unit.new_ones(unit.shape[:-1] + (1,))], dim=-1)
 
     def _user_tower(
         self,
@@ -203,7 +236,7 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         """
         vector = torch.zeros((), device=users.device)
         if anonymous:
-            if history is None or self.history_table is None:
+            if history is None or not self.has_history:
                 raise ValueError(
                     "this model has no history tower (model.history_length 0): it cannot "
                     "score users it was not trained with"
@@ -225,7 +258,7 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
             items, mask = history
             encoded = self.history_encoder(rows(self.history_table, items), mask)
             vector = vector + self.history_encoder.last(encoded)
-        elif self.history_table is not None and history is not None:
+        elif self.has_history and history is not None:
             items, mask = history
             weights = mask.to(vector.dtype)
             count = weights.sum(-1, keepdim=True).clamp(min=1.0)
@@ -239,9 +272,7 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         return self.user_mlp(vector)
 
     def _user_has_more_than_an_id(self, history) -> bool:
-        return (self.history_table is not None and history is not None) or (
-            self.user_feature_table is not None
-        )
+        return (self.has_history and history is not None) or (self.user_feature_table is not None)
 
     def encode_sequences(
         self, items: torch.Tensor, mask: torch.Tensor, rows: Rows = full_rows
@@ -252,13 +283,15 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         return self.history_encoder(rows(self.history_table, items), mask)
 
     def towers(self, users, items, history, rows: Rows = full_rows, states=None):
-        """Return (user vectors, item vectors) before normalisation, ids dropped in training.
+        """Return (user vectors, item vectors, item biases or None), vectors before the norm.
 
-        `states` (B, d), when given, stand in for the history window: the history
-        encoder's outputs at each row's prefix end (encode_sequences).
+        Ids are dropped in training. `states` (B, d), when given, stand in for the
+        history window: the history encoder's outputs at each row's prefix end
+        (encode_sequences).
         """
         user = self._user_tower(users, history, rows, anonymous=False, states=states)
-        return user, self._item_tower(items, rows, drop_ids=self.training)
+        item = self._item_tower(items, rows, drop_ids=self.training)
+        return user, item, self.logit_bias(items, rows)
 
     def forward(
         self,
@@ -274,24 +307,33 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         each user vector is computed once and the result has shape (B, k).
         history is (items, mask), each (B, history_length), or None.
         """
-        user, item = self.towers(users, items, history, rows)
-        if items.dim() == users.dim() + 1:
-            return ScaledCosine.apply(user, item, self.log_scale)
-        return ScaledCosine.apply(user, item.unsqueeze(1), self.log_scale).squeeze(1)
+        user, item, bias = self.towers(users, items, history, rows)
+        grouped = items.dim() == users.dim() + 1
+        if not grouped:
+            item = item.unsqueeze(1)
+            bias = None if bias is None else bias.unsqueeze(1)
+        logits = ScaledCosine.apply(user, item, self.log_scale)
+        if bias is not None:
+            logits = logits + bias
+        return logits if grouped else logits.squeeze(1)
 
     def group_scores(
-        self, user: torch.Tensor, item: torch.Tensor
+        self, user: torch.Tensor, item: torch.Tensor, bias: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the (B, k) logits of towers' outputs and the (B, B) in-batch logits.
 
-        user (B, d) and item (B, k, d) are `towers` outputs. The in-batch block
-        scores row b's user against row j's first item (its positive) with the
-        same scale: the batch's other positives as shared negatives.
+        user (B, d), item (B, k, d) and bias (B, k) or None are `towers` outputs. The
+        in-batch block scores row b's user against row j's first item (its positive)
+        with the same scale and bias: the batch's other positives as shared negatives.
         """
         logits = ScaledCosine.apply(user, item, self.log_scale)
         unit_user = F.normalize(user, dim=-1)
         unit_positive = F.normalize(item[:, 0], dim=-1)
-        return logits, (unit_user @ unit_positive.T) * self.log_scale.exp()
+        in_batch = (unit_user @ unit_positive.T) * self.log_scale.exp()
+        if bias is not None:
+            logits = logits + bias
+            in_batch = in_batch + bias[:, 0].unsqueeze(0)
+        return logits, in_batch
 
     # --- scoring ------------------------------------------------------------------------------
     @classmethod
