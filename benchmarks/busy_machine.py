@@ -31,9 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from untuned import kedro_run, latest, make_project, write_json
-
 from twotower_pipeline.config.threads import apply_thread_policy
+from untuned import kedro_run, latest, make_project, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
