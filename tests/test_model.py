@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from twotower_pipeline.evaluation.retrieval import recommend_from_histories
 from twotower_pipeline.model.config import TwoTowerConfig
 from twotower_pipeline.model.ensemble import TowerEnsemble
-from twotower_pipeline.model.layers import ScaledCosine
+from twotower_pipeline.model.layers import ScaledCosine, full_rows
 from twotower_pipeline.model.towers import TwoTowerModel
 
 N_USERS, N_ITEMS, DIM = 5, 7, 4
@@ -437,3 +437,14 @@ def test_a_model_saved_before_item_biases_existed_loads_without_one():
     values = make_config().to_dict()
     del values["item_bias"]
     assert TwoTowerConfig.from_dict(values).item_bias is False
+
+
+def test_a_history_that_reads_the_item_tower_pools_the_items_vectors():
+    model = make_model(
+        **(WITH_EVERYTHING | {"history_pooling": "mean", "history_reads_item_tower": True})
+    ).eval()
+    assert model.history_table is None
+    window = (torch.tensor([[0, 5, 3]]), torch.tensor([[False, True, True]]))
+    user = model.user_vectors(torch.tensor([4]), window, anonymous=True)
+    items = model._item_tower(torch.tensor([5, 3]), full_rows, drop_ids=False)
+    assert torch.allclose(user[0], F.normalize(items.mean(0), dim=0), atol=1e-6)

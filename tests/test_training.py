@@ -1153,3 +1153,34 @@ def test_item_biases_learn_that_one_item_is_every_users_positive(data, tmp_path,
     bias = model.item_bias.detach().squeeze(1)
     assert int(bias.argmax()) == 7
     assert bias[7] > bias[[i for i in range(N_ITEMS) if i != 7]].max() + 0.05
+
+
+# The history reads the item tower's vectors: one read of the item tables serves the scored
+# items and the history in a step (pooled and attention towers alike).
+SHARED_TOWERS = {
+    "pooled": HISTORY_TOWER | {"history_reads_item_tower": True},
+    "attention": HISTORY_TOWER
+    | {
+        "history_reads_item_tower": True,
+        "history_pooling": "attention",
+        "attention_blocks": 1,
+        "attention_heads": 1,
+        "attention_dropout": 0.0,
+    },
+}
+
+
+@pytest.mark.parametrize("loss", ["bce", "softmax"])
+@pytest.mark.parametrize("towers", SHARED_TOWERS.values(), ids=SHARED_TOWERS.keys())
+def test_a_history_that_reads_the_item_tower_trains_row_wise_and_learns_the_groups(
+    data, tmp_path, towers, loss
+):
+    train, val = data
+    model = new_model(towers | {"item_bias": True})
+    assert model.history_table is None
+    spec = make_spec(tmp_path, num_epochs=6, lr_schedule="constant", loss=loss)
+    history = fit(model, train, val, first_examples(train), spec)
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    scores = model.catalogue_scorer(train, val)(np.arange(N_USERS))
+    assert (scores[:6, :5].mean(1) > scores[:6, 5:].mean(1)).all()
+    assert (scores[6:, 5:].mean(1) > scores[6:, :5].mean(1)).all()

@@ -153,6 +153,7 @@ class Model(Block):
     attention_heads: PositiveInt
     attention_dropout: Annotated[float, Field(ge=0, lt=1)]
     item_id_dropout: Annotated[float, Field(ge=0, lt=1)]
+    history_reads_item_tower: bool
     item_bias: bool
 
     @model_validator(mode="after")

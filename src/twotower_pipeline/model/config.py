@@ -8,7 +8,7 @@ HISTORY_POOLINGS = ("mean", "recency", "attention")
 # A model saved before the attention pooling existed has no attention keys; they are
 # read only by that pooling, so such a model loads with them unset.
 UNUSED_ATTENTION = {"attention_blocks": 0, "attention_heads": 1, "attention_dropout": 0.0}
-OPTIONAL = {"item_bias": False}
+OPTIONAL = {"history_reads_item_tower": False, "item_bias": False}
 
 
 @dataclass
@@ -36,6 +36,9 @@ class TwoTowerConfig:
     attention_blocks: int = 0
     attention_heads: int = 1
     attention_dropout: float = 0.0
+    # The history reads the item tower's own vectors (ids and features, before the
+    # norm) instead of a table of its own, as SASRec shares one item table.
+    history_reads_item_tower: bool = False
     # A learned logit per item beside the scaled cosine: a unit vector cannot carry an
     # item's popularity in its length, as a dot product (ALS) does.
     item_bias: bool = False

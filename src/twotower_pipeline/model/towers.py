@@ -64,7 +64,11 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         c = config
         self.item_id = embedding_table(c.n_items, c)
         self.user_id_table = embedding_table(c.n_users, c) if c.user_id else None
-        self.history_table = embedding_table(c.n_items, c) if c.history_length > 0 else None
+        self.history_table = (
+            embedding_table(c.n_items, c)
+            if c.history_length > 0 and not c.history_reads_item_tower
+            else None
+        )
         # (n_items, 1): a table like the others, so a training step touches only its rows.
         self.item_bias = nn.Parameter(torch.zeros(c.n_items, 1)) if c.item_bias else None
         self.item_feature_table = (
@@ -227,12 +231,14 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         rows: Rows,
         anonymous: bool,
         states: torch.Tensor | None = None,
+        read: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Return the user tower's vectors before normalisation.
 
         `states` (B, d), when given, are the history encoder's outputs at each row's
         prefix end, computed by the caller over whole sequences (the sequence task);
-        they stand in for the history window.
+        they stand in for the history window. `read` (B, L, d), when given, are the
+        history items' vectors, read by the caller (towers).
         """
         vector = torch.zeros((), device=users.device)
         if anonymous:
@@ -256,7 +262,8 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
             vector = vector + states
         elif self.history_encoder is not None and history is not None:
             items, mask = history
-            encoded = self.history_encoder(rows(self.history_table, items), mask)
+            read = self._history_rows(items, rows) if read is None else read
+            encoded = self.history_encoder(read, mask)
             vector = vector + self.history_encoder.last(encoded)
         elif self.has_history and history is not None:
             items, mask = history
@@ -265,7 +272,11 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
             weights = weights / count
             if self.recency is not None:
                 weights = weights * self.recency
-            vector = vector + weighted_rows(rows, self.history_table, items, weights)
+            if self.history_table is not None:
+                vector = vector + weighted_rows(rows, self.history_table, items, weights)
+            else:
+                read = self._history_rows(items, rows) if read is None else read
+                vector = vector + (read * weights.unsqueeze(-1)).sum(-2)
         if self.user_feature_table is not None and not anonymous:
             vector = vector + token_mean(rows, self.user_feature_table, self.user_tokens[users])
         vector = vector.expand(users.numel(), self.config.embedding_dim)
@@ -274,23 +285,63 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
     def _user_has_more_than_an_id(self, history) -> bool:
         return (self.has_history and history is not None) or (self.user_feature_table is not None)
 
+    def _history_rows(self, items: torch.Tensor, rows: Rows) -> torch.Tensor:
+        """Return the (..., L, d) vectors the history reads: its own table or the item tower's."""
+        if self.history_table is not None:
+            return rows(self.history_table, items)
+        return self._item_tower(items, rows, drop_ids=self.training)
+
+    def _item_reads(self, groups: list[torch.Tensor], rows: Rows) -> list[torch.Tensor]:
+        """Return the item tower's vectors (before the norm) of each id tensor, in one read.
+
+        A training step reads each table once (training.SparseRows): when the history
+        reads the item tower, its items and the scored ones are one lookup.
+        """
+        flat = torch.cat([group.reshape(-1) for group in groups])
+        vectors = self._item_tower(flat, rows, drop_ids=self.training)
+        parts = vectors.split([group.numel() for group in groups])
+        return [part.view(*group.shape, -1) for group, part in zip(groups, parts, strict=True)]
+
     def encode_sequences(
         self, items: torch.Tensor, mask: torch.Tensor, rows: Rows = full_rows
     ) -> torch.Tensor:
         """Return the history encoder's (W, L, d) outputs over right-aligned windows of items."""
+        return self.encode_and_read(items, mask, None, rows)[0]
+
+    def encode_and_read(
+        self,
+        items: torch.Tensor,
+        mask: torch.Tensor,
+        targets: torch.Tensor | None,
+        rows: Rows = full_rows,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return encode_sequences' outputs and the item tower's vectors of `targets`.
+
+        One read of the item tables serves both when the history reads the item tower.
+        """
         if self.history_encoder is None:
             raise ValueError("only model.history_pooling attention encodes whole sequences")
-        return self.history_encoder(rows(self.history_table, items), mask)
+        if targets is not None and self.history_table is None:
+            read, target_vectors = self._item_reads([items, targets], rows)
+            return self.history_encoder(read, mask), target_vectors
+        read = self._history_rows(items, rows)
+        target_vectors = None if targets is None else self._item_tower(targets, rows, self.training)
+        return self.history_encoder(read, mask), target_vectors
 
-    def towers(self, users, items, history, rows: Rows = full_rows, states=None):
+    def towers(self, users, items, history, rows: Rows = full_rows, states=None, item=None):
         """Return (user vectors, item vectors, item biases or None), vectors before the norm.
 
         Ids are dropped in training. `states` (B, d), when given, stand in for the
-        history window: the history encoder's outputs at each row's prefix end
-        (encode_sequences).
+        history window: the history encoder's outputs at each row's prefix end, and
+        `item` the items' vectors, both from encode_and_read.
         """
-        user = self._user_tower(users, history, rows, anonymous=False, states=states)
-        item = self._item_tower(items, rows, drop_ids=self.training)
+        if item is None and states is None and history is not None and self.history_table is None:
+            item, read = self._item_reads([items, history[0]], rows)
+            user = self._user_tower(users, history, rows, anonymous=False, read=read)
+        else:
+            user = self._user_tower(users, history, rows, anonymous=False, states=states)
+            if item is None:
+                item = self._item_tower(items, rows, drop_ids=self.training)
         return user, item, self.logit_bias(items, rows)
 
     def forward(

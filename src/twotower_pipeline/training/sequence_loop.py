@@ -67,9 +67,9 @@ def score_targets(
     table_rows,
 ) -> BatchScores:
     """Return the scores of a batch's targets, each user vector its prefix end's state."""
-    encoded = model.encode_sequences(batch.items, batch.mask, table_rows)
+    encoded, item = model.encode_and_read(batch.items, batch.mask, items, table_rows)
     users = batch.target_users
-    towers = model.towers(users, items, None, table_rows, batch.user_states(encoded))
+    towers = model.towers(users, items, None, table_rows, batch.user_states(encoded), item)
     logits, in_batch = model.group_scores(*towers)
     return BatchScores(users, items, logits, in_batch if task.wants_in_batch else None)
 
