@@ -104,6 +104,16 @@ CONFIGS: dict[str, dict[str, object]] = {
         "training.learning_rate": 0.001,
         "training.weight_decay": 0.0,
     },
+    # ... and the history reading the item tower (model.history_reads_item_tower).
+    "recency_bce_shared_bias": {"model.item_bias": True, "model.history_reads_item_tower": True},
+    "recency_softmax_shared_bias_d64": {
+        "model.item_bias": True,
+        "model.history_reads_item_tower": True,
+        "training.loss": "softmax",
+        "model.embedding_dim": 64,
+        "training.learning_rate": 0.001,
+        "training.weight_decay": 0.0,
+    },
 }
 
 

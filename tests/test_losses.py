@@ -190,3 +190,20 @@ def test_softmax_matches_a_loop_over_candidates(seed, correct):
     loss = sampled_softmax_loss(in_batch, sampled, users, positives, negatives, log_q)
     expected = _loop_softmax(in_batch, sampled, users, positives, negatives, q if correct else None)
     assert loss.item() == pytest.approx(expected, rel=1e-6)  # the sampler's q is float32
+
+
+def test_the_softmax_tasks_no_skill_is_the_loss_of_all_zero_logits_on_its_batches():
+    from twotower_pipeline.training.tasks import BatchScores, SoftmaxTask
+
+    # 1,000 items, uniform negatives: each sampled negative stands for 1000 / 2 items, so
+    # with logQ equal raw logits cost about log(3 + 2 x 500), not log(3 + 2).
+    task = SoftmaxTask(neg_ratio=2, batch_size=4, n_items=1000, log_q=True, probabilities=None)
+    task.start_epoch()
+    users = torch.tensor([0, 1, 2, 3])
+    items = torch.tensor([[10, 500, 501], [11, 502, 503], [12, 504, 505], [13, 506, 507]])
+    scores = BatchScores(users, items, torch.randn(4, 3), torch.randn(4, 4))
+    task.loss(scores)
+    # in-batch: the target and 3 others at -log(1 + 2/1000); sampled: 2 at -log(2/1000)
+    expected = math.log(4 / (1 + 0.002) + 2 / 0.002) + math.log(1 + 0.002)
+    assert task.epoch_no_skill() == pytest.approx(expected, rel=1e-5)
+    assert task.epoch_no_skill() > math.log(4 + 2) + 5

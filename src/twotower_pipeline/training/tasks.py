@@ -85,7 +85,9 @@ class SoftmaxTask:
             None if probabilities is None else torch.as_tensor(probabilities, dtype=torch.float32)
         )
         # The loss all-zero logits would have on this epoch's own batches (with logQ it
-        # is not log of the candidates): the no-skill value the train loss is judged by.
+        # is not log of the candidates: uniform negatives stand for the whole catalogue,
+        # so it is nearer log(batch + n_items)): the no-skill value the train loss is
+        # judged by, measured on the epoch's first NO_SKILL_BATCHES batches.
         self._zero_sum, self._zero_terms = 0.0, 0
 
     def start_epoch(self) -> None:
@@ -115,11 +117,26 @@ class SoftmaxTask:
             negatives,
             log_q,
         )
+        if self._zero_terms < NO_SKILL_BATCHES:
+            with torch.no_grad():
+                zero = sampled_softmax_loss(
+                    torch.zeros_like(scores.in_batch),
+                    torch.zeros_like(scores.logits[:, 1:]),
+                    scores.users,
+                    scores.items[:, 0],
+                    negatives,
+                    log_q,
+                )
+            self._zero_sum += float(zero)
+            self._zero_terms += 1
         return loss, scores.items.shape[0]
 
     @property
     def no_skill(self) -> float:
         return softmax_no_skill(self.neg_ratio, self.batch_size)
+
+
+NO_SKILL_BATCHES = 16
 
 
 def make_task(
