@@ -262,7 +262,7 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
             vector = vector + states
         elif self.history_encoder is not None and history is not None:
             items, mask = history
-            read = self._history_rows(items, rows) if read is None else read
+            read = self._history_rows(items, mask, rows, read)
             encoded = self.history_encoder(read, mask)
             vector = vector + self.history_encoder.last(encoded)
         elif self.has_history and history is not None:
@@ -275,7 +275,7 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
             if self.history_table is not None:
                 vector = vector + weighted_rows(rows, self.history_table, items, weights)
             else:
-                read = self._history_rows(items, rows) if read is None else read
+                read = self._history_rows(items, mask, rows, read)
                 vector = vector + (read * weights.unsqueeze(-1)).sum(-2)
         if self.user_feature_table is not None and not anonymous:
             vector = vector + token_mean(rows, self.user_feature_table, self.user_tokens[users])
@@ -285,11 +285,26 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
     def _user_has_more_than_an_id(self, history) -> bool:
         return (self.has_history and history is not None) or (self.user_feature_table is not None)
 
-    def _history_rows(self, items: torch.Tensor, rows: Rows) -> torch.Tensor:
-        """Return the (..., L, d) vectors the history reads: its own table or the item tower's."""
+    def _history_rows(
+        self,
+        items: torch.Tensor,
+        mask: torch.Tensor,
+        rows: Rows,
+        read: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return the (..., L, d) vectors the history reads: its own table or the item tower's.
+
+        The item tower runs on the window's real items only (`read`, (n, d) for
+        items[mask], when the caller read them); padding stays zero. On a sparse
+        log most of a window is padding.
+        """
         if self.history_table is not None:
             return rows(self.history_table, items)
-        return self._item_tower(items, rows, drop_ids=self.training)
+        if read is None:
+            read = self._item_tower(items[mask], rows, drop_ids=self.training)
+        dense = read.new_zeros(*items.shape, read.shape[-1])
+        dense[mask] = read
+        return dense
 
     def _item_reads(self, groups: list[torch.Tensor], rows: Rows) -> list[torch.Tensor]:
         """Return the item tower's vectors (before the norm) of each id tensor, in one read.
@@ -322,9 +337,11 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         if self.history_encoder is None:
             raise ValueError("only model.history_pooling attention encodes whole sequences")
         if targets is not None and self.history_table is None:
-            read, target_vectors = self._item_reads([items, targets], rows)
-            return self.history_encoder(read, mask), target_vectors
-        read = self._history_rows(items, rows)
+            read, target_vectors = self._item_reads([items[mask], targets], rows)
+            return self.history_encoder(self._history_rows(items, mask, rows, read), mask), (
+                target_vectors
+            )
+        read = self._history_rows(items, mask, rows)
         target_vectors = None if targets is None else self._item_tower(targets, rows, self.training)
         return self.history_encoder(read, mask), target_vectors
 
@@ -336,7 +353,7 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         `item` the items' vectors, both from encode_and_read.
         """
         if item is None and states is None and history is not None and self.history_table is None:
-            item, read = self._item_reads([items, history[0]], rows)
+            item, read = self._item_reads([items, history[0][history[1]]], rows)
             user = self._user_tower(users, history, rows, anonymous=False, read=read)
         else:
             user = self._user_tower(users, history, rows, anonymous=False, states=states)
