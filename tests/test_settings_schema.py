@@ -104,6 +104,15 @@ def message_for(**changes) -> str:
             "equal to 1",
         ),
         (
+            {"model_selection__alternatives": {"soft": {"training": {"loss": "sofmax"}}}},
+            "model_selection.alternatives.soft.training.loss='sofmax': input should be 'bce' or "
+            "'softmax'",
+        ),
+        (
+            {"model_selection__alternatives": {"soft": {"training": {"device": "cuda"}}}},
+            "model_selection.alternatives.soft.training sets ['device']: a candidate may set",
+        ),
+        (
             {"model_selection__alternatives": {"a/b": {"user_id": True}}},
             "model_selection.alternatives.a/b: a name of letters, digits, _ or -",
         ),

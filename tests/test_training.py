@@ -1184,3 +1184,40 @@ def test_a_history_that_reads_the_item_tower_trains_row_wise_and_learns_the_grou
     scores = model.catalogue_scorer(train, val)(np.arange(N_USERS))
     assert (scores[:6, :5].mean(1) > scores[:6, 5:].mean(1)).all()
     assert (scores[6:, 5:].mean(1) > scores[6:, :5].mean(1)).all()
+
+
+def test_a_candidate_trains_with_its_own_loss_and_rate(data, tmp_path, monkeypatch):
+    train, val = data
+    seen = {}
+
+    def recording(training, block, *args):
+        seen[training["checkpoint_dir"]] = (training, block)
+        history = pd.DataFrame({"epoch": [1], "recall@3": [0.2], "chosen": [True]})
+        return new_model(), history
+
+    monkeypatch.setattr(training_selection, "train_candidate", recording)
+    own = {"loss": "softmax", "learning_rate": 0.02}
+    train_two_tower(
+        first_examples(train),
+        train,
+        val,
+        pd.DataFrame({"user": np.arange(N_USERS), "user_id": np.arange(N_USERS)}),
+        pd.DataFrame({"item": np.arange(N_ITEMS), "item_id": np.arange(N_ITEMS)}),
+        1,
+        NEG,
+        1.0,
+        2,
+        {"embedding_dim": 8, "user_id": False},
+        {"checkpoint_dir": str(tmp_path), "loss": "bce", "learning_rate": 0.05},
+        {},
+        {"headline_k": 3},
+        model_selection={
+            "enabled": True,
+            "alternatives": {"softmax_bias": {"item_bias": True, "training": own}},
+        },
+    )
+    (configured, configured_block), (alternative, block) = seen.values()
+    assert (configured["loss"], configured["learning_rate"]) == ("bce", 0.05)
+    assert (alternative["loss"], alternative["learning_rate"]) == ("softmax", 0.02)
+    assert block == {"embedding_dim": 8, "user_id": False, "item_bias": True}
+    assert "training" not in configured_block

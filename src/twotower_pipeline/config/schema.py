@@ -277,6 +277,20 @@ class Recommend(Block):
 # --- the whole -----------------------------------------------------------------------
 
 
+# What a model_selection candidate may change of the training block besides its model keys:
+# how it learns, not where it runs or checkpoints.
+CANDIDATE_TRAINING_KEYS = (
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "scale_lr_ratio",
+    "lr_schedule",
+    "warmup_epochs",
+    "loss",
+    "log_q",
+)
+
+
 class Parameters(Block):
     """Every parameter of conf/base/parameters*.yml, after environment and run overrides."""
 
@@ -309,21 +323,35 @@ class Parameters(Block):
                     f"model_selection.alternatives.{name}: a name of letters, digits, _ or - "
                     "(it names a checkpoint folder), other than 'configured' and 'ensemble'"
                 )
+            overrides = dict(overrides)
+            training = overrides.pop("training", None) or {}
             unknown = sorted(set(overrides) - set(Model.model_fields))
             if unknown:
                 raise ValueError(
-                    f"model_selection.alternatives.{name} sets {unknown}, which are not model keys"
+                    f"model_selection.alternatives.{name} sets {unknown}, which are not model "
+                    "keys (training keys go under its `training:`)"
                 )
-            try:
-                Model.model_validate({**self.model.model_dump(), **overrides})
-            except ValidationError as error:
-                first = error.errors(include_url=False)[0]
-                where = ".".join(str(part) for part in first["loc"])
-                message = first["msg"]
+            unknown = sorted(set(training) - set(CANDIDATE_TRAINING_KEYS))
+            if unknown:
                 raise ValueError(
-                    f"model_selection.alternatives.{name}.{where}={first.get('input')!r}: "
-                    f"{message[0].lower()}{message[1:]}"
-                ) from None
+                    f"model_selection.alternatives.{name}.training sets {unknown}: a candidate "
+                    f"may set {', '.join(CANDIDATE_TRAINING_KEYS)}"
+                )
+            checks = (
+                (Model, self.model, overrides, ""),
+                (Training, self.training, training, "training."),
+            )
+            for schema, base, changes, prefix in checks:
+                try:
+                    schema.model_validate({**base.model_dump(), **changes})
+                except ValidationError as error:
+                    first = error.errors(include_url=False)[0]
+                    where = prefix + ".".join(str(part) for part in first["loc"])
+                    message = first["msg"]
+                    raise ValueError(
+                        f"model_selection.alternatives.{name}.{where}={first.get('input')!r}: "
+                        f"{message[0].lower()}{message[1:]}"
+                    ) from None
         return self
 
 

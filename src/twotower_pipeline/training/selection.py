@@ -94,8 +94,9 @@ class Selection:
 def model_candidates(model: dict, model_selection: dict) -> list[tuple[str, dict]]:
     """Return [(name, model block)]: the configured block first, then each alternative's.
 
-    An alternative is a set of overrides of `model` keys; one that changes nothing
-    is left out. With model_selection.enabled false, the configured block alone.
+    An alternative is a set of overrides of `model` keys, and optionally of how it
+    trains (a `training` dict, kept in the block under that key); one that changes
+    nothing is left out. With model_selection.enabled false, the configured block alone.
     """
     candidates = [("configured", dict(model))]
     if not model_selection["enabled"]:
@@ -156,6 +157,11 @@ def _candidate_row(name: str, model: dict, epoch, recall: float, k: int) -> dict
     }
 
 
+def own_training(block: dict, training: dict) -> dict:
+    """Return the training block with a candidate's own `training` overrides applied."""
+    return {**training, **block.get("training", {})}
+
+
 def candidate_training(name: str, training: dict, resume: bool | None = None) -> dict:
     """Return the training block of one candidate: its checkpoint folder, whether it resumes.
 
@@ -203,7 +209,7 @@ def resume_plan(
     standings = {}
     for name, block in candidates:
         spec, _ = candidate_spec(
-            candidate_training(name, blocks.training),
+            candidate_training(name, own_training(block, blocks.training)),
             blocks,
             candidate_fingerprint(fingerprint, name, block),
         )
@@ -241,9 +247,10 @@ def _train_named(
     resumes: dict[str, bool],
 ) -> tuple[TwoTowerModel, pd.DataFrame]:
     """Train one candidate in its checkpoint folder; a divergence names the candidate."""
-    training = candidate_training(name, blocks.training, resumes.get(name))
+    model = {key: value for key, value in block.items() if key != "training"}
+    training = candidate_training(name, own_training(block, blocks.training), resumes.get(name))
     try:
-        return train_candidate(training, block, data, blocks, fingerprint)
+        return train_candidate(training, model, data, blocks, fingerprint)
     except TrainingDivergedError as error:
         if name == "configured":  # the run as configured: its message as it always read
             raise
@@ -291,7 +298,10 @@ def _changes(block: dict, model: dict) -> dict:
 
 def _describe_block(block: dict, model: dict) -> str:
     changes = _changes(block, model)
-    return ", ".join(f"model.{key}={value}" for key, value in changes.items()) or "model as given"
+    training = changes.pop("training", {})
+    described = [f"model.{key}={value}" for key, value in changes.items()]
+    described += [f"training.{key}={value}" for key, value in training.items()]
+    return ", ".join(described) or "model as given"
 
 
 def candidate_spec(
