@@ -114,6 +114,23 @@ CONFIGS: dict[str, dict[str, object]] = {
         "training.learning_rate": 0.001,
         "training.weight_decay": 0.0,
     },
+    "recency_softmax_shared_bias_d64_lr2": {
+        "model.item_bias": True,
+        "model.history_reads_item_tower": True,
+        "training.loss": "softmax",
+        "model.embedding_dim": 64,
+        "training.learning_rate": 0.002,
+        "training.weight_decay": 0.0,
+    },
+    "attention_softmax_shared_bias_d64": {
+        "model.history_pooling": "attention",
+        "model.item_bias": True,
+        "model.history_reads_item_tower": True,
+        "training.loss": "softmax",
+        "model.embedding_dim": 64,
+        "training.learning_rate": 0.001,
+        "training.weight_decay": 0.0,
+    },
 }
 
 

@@ -285,3 +285,32 @@ def test_a_softmax_is_judged_against_its_own_measured_no_skill_loss():
     flag = check_not_learning(pd.DataFrame({"train_loss": [0.46]}), bce)
     assert flag["raised"]
     assert flag["numbers"]["constant_predictor_loss"] == pytest.approx(0.4506, abs=1e-4)
+
+
+def test_the_collapse_check_reads_directions_not_the_bias_coordinates():
+    from twotower_pipeline.pipelines.evaluation.nodes import direction_columns
+
+    vectors = np.arange(14, dtype=float).reshape(2, 7)
+    single = {"embedding_dim": 3, "item_bias": True}
+    assert direction_columns(vectors[:, :4], single).tolist() == [[0, 1, 2], [7, 8, 9]]
+    ensemble = {"members": [single, {"embedding_dim": 2, "item_bias": False}]}
+    assert direction_columns(vectors[:, :6], ensemble).tolist() == [
+        [0, 1, 2, 4, 5],
+        [7, 8, 9, 11, 12],
+    ]
+    assert direction_columns(vectors, {"embedding_dim": 7}).shape == (2, 7)
+
+
+def test_health_judges_the_loss_of_the_candidate_whose_history_is_reported():
+    from twotower_pipeline.pipelines.evaluation.nodes import history_candidate_training
+
+    softmax = {"loss": "softmax", "learning_rate": 0.001}
+    candidates = [
+        {"name": "configured", "model": {}, "validation_recall@10": 0.20},
+        {"name": "soft", "model": {"training": softmax}, "validation_recall@10": 0.25},
+        {"name": "ensemble", "model": {}, "validation_recall@10": 0.27},
+    ]
+    assert history_candidate_training({"chosen": "soft", "candidates": candidates}) == softmax
+    assert history_candidate_training({"chosen": "configured", "candidates": candidates}) == {}
+    assert history_candidate_training({"chosen": "ensemble", "candidates": candidates}) == softmax
+    assert history_candidate_training(None) == {}

@@ -64,7 +64,7 @@ class RunFacts:
             candidates = self.batch_size + self.neg_ratio
             measured = _last(history, "no_skill_loss")
             if measured is not None:
-                return measured, "all scores equal (measured on the validation sample)"
+                return measured, "all scores equal (measured on the epoch's training batches)"
             return math.log(candidates), f"equal scores over the {candidates} candidates"
         floor = constant_predictor_loss(self.neg_ratio)
         return floor, f"a constant guess at the base rate 1/(1+{self.neg_ratio})"

@@ -21,6 +21,7 @@ from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.ranking.protocol import HeldOutSet, held_out_sets
 from twotower_pipeline.reporting import markdown as reporting
 from twotower_pipeline.reporting.report_sections import RunOutputs
+from twotower_pipeline.training.selection import ENSEMBLE
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +130,16 @@ def diagnose_training(
     neg_ratio: int,
     evaluation: dict,
     training: dict,
+    model_selection: dict | None = None,
 ) -> dict:
     """Return the health report: each of the seed's failure modes, raised or not, with numbers.
 
     Lift and baseline checks read the test figures; the one-class check reads
-    the validation sample's sizes (the sample training's val_loss is on).
+    the validation sample's sizes (the sample training's val_loss is on). The
+    loss judged is the one the reported history trained with: a model_selection
+    candidate may have its own.
     """
+    training = {**training, **history_candidate_training(model_selection)}
     model = evaluation_metrics["validation"]["model"]
     facts = RunFacts(
         float(model_config["max_logit_scale"]),
@@ -148,11 +153,43 @@ def diagnose_training(
     )
     return health_report(
         training_history,
-        np.stack(item_embeddings["embedding"].to_numpy()),
+        direction_columns(np.stack(item_embeddings["embedding"].to_numpy()), model_config),
         evaluation_metrics,
         facts,
         HealthThresholds.from_params(evaluation["health"]),
     )
+
+
+def direction_columns(vectors: np.ndarray, model_config: dict) -> np.ndarray:
+    """Return the item vectors without their bias coordinates (model.item_bias).
+
+    Each (member's) vector ends in bias / scale when the model has item biases:
+    the collapse check asks whether the directions are parallel, not the biases.
+    """
+    members = model_config.get("members", [model_config])
+    keep, start = [], 0
+    for member in members:
+        width = int(member["embedding_dim"])
+        keep.extend(range(start, start + width))
+        start += width + (1 if member.get("item_bias") else 0)
+    return vectors[:, keep] if start == vectors.shape[1] else vectors
+
+
+def history_candidate_training(model_selection: dict | None) -> dict:
+    """Return the training overrides of the candidate whose history the run reports.
+
+    The chosen candidate's; when the ensemble was chosen, the best single
+    candidate's (the ensemble reports its history).
+    """
+    if not model_selection:
+        return {}
+    singles = [c for c in model_selection["candidates"] if c["name"] != ENSEMBLE]
+    metric = next((key for key in singles[0] if key.startswith("validation_recall@")), None)
+    chosen = model_selection.get("chosen")
+    reported = next((c for c in singles if c["name"] == chosen), None)
+    if reported is None and metric is not None:  # the ensemble: the first best single model
+        reported = max(singles, key=lambda c: c[metric])
+    return (reported or {}).get("model", {}).get("training", {})
 
 
 def plot_learning_curve(

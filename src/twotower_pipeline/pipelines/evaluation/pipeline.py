@@ -114,6 +114,7 @@ def _diagnosis() -> Pipeline:
                     "params:neg_ratio",
                     "params:evaluation",
                     "params:training",
+                    "model_selection",
                 ],
                 outputs="training_health",
                 name="diagnose_training",
