@@ -41,6 +41,15 @@ SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "sparse_logs.json"
 
 # Each configuration: the --params overrides that make it (model_selection off: one block).
+# The sparse-log block of README "Your own data".
+SPARSE_BLOCK = {
+    "model.item_bias": True,
+    "model.history_reads_item_tower": True,
+    "training.loss": "softmax",
+    "model.embedding_dim": 64,
+    "training.learning_rate": 0.002,
+    "training.weight_decay": 0.0,
+}
 CONFIGS: dict[str, dict[str, object]] = {
     "recency_bce": {},
     "recency_softmax": {"training.loss": "softmax"},
@@ -106,31 +115,10 @@ CONFIGS: dict[str, dict[str, object]] = {
     },
     # ... and the history reading the item tower (model.history_reads_item_tower).
     "recency_bce_shared_bias": {"model.item_bias": True, "model.history_reads_item_tower": True},
-    "recency_softmax_shared_bias_d64": {
-        "model.item_bias": True,
-        "model.history_reads_item_tower": True,
-        "training.loss": "softmax",
-        "model.embedding_dim": 64,
-        "training.learning_rate": 0.001,
-        "training.weight_decay": 0.0,
-    },
-    "recency_softmax_shared_bias_d64_lr2": {
-        "model.item_bias": True,
-        "model.history_reads_item_tower": True,
-        "training.loss": "softmax",
-        "model.embedding_dim": 64,
-        "training.learning_rate": 0.002,
-        "training.weight_decay": 0.0,
-    },
-    "attention_softmax_shared_bias_d64": {
-        "model.history_pooling": "attention",
-        "model.item_bias": True,
-        "model.history_reads_item_tower": True,
-        "training.loss": "softmax",
-        "model.embedding_dim": 64,
-        "training.learning_rate": 0.001,
-        "training.weight_decay": 0.0,
-    },
+    "recency_softmax_shared_bias_d64": SPARSE_BLOCK | {"training.learning_rate": 0.001},
+    "recency_softmax_shared_bias_d64_lr2": SPARSE_BLOCK,
+    "attention_softmax_shared_bias_d64": SPARSE_BLOCK
+    | {"model.history_pooling": "attention", "training.learning_rate": 0.001},
 }
 
 

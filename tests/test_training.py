@@ -997,7 +997,7 @@ def untrained(block: dict) -> TwoTowerModel:
     )
 
 
-def select(data, tmp_path, model_selection: dict, evaluation: dict | None = None):
+def select(data, tmp_path, model_selection: dict, evaluation: dict | None = None, training=None):
     """Run the training node on SELECTION_BLOCK with the given model_selection."""
     train, val = data
     return train_two_tower(
@@ -1011,7 +1011,7 @@ def select(data, tmp_path, model_selection: dict, evaluation: dict | None = None
         1.0,
         2,
         SELECTION_BLOCK,
-        {"checkpoint_dir": str(tmp_path)},
+        {"checkpoint_dir": str(tmp_path), **(training or {})},
         {},
         evaluation or {"headline_k": 3},
         model_selection=model_selection,
@@ -1187,7 +1187,6 @@ def test_a_history_that_reads_the_item_tower_trains_row_wise_and_learns_the_grou
 
 
 def test_a_candidate_trains_with_its_own_loss_and_rate(data, tmp_path, monkeypatch):
-    train, val = data
     seen = {}
 
     def recording(training, block, *args):
@@ -1197,27 +1196,15 @@ def test_a_candidate_trains_with_its_own_loss_and_rate(data, tmp_path, monkeypat
 
     monkeypatch.setattr(training_selection, "train_candidate", recording)
     own = {"loss": "softmax", "learning_rate": 0.02}
-    train_two_tower(
-        first_examples(train),
-        train,
-        val,
-        pd.DataFrame({"user": np.arange(N_USERS), "user_id": np.arange(N_USERS)}),
-        pd.DataFrame({"item": np.arange(N_ITEMS), "item_id": np.arange(N_ITEMS)}),
-        1,
-        NEG,
-        1.0,
-        2,
-        {"embedding_dim": 8, "user_id": False},
-        {"checkpoint_dir": str(tmp_path), "loss": "bce", "learning_rate": 0.05},
-        {},
-        {"headline_k": 3},
-        model_selection={
-            "enabled": True,
-            "alternatives": {"softmax_bias": {"item_bias": True, "training": own}},
-        },
+    alternatives = {"softmax_bias": {"item_bias": True, "training": own}}
+    select(
+        data,
+        tmp_path,
+        {"enabled": True, "alternatives": alternatives},
+        training={"loss": "bce", "learning_rate": 0.05},
     )
     (configured, configured_block), (alternative, block) = seen.values()
     assert (configured["loss"], configured["learning_rate"]) == ("bce", 0.05)
     assert (alternative["loss"], alternative["learning_rate"]) == ("softmax", 0.02)
-    assert block == {"embedding_dim": 8, "user_id": False, "item_bias": True}
+    assert block == SELECTION_BLOCK | {"item_bias": True}
     assert "training" not in configured_block
