@@ -336,14 +336,14 @@ class TwoTowerModel(CatalogueScoring, nn.Module):
         """
         if self.history_encoder is None:
             raise ValueError("only model.history_pooling attention encodes whole sequences")
+        read, target_vectors = None, None
         if targets is not None and self.history_table is None:
             read, target_vectors = self._item_reads([items[mask], targets], rows)
-            return self.history_encoder(self._history_rows(items, mask, rows, read), mask), (
-                target_vectors
-            )
-        read = self._history_rows(items, mask, rows)
-        target_vectors = None if targets is None else self._item_tower(targets, rows, self.training)
-        return self.history_encoder(read, mask), target_vectors
+        elif targets is not None:
+            target_vectors = self._item_tower(targets, rows, self.training)
+        return self.history_encoder(self._history_rows(items, mask, rows, read), mask), (
+            target_vectors
+        )
 
     def towers(self, users, items, history, rows: Rows = full_rows, states=None, item=None):
         """Return (user vectors, item vectors, item biases or None), vectors before the norm.
