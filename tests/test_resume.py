@@ -198,7 +198,7 @@ def kill_at_epoch(monkeypatch, nth: int) -> None:
 
 def figures(outputs) -> list:
     """The candidates' figures and the chosen history, without timings."""
-    history = outputs[2].drop(columns=["examples_per_second", "seconds"])
+    history = outputs[2].drop(columns=["examples_per_second", "threads", "seconds"])
     return [outputs[5]["candidates"], history.to_dict("list")]
 
 

@@ -140,7 +140,7 @@ def first_examples(train: pd.DataFrame, seed: int = 7) -> pd.DataFrame:
 
 
 def timeless(history: pd.DataFrame) -> pd.DataFrame:
-    return history.drop(columns=["examples_per_second", "seconds"])
+    return history.drop(columns=["examples_per_second", "threads", "seconds"])
 
 
 def assert_same_weights(a: TwoTowerModel, b: TwoTowerModel) -> None:
@@ -674,6 +674,7 @@ def test_history_has_one_row_per_epoch_and_marks_one_chosen(data, tmp_path):
         "logit_scale",
         "learning_rate",
         "examples_per_second",
+        "threads",
         "seconds",
         "chosen",
     ]

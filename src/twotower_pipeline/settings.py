@@ -9,6 +9,7 @@ from twotower_pipeline.hooks.readable_errors import ReadableErrorHooks
 from twotower_pipeline.hooks.rollback import OutputRollbackHooks
 from twotower_pipeline.hooks.run_lock import RunLockHooks
 from twotower_pipeline.hooks.settings import SettingsHooks
+from twotower_pipeline.hooks.threads import ThreadHooks
 from twotower_pipeline.spark.hooks import SparkHooks
 
 # pluggy calls the last registered first: the missing-data check runs before
@@ -25,6 +26,7 @@ HOOKS = (
     RunManifestHooks(),  # provenance checked before anything is kept aside
     PreparedDataHooks(),
     NodeSummaryHooks(),
+    ThreadHooks(),  # torch's threads: the cores other processes leave free
     SparkHooks(),  # a SparkSession, only in an environment with a spark.yml (conf/spark)
     # Last registered, so called first: no SparkSession, MLflow run or kept file for a
     # run whose parameters are wrong (config/schema.py).

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from twotower_pipeline import THREADS
 from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.training.checkpoints import (
     checkpoint_path,
@@ -74,6 +75,7 @@ HISTORY_COLUMNS = [
     "logit_scale",
     "learning_rate",
     "examples_per_second",
+    "threads",
     "seconds",
     "chosen",
 ]
@@ -310,6 +312,7 @@ def _train_and_evaluate(model: TwoTowerModel, run: _Run, epoch: int) -> dict | N
         _show_progress(spec) and run.writes,
     )
     run.task.start_epoch()
+    THREADS.start_count()
     try:
         if run.windows is not None:
             train_loss, n_examples = train_sequence_epoch(
@@ -332,6 +335,7 @@ def _train_and_evaluate(model: TwoTowerModel, run: _Run, epoch: int) -> dict | N
         "logit_scale": model.logit_scale,
         "learning_rate": lr,
         "examples_per_second": n_examples / step_seconds,
+        "threads": THREADS.fewest_threads(),  # fewer than the cores beside busy processes
         "seconds": time.perf_counter() - started,
     }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from twotower_pipeline import THREADS
 from twotower_pipeline.model.layers import full_rows
 from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.training.optimizers import Optimizers
@@ -50,6 +51,7 @@ def take_step(
     shard: Shard | None,
 ) -> tuple[torch.Tensor, int]:
     """Take one step; return its loss summed over the terms it averages (detached), and those."""
+    THREADS.adjust()  # the cores other processes leave free, measured once a second
     sparse = SparseRows(optimizers.scratch) if optimizers.rowwise else None
     scores = score(sparse if sparse is not None else full_rows)
     if shard is None:
