@@ -49,7 +49,7 @@ POLICIES = {
     "one_thread": {"OMP_NUM_THREADS": "1"},
 }
 BUSY_LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
-NODE_LINE = re.compile(r"\] (\S+) \((\d+\.\d) s\):")
+NODE_LINE = re.compile(r"\] (\S+) \((\d+\.\d) s[,)]")
 
 
 def policy_environment(policy: str) -> dict[str, str]:

@@ -5,7 +5,8 @@ The embedded default is a synthetic world of 5,000 users x 2,000 items (about
 k times that size in users and items (so about k times the interactions) as a
 plain `kedro run --env=scale_<k>x --params=num_epochs=<epochs>` in a temporary
 copy of the project, and reads each node's seconds from the run's log and the
-run's peak resident memory from the kernel (wait4). Only the epoch count is
+run's peak resident memory from the kernel (wait4), and each node's own peak
+(the process's high-water mark, reset before each node). Only the epoch count is
 changed (3 by default, to keep the larger runs in minutes): the training rows
 report seconds per epoch, so a 20-epoch run's cost follows.
 
@@ -30,8 +31,8 @@ from untuned import kedro_run, latest, make_project, synthetic_env, write_json
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_USERS, DEFAULT_ITEMS = 5_000, 2_000
-# "[8/19] training.train_two_tower (76.6 s): ..." (logging_hooks.py)
-NODE_LINE = re.compile(r"\[\d+/\d+\] ([\w.]+) \(([\d.]+) s\)")
+# "[8/19] training.train_two_tower (76.6 s, peak 1,234 MB): ..." (hooks/node_logging.py)
+NODE_LINE = re.compile(r"\[\d+/\d+\] ([\w.]+) \(([\d.]+) s(?:, peak ([\d,]+) MB)?\)")
 
 
 def run(project: Path, multiple: int, epochs: int) -> dict:
@@ -50,7 +51,9 @@ def run(project: Path, multiple: int, epochs: int) -> dict:
     report = latest(reporting / "ingestion_report.json")
     history = pd.read_parquet(reporting / "training_history.parquet")
     metrics = latest(reporting / "evaluation_metrics.json")
-    nodes = {name: float(s) for name, s in NODE_LINE.findall(log)}
+    lines = NODE_LINE.findall(log)
+    nodes = {name: float(s) for name, s, _ in lines}
+    node_peaks = {name: float(mb.replace(",", "")) for name, _, mb in lines if mb}
     return {
         "multiple": multiple,
         "n_users": DEFAULT_USERS * multiple,
@@ -60,6 +63,7 @@ def run(project: Path, multiple: int, epochs: int) -> dict:
         "seconds": seconds,
         "peak_rss_mb": peak_mb,
         "nodes": nodes,
+        "node_peak_rss_mb": node_peaks,
         "epoch_seconds": history["seconds"].round(1).tolist(),
         "examples_per_second": history["examples_per_second"].round().tolist(),
         "test_hr10": metrics["model"]["hit_rate@10"],

@@ -1,7 +1,8 @@
 """Run logging: one line per node saying what it produced, and the console handler for it.
 
 `NodeSummaryHooks` logs, after each node, its outputs' sizes (rows, users,
-items) and how long it took, and turns health flags into warnings.
+items), how long it took and, on Linux, the process's peak resident memory
+while it ran, and turns health flags into warnings.
 Off a terminal and outside Jupyter (CI logs, pipes) the hooks also swap the
 console's rich handler for plain one-line records, so nothing wraps at 80
 columns.
@@ -47,6 +48,27 @@ def describe(value: Any) -> str:
     return kind.__name__
 
 
+def reset_peak_memory() -> None:
+    """Start the process's peak resident memory anew (Linux: /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb() -> float | None:
+    """Return the process's peak resident memory since the last reset, in MB (None off Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def raised_flags(report: Any) -> list[str]:
     """Return "name: message" of each raised flag of a health report (evaluation/health.py)."""
     if not isinstance(report, dict) or not isinstance(report.get("flags"), list):
@@ -73,6 +95,7 @@ class NodeSummaryHooks:
 
     @hook_impl
     def before_node_run(self, node) -> None:
+        reset_peak_memory()
         self._started[node.name] = time.perf_counter()
 
     @hook_impl
@@ -81,7 +104,9 @@ class NodeSummaryHooks:
         self._done += 1
         produced = "; ".join(f"{name} ({describe(value)})" for name, value in outputs.items())
         step = f"[{self._done}/{self._total}] " if self._total else ""
-        logger.info("%s%s (%.1f s): %s", step, node.name, seconds, produced or "no outputs")
+        peak = peak_memory_mb()
+        spent = f"{seconds:.1f} s" + (f", peak {peak:,.0f} MB" if peak is not None else "")
+        logger.info("%s%s (%s): %s", step, node.name, spent, produced or "no outputs")
         for name, value in outputs.items():
             for message in raised_flags(value):
                 logger.warning("health flag in %s: %s", name, message)
