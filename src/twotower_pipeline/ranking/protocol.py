@@ -13,6 +13,7 @@ Four sets, each scored the same way (metrics.ranking_metrics):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from twotower_pipeline.ranking.metrics import Scorer, ranking_metrics
+
+logger = logging.getLogger(__name__)
 
 SECTIONS = ("test", "validation", "cold_items", "cold_items_full")
 COLD_SECTIONS = ("cold_items", "cold_items_full")
@@ -58,6 +61,11 @@ def sample_users(positives: pd.DataFrame, max_users: int | None, seed: int) -> p
         return positives
     rng = np.random.default_rng([seed, 4_099])
     chosen = np.sort(rng.choice(users, size=max_users, replace=False))
+    logger.info(
+        "ranking a seeded sample of %s of %s users (evaluation.max_users)",
+        f"{max_users:,}",
+        f"{users.size:,}",
+    )
     return positives[np.isin(positives["user"].to_numpy(), chosen)].reset_index(drop=True)
 
 
