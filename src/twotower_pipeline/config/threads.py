@@ -178,3 +178,8 @@ class ThreadGovernor:
         import torch
 
         return self.fewest if self.fewest is not None else torch.get_num_threads()
+
+
+# The process's governor, made when the package is first imported: off when the user chose
+# a thread count in the environment before that.
+THREADS = ThreadGovernor(enabled=not any(name in os.environ for name in THREAD_VARIABLES))

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from twotower_pipeline import THREADS
+from twotower_pipeline.config.threads import THREADS
 from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.training.checkpoints import (
     checkpoint_path,

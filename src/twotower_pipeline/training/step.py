@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from twotower_pipeline import THREADS
+from twotower_pipeline.config.threads import THREADS
 from twotower_pipeline.model.layers import full_rows
 from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.training.optimizers import Optimizers
