@@ -1209,3 +1209,16 @@ def test_a_candidate_trains_with_its_own_loss_and_rate(data, tmp_path, monkeypat
     assert (alternative["loss"], alternative["learning_rate"]) == ("softmax", 0.02)
     assert block == SELECTION_BLOCK | {"item_bias": True}
     assert "training" not in configured_block
+
+
+def test_batches_are_sized_for_the_device_with_the_linear_rate_rule():
+    from twotower_pipeline.training.selection import sized_for_device
+
+    block = {"batch_size": 2048, "learning_rate": 0.007, "cuda_batch_multiple": 8, "device": "auto"}
+    on_cpu = sized_for_device(block, torch.device("cpu"))
+    assert on_cpu == {"batch_size": 2048, "learning_rate": 0.007, "device": "auto"}
+    on_cuda = sized_for_device(block, torch.device("cuda"))
+    assert on_cuda["batch_size"] == 16384 and on_cuda["learning_rate"] == pytest.approx(0.056)
+    assert "cuda_batch_multiple" not in on_cuda
+    assert sized_for_device({**block, "cuda_batch_multiple": 1}, torch.device("cuda")) == on_cpu
+    assert block["batch_size"] == 2048  # the caller's block is left as it was

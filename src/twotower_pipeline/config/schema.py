@@ -202,6 +202,7 @@ class Training(Block):
     optimizer: Literal["rowwise", "rowwise_rmsprop", "dense"]
     compile_rows: AutoOrBool
     device: Literal["auto", "cpu", "cuda"]
+    cuda_batch_multiple: PositiveInt
     loss: Literal["bce", "softmax"]
     log_q: bool
     distributed: Distributed

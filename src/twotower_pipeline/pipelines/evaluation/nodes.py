@@ -21,7 +21,7 @@ from twotower_pipeline.model.towers import TwoTowerModel
 from twotower_pipeline.ranking.protocol import HeldOutSet, held_out_sets
 from twotower_pipeline.reporting import markdown as reporting
 from twotower_pipeline.reporting.report_sections import RunOutputs
-from twotower_pipeline.training.selection import ENSEMBLE
+from twotower_pipeline.training.selection import ENSEMBLE, sized_for_device
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,8 @@ def diagnose_training(
     loss judged is the one the reported history trained with: a model_selection
     candidate may have its own.
     """
-    training = {**training, **history_candidate_training(model_selection)}
+    # The batch the run trained with: larger on a CUDA device (training.cuda_batch_multiple).
+    training = sized_for_device({**training, **history_candidate_training(model_selection)})
     model = evaluation_metrics["validation"]["model"]
     facts = RunFacts(
         float(model_config["max_logit_scale"]),
