@@ -334,6 +334,30 @@ def test_data_processing_writes_token_tables_encoders_and_the_oracle(smoke_proje
     assert oracle["available"] and 0.0 < oracle["test"]["hit_rate@10"] <= 1.0
 
 
+def test_the_oracle_ranks_the_same_seeded_sample_of_users_as_every_scorer(smoke_project):
+    from twotower_pipeline.pipelines.features.nodes import score_oracle
+
+    data = smoke_project / data_root("smoke")
+    raw = smoke_project / "data" / "01_raw"
+
+    def table(path: Path) -> pd.DataFrame:
+        return pd.read_parquet(path)
+
+    inputs = [
+        table(raw / "synthetic_interactions_smoke_item_taste.parquet"),
+        table(raw / "synthetic_interactions_smoke_user_taste.parquet"),
+        table(data / "03_primary" / "user_index.parquet"),
+        table(data / "03_primary" / "item_index.parquet"),
+        *(
+            table(data / "05_model_input" / f"{name}_interactions.parquet")
+            for name in ("train", "val", "test", "test_cold")
+        ),
+    ]
+    evaluation = {"ks": [10], "headline_k": 10, "chunk_size": 64, "max_users": 40}
+    oracle = score_oracle(*inputs, {"enabled": True}, evaluation, 42)
+    assert oracle["test"]["users"] == 40 and oracle["validation"]["users"] == 40
+
+
 # A user's own log, as the README sets one up, first without features, then with a
 # mapping whose file is not there.
 OWN_LOG_ENV = {

@@ -84,8 +84,15 @@ def score_oracle(  # eleven arguments: each is one dataset of the catalog
         logger.warning("no oracle: %s", error)
         return {"available": False, "reason": str(error)}
     n_users, n_items = len(user_index), len(item_index)
+    # The same users as every other scorer: the seeded sample of evaluation.max_users.
     sets = held_out_sets(
-        train_interactions, val_interactions, test_interactions, test_cold_interactions, n_items
+        train_interactions,
+        val_interactions,
+        test_interactions,
+        test_cold_interactions,
+        n_items,
+        evaluation["max_users"],
+        seed,
     )
     metrics = score_sets(
         lambda known, positives: scorer,
