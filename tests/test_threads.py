@@ -186,5 +186,6 @@ def test_busy_seconds_are_read_from_proc_stat(tmp_path, monkeypatch):
     # user + nice + system + irq + softirq; idle, iowait and steal are not busy
     assert threads.busy_core_seconds() == (150 + 265) / 100
     assert threads.busy_core_seconds(frozenset({1})) == 2.65
+    assert threads.busy_core_seconds(frozenset({1}), with_nice=False) == 2.55  # niced jobs yield
     monkeypatch.setattr(threads, "PROC_STAT", tmp_path / "missing")
     assert threads.busy_core_seconds() is None

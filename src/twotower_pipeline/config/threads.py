@@ -79,11 +79,11 @@ def apply_thread_policy(environ: MutableMapping[str, str] | None = None) -> Thre
     return ThreadPolicy(chosen, torch_was_loaded="torch" in sys.modules, adaptive=not user_chose)
 
 
-def busy_core_seconds(cores: frozenset[int] | None = None) -> float | None:
+def busy_core_seconds(cores: frozenset[int] | None = None, with_nice: bool = True) -> float | None:
     """Return the seconds the given cores (all when None) have spent busy since boot.
 
-    Busy is user, nice, system, irq and softirq time of /proc/stat; None where
-    the file cannot be read (not Linux).
+    Busy is user, nice, system, irq and softirq time of /proc/stat (without nice
+    when `with_nice` is false); None where the file cannot be read (not Linux).
     """
     try:
         lines = PROC_STAT.read_text().splitlines()
@@ -97,8 +97,15 @@ def busy_core_seconds(cores: frozenset[int] | None = None) -> float | None:
         if cores is not None and int(name[3:]) not in cores:
             continue
         user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
-        ticks += user + nice + system + irq + softirq
+        ticks += user + (nice if with_nice else 0) + system + irq + softirq
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _niceness() -> int:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+    except (AttributeError, OSError):
+        return 0
 
 
 def free_cores(cores: int, others_busy: float) -> int:
@@ -125,7 +132,10 @@ class ThreadGovernor:
         self.enabled = enabled
         self.interval = interval
         self.clock = clock
-        self.machine_busy = machine_busy or (lambda: busy_core_seconds(affinity))
+        # Niced processes (a background job) yield their cores to this one, so they are
+        # not counted against it, unless this process is niced itself.
+        with_nice = _niceness() > 0
+        self.machine_busy = machine_busy or (lambda: busy_core_seconds(affinity, with_nice))
         self.own_busy = own_busy
         self.cores = cores or usable_cores()
         self._mark = self._sample()
