@@ -84,6 +84,7 @@ def training_params(tmp_path: Path, nproc: int, **overrides) -> dict:
         "device": "cpu",
     }
     params["distributed"] = params["distributed"] | {"nproc_per_node": nproc}
+    params.pop("cuda_batch_multiple")  # resolved before a spec is made (selection.sized_for_device)
     return params | overrides
 
 
