@@ -105,7 +105,12 @@ class FakeMachine:
         self.own += own_cores * seconds
         self.machine += (own_cores + other_cores) * seconds
 
-    def governor(self, cores: int = 4) -> threads.ThreadGovernor:
+    def governor(self, cores: int = 4, torch_threads: int | None = None) -> threads.ThreadGovernor:
+        """A governor on this machine; torch starts with `torch_threads` when given."""
+        if torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(torch_threads)
         return threads.ThreadGovernor(
             True,
             interval=1.0,
@@ -127,9 +132,8 @@ def test_free_cores_rounds_the_others_load_and_keeps_at_least_one():
 
 def test_the_governor_gives_up_the_cores_others_keep_busy_and_takes_them_back(restore_threads):
     torch = restore_threads
-    torch.set_num_threads(4)
     machine = FakeMachine()
-    governor = machine.governor()
+    governor = machine.governor(torch_threads=4)
     machine.run(0.5, own_cores=4, other_cores=2)
     assert governor.adjust() == 4  # under a second: nothing measured yet
     machine.run(0.6, own_cores=2, other_cores=2)
@@ -141,11 +145,10 @@ def test_the_governor_gives_up_the_cores_others_keep_busy_and_takes_them_back(re
     assert governor.fewest_threads() == 4
 
 
-def test_a_stale_window_decides_nothing(restore_threads):
-    torch = restore_threads
-    torch.set_num_threads(4)
+@pytest.mark.usefixtures("restore_threads")
+def test_a_stale_window_decides_nothing():
     machine = FakeMachine()
-    governor = machine.governor()
+    governor = machine.governor(torch_threads=4)
     machine.run(60.0, own_cores=0, other_cores=3)  # a minute nobody asked about
     assert governor.adjust() == 4
     machine.run(1.0, own_cores=1, other_cores=3)
@@ -154,9 +157,8 @@ def test_a_stale_window_decides_nothing(restore_threads):
 
 def test_the_governor_never_raises_a_count_someone_else_set(restore_threads):
     torch = restore_threads
-    torch.set_num_threads(4)
     machine = FakeMachine()
-    governor = machine.governor()
+    governor = machine.governor(torch_threads=4)
     governor.adjust()
     torch.set_num_threads(1)  # the user's own choice, in the middle of a run
     machine.run(1.0, own_cores=1, other_cores=0.0)
@@ -165,9 +167,8 @@ def test_the_governor_never_raises_a_count_someone_else_set(restore_threads):
 
 def test_a_disabled_governor_changes_nothing(restore_threads):
     torch = restore_threads
-    torch.set_num_threads(3)
     machine = FakeMachine()
-    governor = machine.governor()
+    governor = machine.governor(torch_threads=3)
     governor.enabled = False
     machine.run(2.0, own_cores=1, other_cores=4)
     assert governor.adjust() == 3 and torch.get_num_threads() == 3
